@@ -1,0 +1,72 @@
+"""Pure diffusion functions: noise, training targets and loss weights.
+
+Notation follows DDPM (Ho et al. 2020): ``abar_t`` is the cumulative product of
+``1 - beta``, and ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps`` (Eq. 4).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+
+
+def alphas_cumprod(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Return ``abar_t`` for each timestep, in float32 on the timesteps' device."""
+    table = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)
+    return table[timesteps]
+
+
+def add_noise(
+    latents: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor
+) -> torch.Tensor:
+    """Forward process ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps`` (DDPM Eq. 4)."""
+    abar = abar.view(-1, *([1] * (latents.ndim - 1)))
+    return abar.sqrt() * latents + (1 - abar).sqrt() * noise
+
+
+def training_target(
+    prediction_type: str, latents: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor
+) -> torch.Tensor:
+    """Return what the UNet should predict.
+
+    ``epsilon``: the noise (DDPM Eq. 14). ``v_prediction``:
+    ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0`` (Salimans & Ho 2022, Sec. 4).
+    ``sample``: the clean latent.
+
+    Raises:
+        ValueError: unknown prediction type.
+    """
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        abar = abar.view(-1, *([1] * (latents.ndim - 1)))
+        return abar.sqrt() * noise - (1 - abar).sqrt() * latents
+    if prediction_type == "sample":
+        return latents
+    raise ValueError(f"unsupported prediction_type {prediction_type!r} in the scheduler config")
+
+
+def min_snr_weights(abar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, Eq. 8 and its v/x0 forms).
+
+    With ``snr = abar / (1 - abar)``, the weight on an epsilon loss is
+    ``min(snr, gamma) / snr``, on a v loss ``min(snr, gamma) / (snr + 1)``, and on an x0 loss
+    ``min(snr, gamma)``.
+    """
+    snr = abar / (1 - abar)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped
+
+
+def offset_noise(
+    shape: torch.Size, offset: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Gaussian noise plus ``offset`` times a per-channel constant (noise offset, Guttenberg 2023)."""
+    noise = torch.randn(shape, generator=generator)
+    if offset:
+        noise = noise + offset * torch.randn(shape[0], shape[1], 1, 1, generator=generator)
+    return noise

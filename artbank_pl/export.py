@@ -1,0 +1,125 @@
+"""Export prompt-bank embeddings as files that diffusers, AUTOMATIC1111 and ComfyUI load.
+
+Per collection, two safetensors files:
+
+- ``diffusers/<name>.safetensors``: ``{placeholder: tensor[n, d]}``, read by
+  ``pipe.load_textual_inversion(path)`` (tokens ``<name>``, ``<name>_1``, ...);
+- ``a1111/<name>.safetensors``: ``{"emb_params": tensor[n, d]}``, the form that
+  AUTOMATIC1111 and ComfyUI (``embedding:<name>``) read, as kohya-ss sd-scripts writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from artbank_pl.errors import ArtbankError
+from artbank_pl.modules import ImplicitStylePromptBank
+from artbank_pl.tokenizer import placeholder_token
+
+FORMATS = ("diffusers", "a1111")
+
+
+class CheckpointError(ArtbankError, RuntimeError):
+    """Raised when a checkpoint is not a prompt-bank checkpoint artbank can read."""
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
+    """Write a safetensors file through a temporary file and a rename, never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; exports are meant to be shared
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_stem(collection: str) -> str:
+    """Return the file name stem of a collection: its placeholder without the brackets."""
+    return placeholder_token(collection).strip("<>")
+
+
+def write_embeddings(
+    embeddings: dict[str, torch.Tensor], out_dir: str | Path, formats: tuple[str, ...] = FORMATS
+) -> list[Path]:
+    """Write each collection's ``[n, d]`` embeddings in the requested formats.
+
+    Args:
+        embeddings: collection name -> token embeddings ``[n, d]``.
+        out_dir: folder to write into; one subfolder per format.
+        formats: any of ``diffusers`` and ``a1111``.
+
+    Returns:
+        The paths written.
+    """
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown export format(s) {sorted(unknown)}; choose from {FORMATS}")
+    written = []
+    for name, table in embeddings.items():
+        token = placeholder_token(name)
+        table = table.detach().float().cpu()
+        meta = {"format": "pt", "collection": name, "token": token, "num_vectors": str(len(table))}
+        for fmt in formats:
+            path = Path(out_dir) / fmt / f"{file_stem(name)}.safetensors"
+            tensors = {token: table} if fmt == "diffusers" else {"emb_params": table}
+            atomic_save_safetensors(tensors, path, meta)
+            written.append(path)
+    return written
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a Lightning checkpoint without unpickling code (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling refusal is reported the same way
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path} cannot be loaded safely (weights_only=True): {first_line}"
+        ) from err
+
+
+def bank_embeddings_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Rebuild the prompt bank of a ``PromptBankTask`` checkpoint and read its embeddings.
+
+    Needs no Stable Diffusion weights: the bank's shape and options come from the
+    checkpoint's hyperparameters and tensors.
+    """
+    ckpt = load_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters") or {}
+    state = ckpt.get("state_dict") or {}
+    bank_state = {k.removeprefix("bank."): v for k, v in state.items() if k.startswith("bank.")}
+    if "prompts" not in bank_state or not hparams.get("collections"):
+        raise CheckpointError(f"{path} is not a PromptBankTask checkpoint (no bank or collections)")
+    num_collections, num_tokens, dim = bank_state["prompts"].shape
+    bank = ImplicitStylePromptBank(
+        num_collections,
+        num_tokens,
+        dim,
+        attention=hparams.get("bank_attention", "ssam"),
+        num_heads=hparams.get("bank_heads", 8),
+    )
+    bank.load_state_dict(bank_state)
+    bank.eval()
+    with torch.no_grad():
+        table = bank.embeddings()
+    return dict(zip(hparams["collections"], table, strict=True))
+
+
+def safe_name(text: str) -> str:
+    """Return ``text`` reduced to letters, digits, ``-``, ``_`` and ``.``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)

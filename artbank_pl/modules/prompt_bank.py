@@ -1,0 +1,80 @@
+"""The Implicit Style Prompt Bank (ISPB) of ArtBank: one trainable matrix per collection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from artbank_pl.modules.ssam import BankAttention, build_bank_attention
+
+
+class ImplicitStylePromptBank(nn.Module):
+    """K trainable prompt matrices of n tokens x d channels, read out through SSAM.
+
+    Args:
+        num_collections: K, one matrix per artwork collection.
+        num_tokens: n, token vectors per collection.
+        dim: d, the text encoder's embedding size.
+        attention: ``ssam``, ``self`` or ``none`` (see :mod:`artbank_pl.modules.ssam`).
+        num_heads: row-attention heads.
+        dropout: attention dropout in training.
+        layer_scale_init: initial residual scale of the attention.
+    """
+
+    def __init__(
+        self,
+        num_collections: int,
+        num_tokens: int,
+        dim: int,
+        attention: BankAttention = "ssam",
+        num_heads: int = 8,
+        dropout: float = 0.0,
+        layer_scale_init: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_collections < 1 or num_tokens < 1:
+            raise ValueError(
+                f"need at least one collection and one token, got {num_collections}, {num_tokens}"
+            )
+        self.prompts = nn.Parameter(torch.randn(num_collections, num_tokens, dim) * 0.02)
+        self.attention = build_bank_attention(
+            attention, dim, num_tokens, num_heads, dropout, layer_scale_init
+        )
+
+    @property
+    def num_collections(self) -> int:
+        """K, the number of collections."""
+        return self.prompts.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        """N, the tokens per collection."""
+        return self.prompts.shape[1]
+
+    @torch.no_grad()
+    def init_from_embedding(
+        self, embedding: torch.Tensor, noise: float = 0.1, generator: torch.Generator | None = None
+    ) -> None:
+        """Start every token at one word embedding plus a little noise to break symmetry.
+
+        Args:
+            embedding: a ``[d]`` vector, e.g. the embedding of "painting".
+            noise: noise std relative to the embedding's own std.
+            generator: random generator for the noise.
+        """
+        jitter = torch.randn(self.prompts.shape, generator=generator, dtype=self.prompts.dtype)
+        scale = noise * embedding.float().std()
+        self.prompts.copy_(embedding.to(self.prompts.dtype) + scale * jitter)
+
+    def forward(self, collection_idx: torch.Tensor) -> torch.Tensor:
+        """Return the token embeddings ``[B, n, d]`` for a batch of collection indices ``[B]``.
+
+        Each collection is computed once per call, so a sample's embeddings do not depend
+        on which other samples share its batch.
+        """
+        unique, inverse = torch.unique(collection_idx, return_inverse=True)
+        return self.attention(self.prompts[unique])[inverse]
+
+    def embeddings(self) -> torch.Tensor:
+        """Return every collection's token embeddings, ``[K, n, d]``."""
+        return self(torch.arange(self.num_collections, device=self.prompts.device))

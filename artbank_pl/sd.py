@@ -1,0 +1,182 @@
+"""The one seam that builds the frozen Stable Diffusion parts.
+
+``pretrained`` is a hub id (``stable-diffusion-v1-5/stable-diffusion-v1-5``), a local
+diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``),
+or ``tiny``: random weights from the configs in ``artbank_pl/tiny/``, seeded so that
+every process builds bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from artbank_pl.errors import ArtbankError
+from artbank_pl.tokenizer import build_clip_tokenizer
+
+TINY = "tiny"
+TINY_DIR = Path(__file__).parent / "tiny"
+
+
+class PretrainedLoadError(ArtbankError, RuntimeError):
+    """Raised when a ``pretrained`` model cannot be found or loaded."""
+
+
+@dataclass
+class StableDiffusionParts:
+    """The frozen parts of a Stable Diffusion model.
+
+    Attributes:
+        unet: the denoiser.
+        vae: the autoencoder between pixels and latents.
+        text_encoder: the CLIP text encoder.
+        tokenizer: the CLIP tokenizer matching ``text_encoder``.
+        noise_scheduler: the training noise schedule (a ``DDPMScheduler``).
+    """
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    noise_scheduler: DDPMScheduler
+
+    @property
+    def prediction_type(self) -> str:
+        """``epsilon`` (SD 1.x), ``v_prediction`` (SD 2.x 768) or ``sample``."""
+        return self.noise_scheduler.config.prediction_type
+
+
+def tiny_config(name: str) -> dict:
+    """Return the JSON config of a tiny part (``unet``, ``vae``, ``text_encoder``, ...)."""
+    return json.loads((TINY_DIR / f"{name}.json").read_text())
+
+
+@torch.no_grad()
+def sharpen_cross_attention(unet: UNet2DConditionModel, qk_scale: float, value_scale: float) -> None:
+    """Scale the random cross-attention projections of a freshly initialised UNet.
+
+    At random init, cross-attention is nearly uniform over the 77 prompt tokens, so the
+    few placeholder tokens of a prompt barely move the output and nothing can be learned
+    through them; a trained SD attends sharply. Scaling query and key (logits by
+    ``qk_scale**2``) and value and output gives the tiny model a conditioning path that
+    matters, as a trained one has.
+    """
+    for name, module in unet.named_modules():
+        if name.endswith("attn2"):
+            module.to_q.weight.mul_(qk_scale)
+            module.to_k.weight.mul_(qk_scale)
+            module.to_v.weight.mul_(value_scale)
+            module.to_out[0].weight.mul_(value_scale)
+
+
+def build_tiny_parts() -> StableDiffusionParts:
+    """Build a random tiny Stable Diffusion on CPU in well under a second.
+
+    Weights are drawn from a fixed seed (``tiny/init.json``), so every process builds the
+    same model.
+    """
+    init = tiny_config("init")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init["seed"])
+        unet = UNet2DConditionModel(**tiny_config("unet"))
+        vae = AutoencoderKL(**tiny_config("vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_config("text_encoder")))
+    sharpen_cross_attention(
+        unet, init["cross_attention_qk_scale"], init["cross_attention_value_scale"]
+    )
+    scheduler = DDPMScheduler.from_config(tiny_config("scheduler"))
+    return StableDiffusionParts(unet, vae, text_encoder, build_clip_tokenizer(), scheduler)
+
+
+def _is_local(pretrained: str) -> bool:
+    return Path(pretrained).expanduser().is_dir()
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    # hub ids are "owner/name"; anything else with a separator is meant as a folder
+    return pretrained.startswith((".", "/", "~")) or pretrained.count("/") > 1
+
+
+def _load_tokenizer(pretrained: str, revision: str | None) -> CLIPTokenizer:
+    if _is_local(pretrained) and not (Path(pretrained).expanduser() / "tokenizer").is_dir():
+        return build_clip_tokenizer()
+    return CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)
+
+
+def _load_pretrained_parts(
+    pretrained: str, revision: str | None, variant: str | None
+) -> StableDiffusionParts:
+    if _is_local(pretrained):
+        pretrained = str(Path(pretrained).expanduser())
+    kwargs = {"revision": revision}
+    return StableDiffusionParts(
+        unet=UNet2DConditionModel.from_pretrained(
+            pretrained, subfolder="unet", variant=variant, **kwargs
+        ),
+        vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, **kwargs),
+        text_encoder=CLIPTextModel.from_pretrained(
+            pretrained, subfolder="text_encoder", variant=variant, **kwargs
+        ),
+        tokenizer=_load_tokenizer(pretrained, revision),
+        noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kwargs),
+    )
+
+
+def load_parts(
+    pretrained: str, revision: str | None = None, variant: str | None = None
+) -> StableDiffusionParts:
+    """Build the frozen Stable Diffusion parts named by ``pretrained``.
+
+    Args:
+        pretrained: ``tiny``, a local diffusers folder, or a hub id.
+        revision: hub revision (branch, tag or commit).
+        variant: weight variant, e.g. ``fp16``.
+
+    Returns:
+        The parts, frozen: ``requires_grad=False`` and in eval mode.
+
+    Raises:
+        PretrainedLoadError: the model cannot be found (offline, typo, missing folder).
+    """
+    if pretrained == TINY:
+        parts = build_tiny_parts()
+    elif _looks_like_path(pretrained) and not _is_local(pretrained):
+        raise PretrainedLoadError(f"pretrained={pretrained!r}: no such folder")
+    else:
+        try:
+            parts = _load_pretrained_parts(pretrained, revision, variant)
+        except (OSError, ValueError) as err:
+            raise PretrainedLoadError(
+                f"cannot load pretrained={pretrained!r}: {str(err).splitlines()[0]} "
+                f"Download it where there is internet (`hf download {pretrained}`) and set "
+                "HF_HOME, or point `pretrained` at a local diffusers folder."
+            ) from err
+    for module in (parts.unet, parts.vae, parts.text_encoder):
+        freeze(module)
+    return parts
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """Set ``requires_grad=False`` on every parameter and put the module in eval mode."""
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def half_dtype(precision: str | int | None) -> torch.dtype:
+    """Return the dtype frozen parts take under a Lightning precision setting.
+
+    ``bf16-mixed``/``bf16-true`` give bfloat16, ``16-mixed``/``16-true`` give float16,
+    anything else float32. Trainable parameters are not affected by this.
+    """
+    text = str(precision)
+    if text.startswith("bf16"):
+        return torch.bfloat16
+    if text.startswith("16"):
+        return torch.float16
+    return torch.float32

@@ -1,0 +1,273 @@
+"""The base LightningModule: a frozen Stable Diffusion and the diffusion training loss."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from artbank_pl import diffusion
+from artbank_pl.errors import ConfigError
+from artbank_pl.optim import LRSchedule, warmup_schedule_factor
+from artbank_pl.sd import StableDiffusionParts, freeze, half_dtype, load_parts
+
+FROZEN_PREFIXES = ("unet.", "vae.", "text_encoder.")
+VectorLookup = Callable[[torch.Tensor], torch.Tensor]
+
+
+def sample_seed(key: str, seed: int) -> int:
+    """Return a 63-bit seed derived from a sample key and a global seed."""
+    return (zlib.crc32(key.encode("utf-8")) << 31 ^ seed) & ((1 << 63) - 1)
+
+
+@contextmanager
+def _spliced_embeddings(
+    embedding: nn.Module, mask: torch.Tensor, vectors: torch.Tensor
+) -> Iterator[None]:
+    """Replace the token-embedding outputs at ``mask`` by ``vectors`` for one forward."""
+
+    def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output.masked_scatter(mask.unsqueeze(-1), vectors.to(output.dtype))
+
+    handle = embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class FrozenDiffusionTask(LightningModule):
+    """A frozen Stable Diffusion that trainable style modules condition through its prompt.
+
+    The UNet, VAE and text encoder take no gradient, stay in eval mode, are cast to the
+    half type of ``bf16-*``/``16-*`` precision, and are left out of ``state_dict`` (and so
+    of every checkpoint); subclasses own the trainable parameters, which stay float32.
+
+    Args:
+        pretrained: ``tiny``, a local diffusers folder, or a hub id.
+        revision: hub revision of ``pretrained``.
+        variant: weight variant of ``pretrained``, e.g. ``fp16``.
+        vae_fp32: keep the VAE in float32 under half precision (avoids VAE overflow).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` at ``max_steps``, or ``constant``.
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine only).
+        min_snr_gamma: min-SNR-gamma loss weighting; ``None`` turns it off.
+        noise_offset: noise offset (0 turns it off).
+        val_seed: seed of the fixed per-sample noise used in validation.
+    """
+
+    def __init__(
+        self,
+        pretrained: str = "tiny",
+        revision: str | None = None,
+        variant: str | None = None,
+        vae_fp32: bool = False,
+        lr: float = 5e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "cosine",
+        min_lr_ratio: float = 0.0,
+        min_snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        parts = load_parts(pretrained, revision, variant)
+        self.unet = parts.unet
+        self.vae = parts.vae
+        self.text_encoder = parts.text_encoder
+        self.tokenizer = parts.tokenizer
+        self.noise_scheduler = parts.noise_scheduler
+        # Checkpoints hold the trainables only; load_state_dict checks them strictly itself.
+        self.strict_loading = False
+
+    # ------------------------------------------------------------------ frozen parts
+    @property
+    def parts(self) -> StableDiffusionParts:
+        """The frozen parts, e.g. to build a diffusers pipeline around them."""
+        return StableDiffusionParts(
+            self.unet, self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler
+        )
+
+    @property
+    def prediction_type(self) -> str:
+        """The scheduler's prediction type: ``epsilon``, ``v_prediction`` or ``sample``."""
+        return self.noise_scheduler.config.prediction_type
+
+    def setup(self, stage: str) -> None:
+        """Cast the frozen parts to the half type the trainer's precision asks for."""
+        dtype = half_dtype(self.trainer.precision) if self._trainer else torch.float32
+        self.cast_frozen(dtype)
+
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Cast the UNet and text encoder (and the VAE unless ``vae_fp32``) to ``dtype``."""
+        vae_dtype = torch.float32 if self.hparams.vae_fp32 else dtype
+        for module, target in ((self.unet, dtype), (self.text_encoder, dtype), (self.vae, vae_dtype)):
+            if module.dtype != target:
+                module.to(target)
+
+    def train(self, mode: bool = True) -> FrozenDiffusionTask:
+        """Switch train/eval mode of the trainable parts; frozen parts stay in eval."""
+        super().train(mode)
+        for module in (self.unet, self.vae, self.text_encoder):
+            freeze(module)
+        return self
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Return the trainable state only: frozen Stable Diffusion weights are left out."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        frozen = tuple(prefix + p for p in FROZEN_PREFIXES)
+        for key in [k for k in state if k.startswith(frozen)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load trainable state; a missing or unexpected trainable key is an error."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith(FROZEN_PREFIXES)]
+        unexpected = list(result.unexpected_keys)
+        if missing or unexpected:
+            raise RuntimeError(
+                f"checkpoint does not match {type(self).__name__}: "
+                f"missing keys {missing}, unexpected keys {unexpected}"
+            )
+        return result
+
+    # ------------------------------------------------------------------ conditioning
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Tokenize prompts to ``[B, 77]`` ids, padded and truncated, on this device."""
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return ids.to(self.device)
+
+    def encode_text(
+        self, input_ids: torch.Tensor, first_placeholder_id: int, lookup: VectorLookup
+    ) -> torch.Tensor:
+        """Run the text encoder with placeholder token embeddings spliced in.
+
+        Ids at or above ``first_placeholder_id`` are placeholders: their token embeddings
+        (before position embeddings are added, as in textual inversion) become
+        ``lookup(ids)``, so the vocabulary matrix is never touched and gradients flow
+        into whatever ``lookup`` computes from.
+
+        Args:
+            input_ids: ``[B, L]`` token ids.
+            first_placeholder_id: the smallest placeholder id.
+            lookup: maps the ``[M]`` placeholder ids present to ``[M, d]`` vectors.
+
+        Returns:
+            The last hidden state ``[B, L, d]`` in the text encoder's dtype.
+        """
+        mask = input_ids >= first_placeholder_id
+        if not mask.any():
+            return self.text_encoder(input_ids).last_hidden_state
+        vectors = lookup(input_ids[mask])
+        safe_ids = input_ids.masked_fill(mask, 0)  # any in-vocabulary id; it is replaced
+        with _spliced_embeddings(self.text_encoder.get_input_embeddings(), mask, vectors):
+            return self.text_encoder(safe_ids).last_hidden_state
+
+    @torch.no_grad()
+    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encode ``[-1, 1]`` pixels to scaled latents (float32), sampling the VAE posterior."""
+        pixels = pixel_values.to(device=self.device, dtype=self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.sample()
+        return latents.float() * self.vae.config.scaling_factor
+
+    # ------------------------------------------------------------------ loss
+    def _noise_and_timesteps(
+        self, latents: torch.Tensor, keys: Sequence[str] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw noise and timesteps: random in training, fixed per sample key otherwise."""
+        num_steps = self.noise_scheduler.config.num_train_timesteps
+        offset = self.hparams.noise_offset
+        if keys is None:
+            t = torch.randint(0, num_steps, (latents.shape[0],), device=self.device)
+            noise = diffusion.offset_noise(latents.shape, offset).to(self.device)
+            return noise, t
+        noises, steps = [], []
+        for key in keys:
+            gen = torch.Generator().manual_seed(sample_seed(key, self.hparams.val_seed))
+            steps.append(torch.randint(0, num_steps, (1,), generator=gen))
+            noises.append(diffusion.offset_noise((1, *latents.shape[1:]), offset, gen))
+        return torch.cat(noises).to(self.device), torch.cat(steps).to(self.device)
+
+    def diffusion_loss(
+        self,
+        latents: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        keys: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """Per-sample denoising loss against the scheduler's prediction type.
+
+        Args:
+            latents: clean latents ``[B, C, h, w]``.
+            encoder_hidden_states: text conditioning ``[B, L, d]``.
+            keys: sample keys; when given, noise and timesteps are fixed per key
+                (deterministic validation), otherwise drawn at random.
+
+        Returns:
+            ``[B]`` losses, min-SNR weighted when ``min_snr_gamma`` is set.
+        """
+        noise, timesteps = self._noise_and_timesteps(latents, keys)
+        abar = diffusion.alphas_cumprod(self.noise_scheduler, timesteps)
+        noisy = diffusion.add_noise(latents, noise, abar)
+        dtype = self.unet.dtype
+        pred = self.unet(
+            noisy.to(dtype), timesteps, encoder_hidden_states.to(dtype)
+        ).sample.float()
+        target = diffusion.training_target(self.prediction_type, latents, noise, abar)
+        losses = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        gamma = self.hparams.min_snr_gamma
+        if gamma is not None:
+            losses = losses * diffusion.min_snr_weights(abar, gamma, self.prediction_type)
+        return losses
+
+    # ------------------------------------------------------------------ optimisation
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that train: everything outside the frozen parts."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        """AdamW (fused on CUDA) with linear warm-up and cosine or constant schedule."""
+        params = self.trainable_parameters()
+        fused = bool(params) and all(p.is_cuda for p in params)
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+            weight_decay=self.hparams.weight_decay,
+            fused=fused or None,
+        )
+        total = self._total_steps()
+        hp = self.hparams
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_schedule_factor(
+                step, hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio
+            ),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        if self.hparams.lr_schedule == "constant":
+            return 1
+        total = self.trainer.estimated_stepping_batches
+        if total is None or total == float("inf"):
+            raise ConfigError("lr_schedule=cosine needs trainer.max_steps to be set")
+        return int(total)

@@ -1,0 +1,199 @@
+"""ArtBank training: an Implicit Style Prompt Bank with SSAM on a frozen Stable Diffusion."""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+from artbank_pl.errors import ConfigError
+from artbank_pl.metrics import PerCollectionMean
+from artbank_pl.modules import ImplicitStylePromptBank
+from artbank_pl.modules.ssam import BankAttention
+from artbank_pl.optim import LRSchedule
+from artbank_pl.tasks.base import FrozenDiffusionTask
+from artbank_pl.tokenizer import (
+    add_placeholder_tokens,
+    expand_placeholder,
+    placeholder_token,
+    single_token_id,
+)
+
+STYLE_TEMPLATES = (
+    "a painting in the style of {}",
+    "an artwork in the style of {}",
+    "a picture in the style of {}",
+    "a rendition in the style of {}",
+    "a cropped painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "a good painting in the style of {}",
+    "an image in the style of {}",
+    "{}",
+)
+
+
+class PromptBankTask(FrozenDiffusionTask):
+    """Train an ArtBank prompt bank: one ``n x d`` matrix per collection, read through SSAM.
+
+    Each training prompt is a template holding the collection's placeholder (``<name>``,
+    expanded to ``n`` tokens), optionally followed by the sample's caption. The bank's output
+    replaces the placeholder token embeddings inside the frozen text encoder, so only the
+    bank and its attention train.
+
+    Args:
+        collections: collection names in bank order; linked from the datamodule's manifest.
+        num_tokens: token vectors per collection.
+        bank_attention: ``ssam`` (ArtBank), ``self`` (plain self-attention, as in the
+            released ArtBank weights) or ``none`` (multi-vector textual inversion).
+        bank_heads: heads of the bank's row attention.
+        bank_dropout: attention dropout in the bank.
+        layer_scale_init: initial residual scale of the bank attention.
+        initializer_token: a one-token word whose embedding starts every prompt vector;
+            ``None`` starts from small random vectors.
+        templates: prompt templates with one ``{}`` for the placeholder.
+        use_captions: append each sample's caption (when it has one) to its prompt.
+        pretrained: ``tiny``, a local diffusers folder, or a hub id.
+        revision: hub revision of ``pretrained``.
+        variant: weight variant of ``pretrained``.
+        vae_fp32: keep the VAE in float32 under half precision.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        lr_schedule: ``cosine`` or ``constant``.
+        min_lr_ratio: final learning-rate fraction of the cosine schedule.
+        min_snr_gamma: min-SNR-gamma weighting; ``None`` turns it off.
+        noise_offset: noise offset.
+        val_seed: seed of the fixed validation noise.
+    """
+
+    def __init__(
+        self,
+        collections: list[str] | None = None,
+        num_tokens: int = 4,
+        bank_attention: BankAttention = "ssam",
+        bank_heads: int = 8,
+        bank_dropout: float = 0.0,
+        layer_scale_init: float = 0.1,
+        initializer_token: str | None = "painting",
+        templates: list[str] | None = None,
+        use_captions: bool = True,
+        pretrained: str = "tiny",
+        revision: str | None = None,
+        variant: str | None = None,
+        vae_fp32: bool = False,
+        lr: float = 5e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "cosine",
+        min_lr_ratio: float = 0.0,
+        min_snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__(
+            pretrained, revision, variant, vae_fp32, lr, weight_decay, betas, warmup_steps,
+            lr_schedule, min_lr_ratio, min_snr_gamma, noise_offset, val_seed,
+        )  # fmt: skip
+        if not collections:
+            raise ConfigError(
+                "PromptBankTask needs `collections`: give data.manifest (linked automatically) "
+                "or model.collections"
+            )
+        self.collections = list(collections)
+        self.templates = list(templates or STYLE_TEMPLATES)
+        for template in self.templates:
+            if template.count("{}") != 1:
+                raise ConfigError(f"template {template!r} must hold exactly one '{{}}'")
+        self.placeholders = [placeholder_token(name) for name in self.collections]
+        token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)
+        self.first_placeholder_id = token_ids[0][0]
+        dim = self.text_encoder.get_input_embeddings().embedding_dim
+        self.bank = ImplicitStylePromptBank(
+            len(self.collections), num_tokens, dim, bank_attention, bank_heads, bank_dropout,
+            layer_scale_init,
+        )  # fmt: skip
+        if initializer_token:
+            init_id = single_token_id(self.tokenizer, initializer_token)
+            init = self.text_encoder.get_input_embeddings().weight[init_id]
+            self.bank.init_from_embedding(init, generator=torch.Generator().manual_seed(val_seed))
+        self.val_loss = PerCollectionMean(len(self.collections))
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_for(self, collection: int, template: str, caption: str | None) -> str:
+        """Build one prompt: the template around the collection's expanded placeholder."""
+        placeholder = self.placeholders[collection]
+        text = expand_placeholder(template.format(placeholder), placeholder, self.bank.num_tokens)
+        if caption and self.hparams.use_captions:
+            text = f"{text}, {caption}"
+        return text
+
+    def build_prompts(self, batch: dict, deterministic: bool = False) -> list[str]:
+        """Prompts for a batch: random templates in training, fixed per sample key otherwise."""
+        captions = batch.get("caption") or [None] * len(batch["collection_idx"])
+        prompts = []
+        for i, collection in enumerate(batch["collection_idx"].tolist()):
+            if deterministic:
+                index = zlib.crc32(batch["__key__"][i].encode()) % len(self.templates)
+            else:
+                index = random.randrange(len(self.templates))
+            prompts.append(self.prompt_for(collection, self.templates[index], captions[i]))
+        return prompts
+
+    def placeholder_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """Map placeholder token ids ``[M]`` to the bank's vectors ``[M, d]``."""
+        flat = ids - self.first_placeholder_id
+        n = self.bank.num_tokens
+        collection, slot = flat // n, flat % n
+        unique, inverse = torch.unique(collection, return_inverse=True)
+        return self.bank(unique)[inverse, slot]
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text conditioning ``[B, 77, d]`` with the bank spliced into the prompts."""
+        ids = self.tokenize(prompts)
+        return self.encode_text(ids, self.first_placeholder_id, self.placeholder_vectors)
+
+    # ------------------------------------------------------------------ steps
+    def _batch_losses(self, batch: dict, deterministic: bool) -> torch.Tensor:
+        latents = self.encode_latents(batch["pixel_values"])
+        cond = self.encode_prompts(self.build_prompts(batch, deterministic))
+        keys = batch["__key__"] if deterministic else None
+        return self.diffusion_loss(latents, cond, keys)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """One denoising step; logs ``train/loss`` and ``train/loss/<collection>``."""
+        losses = self._batch_losses(batch, deterministic=False)
+        loss = losses.mean()
+        batch_size = losses.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        idx = batch["collection_idx"]
+        for k in torch.unique(idx).tolist():
+            name = self.collections[k]
+            self.log(f"train/loss/{name}", losses[idx == k].mean(), batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Accumulate the deterministic per-collection loss (fixed noise per sample key)."""
+        losses = self._batch_losses(batch, deterministic=True)
+        self.val_loss.update(losses, batch["collection_idx"].to(self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/loss`` and ``val/loss/<collection>``, reduced across ranks."""
+        result = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", result["overall"], prog_bar=True, sync_dist=False)
+        for k, name in enumerate(self.collections):
+            if result["count"][k] > 0:
+                self.log(f"val/loss/{name}", result["mean"][k], sync_dist=False)
+
+    def embeddings(self) -> dict[str, torch.Tensor]:
+        """Each collection's token embeddings ``[n, d]`` (float32, CPU), bank in eval mode."""
+        was_training = self.bank.training
+        self.bank.eval()
+        with torch.no_grad():
+            table = self.bank.embeddings().float().cpu()
+        self.bank.train(was_training)
+        return dict(zip(self.collections, table, strict=True))

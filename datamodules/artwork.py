@@ -1,0 +1,229 @@
+"""``ArtworkDataModule``: artwork collections from WebDataset shards, for training a style bank."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from braceexpand import braceexpand
+from lightning.pytorch import LightningDataModule
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader
+
+from artbank_pl.errors import ConfigError, DataError
+from datamodules.shards import read_manifest, resize_shorter_side
+from datamodules.stream import ShardStream, decode_image
+
+log = logging.getLogger(__name__)
+
+
+def expand_urls(pattern: str) -> list[str]:
+    """Expand a brace pattern (``data/train-{000000..000009}.tar``) into shard paths."""
+    urls = [u for part in pattern.split("::") for u in braceexpand(part)]
+    if not urls:
+        raise DataError(f"shard pattern {pattern!r} names no shard")
+    return urls
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image to a ``[3, H, W]`` float tensor in ``[-1, 1]``."""
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def crop_square(image: Image.Image, size: int, rng: random.Random | None) -> Image.Image:
+    """Crop a ``size`` square: at random when ``rng`` is given, else from the centre."""
+    w, h = image.size
+    left = rng.randint(0, w - size) if rng else (w - size) // 2
+    top = rng.randint(0, h - size) if rng else (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+class ArtworkTransform:
+    """Decode an artwork sample and turn it into a training or validation item.
+
+    Args:
+        collection_index: collection name -> bank index.
+        resolution: output side in pixels (shorter side resized to it, then cropped).
+        train: random crop and flip (training) or centre crop (validation).
+        center_crop: crop from the centre even in training.
+        random_flip: flip horizontally with probability 0.5 in training.
+    """
+
+    def __init__(
+        self,
+        collection_index: dict[str, int],
+        resolution: int,
+        train: bool,
+        center_crop: bool = False,
+        random_flip: bool = True,
+    ) -> None:
+        self.collection_index = collection_index
+        self.resolution = resolution
+        self.train = train
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+
+    def __call__(self, sample: dict, rng: random.Random) -> dict:
+        """Return ``{pixel_values, collection_idx, caption, __key__}`` for one raw sample."""
+        meta = json.loads(sample["json"])
+        name = meta.get("collection")
+        if name not in self.collection_index:
+            raise KeyError(f"collection {name!r} is not in this run's collections")
+        image = resize_shorter_side(decode_image(sample), self.resolution)
+        crop_rng = rng if self.train and not self.center_crop else None
+        image = crop_square(image, self.resolution, crop_rng)
+        if self.train and self.random_flip and rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        return {
+            "pixel_values": to_tensor(image),
+            "collection_idx": self.collection_index[name],
+            "caption": meta.get("caption") or "",
+            "__key__": sample["__key__"],
+        }
+
+
+def collate_artworks(items: list[dict]) -> dict:
+    """Stack pixel tensors and collection indices; keep captions and keys as lists."""
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "collection_idx": torch.tensor([item["collection_idx"] for item in items]),
+        "caption": [item["caption"] for item in items],
+        "__key__": [item["__key__"] for item in items],
+    }
+
+
+class ArtworkDataModule(LightningDataModule):
+    """Artwork collections from WebDataset shards.
+
+    Training reads resampled shards (an endless stream, reshuffled each pass) cut into
+    epochs of ``samples_per_epoch``, split by rank and by worker with the Trainer's rank and
+    world size. Validation reads every sample exactly once, in a fixed order.
+
+    Args:
+        manifest: ``manifest.json`` (or its folder) from ``artbank shards build``; gives
+            shards and collection names.
+        train_shards: brace pattern of training shards (instead of, or overriding, the
+            manifest's).
+        val_shards: brace pattern of validation shards; defaults to the manifest's
+            ``val`` split, else to the training shards.
+        collections: collection names in bank order; needed without a manifest.
+        resolution: training image side in pixels.
+        center_crop: crop from the centre in training instead of at random.
+        random_flip: random horizontal flips in training.
+        batch_size: samples per batch and per device.
+        val_batch_size: validation batch size (default: ``batch_size``).
+        num_workers: dataloader workers per device.
+        samples_per_epoch: training samples per epoch over all devices (default: the
+            manifest's training count); with ``max_steps`` this only sets how often
+            epoch-level hooks run.
+        shuffle_buffer: shuffle-buffer size of the training stream.
+        pin_memory: pin host memory for faster copies to the GPU.
+    """
+
+    def __init__(
+        self,
+        manifest: str | None = None,
+        train_shards: str | None = None,
+        val_shards: str | None = None,
+        collections: list[str] | None = None,
+        resolution: int = 512,
+        center_crop: bool = False,
+        random_flip: bool = True,
+        batch_size: int = 4,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        samples_per_epoch: int | None = None,
+        shuffle_buffer: int = 256,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        # the resolved names are the model's hyperparameter; two differing copies clash
+        self.save_hyperparameters(ignore=["collections"])
+        self._manifest = read_manifest(manifest) if manifest else None
+        self.collections = self._collection_names(collections)
+        self.train_urls, self.val_urls = self._shard_urls(manifest, train_shards, val_shards)
+        self.rank, self.world_size = 0, 1
+
+    def _collection_names(self, collections: list[str] | None) -> list[str]:
+        if collections:
+            return list(collections)
+        if self._manifest is None:
+            raise ConfigError("ArtworkDataModule needs `manifest`, or `collections` with shards")
+        ordered = sorted(self._manifest["collections"], key=lambda c: c["index"])
+        return [c["name"] for c in ordered]
+
+    def _shard_urls(self, manifest, train_shards, val_shards) -> tuple[list[str], list[str]]:
+        splits, root = {}, None
+        if self._manifest is not None:
+            splits = self._manifest.get("splits", {})
+            root = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
+
+        def from_manifest(split: str) -> list[str]:
+            return [str(root / s) for s in splits.get(split, {}).get("shards", [])]
+
+        train = expand_urls(train_shards) if train_shards else from_manifest("train")
+        if not train:
+            raise ConfigError("no training shards: give `manifest` or `train_shards`")
+        val = expand_urls(val_shards) if val_shards else from_manifest("val")
+        if not val:
+            log.info("no validation split: validating on the training shards")
+            val = train
+        return train, val
+
+    @property
+    def collection_index(self) -> dict[str, int]:
+        """Collection name -> bank index."""
+        return {name: i for i, name in enumerate(self.collections)}
+
+    def setup(self, stage: str) -> None:
+        """Take rank and world size from the Trainer, for splitting the stream."""
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+
+    def _samples_per_worker(self) -> int:
+        hp = self.hparams
+        total = hp.samples_per_epoch
+        if total is None:
+            counts = (self._manifest or {}).get("splits", {}).get("train", {})
+            total = counts.get("total") or 1000
+        parts = self.world_size * max(1, hp.num_workers)
+        batches = max(1, math.ceil(total / (parts * hp.batch_size)))
+        return batches * hp.batch_size
+
+    def _loader(self, stream: ShardStream, batch_size: int, drop_last: bool) -> DataLoader:
+        stream.set_distributed(self.rank, self.world_size)
+        workers = self.hparams.num_workers
+        return DataLoader(
+            stream,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=collate_artworks,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            drop_last=drop_last,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Endless resampled stream, ``samples_per_epoch`` per epoch, full batches only."""
+        hp = self.hparams
+        transform = ArtworkTransform(
+            self.collection_index, hp.resolution, True, hp.center_crop, hp.random_flip
+        )
+        stream = ShardStream(
+            self.train_urls, transform, True, self._samples_per_worker(), hp.shuffle_buffer
+        )
+        return self._loader(stream, hp.batch_size, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """One deterministic pass: every validation sample exactly once over all ranks."""
+        hp = self.hparams
+        transform = ArtworkTransform(self.collection_index, hp.resolution, train=False)
+        stream = ShardStream(self.val_urls, transform)
+        return self._loader(stream, hp.val_batch_size or hp.batch_size, drop_last=False)

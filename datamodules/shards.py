@@ -1,0 +1,286 @@
+"""Build WebDataset shards of artwork collections, with a manifest.
+
+Input: one folder per collection (the folder name is the collection name), holding images
+and optional ``<stem>.txt`` captions. Output: ``train-NNNNNN.tar`` (and ``val-NNNNNN.tar``
+when some images are held out) with one ``.jpg``/``.png`` + ``.json`` pair per sample,
+and ``manifest.json`` listing collections, counts and shards. Every file is written under a
+temporary name and renamed when complete, and the manifest last, so a reader never sees a
+half-built dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+from PIL import Image, ImageOps
+
+from artbank_pl.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class SourceImage:
+    """One image file found in a collection folder."""
+
+    collection: str
+    path: Path
+    caption: str | None
+
+
+@dataclass
+class BuildReport:
+    """What a build wrote and what it skipped."""
+
+    manifest: Path
+    written: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def find_images(input_dir: Path) -> list[SourceImage]:
+    """List images per collection folder, in a stable (sorted) order.
+
+    Raises:
+        DataError: ``input_dir`` is missing or holds no collection folder.
+    """
+    if not input_dir.is_dir():
+        raise DataError(f"--input {input_dir} is not a folder")
+    folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"--input {input_dir} has no collection folders (one per style)")
+    found = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                txt = path.with_suffix(".txt")
+                caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None
+                found.append(SourceImage(folder.name, path, caption or None))
+    return found
+
+
+def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+    """Resize so that the shorter side is ``size`` (Lanczos); ``size <= 0`` keeps it."""
+    if size <= 0:
+        return image
+    w, h = image.size
+    scale = size / min(w, h)
+    return image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.LANCZOS)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Crop the central ``size x size`` square."""
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_rgb(path: Path, size: int, crop: bool) -> Image.Image:
+    """Open an image, apply EXIF orientation, convert to RGB, resize and optionally crop."""
+    with Image.open(path) as img:
+        img.load()
+        image = ImageOps.exif_transpose(img).convert("RGB")
+    image = resize_shorter_side(image, size)
+    return center_crop(image, min(image.size)) if crop else image
+
+
+def encode_image(image: Image.Image, fmt: str, quality: int) -> bytes:
+    """Encode a PIL image as ``jpg`` or ``png`` bytes."""
+    buffer = io.BytesIO()
+    if fmt == "jpg":
+        image.save(buffer, format="JPEG", quality=quality)
+    else:
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_key(collection: str, path: Path, used: set[str]) -> str:
+    """A unique WebDataset key: no dots (WebDataset splits keys at the first dot)."""
+    base = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{collection}__{path.stem}")
+    key, n = base, 1
+    while key in used:
+        key, n = f"{base}_{n}", n + 1
+    used.add(key)
+    return key
+
+
+class AtomicShardWriter:
+    """Write ``<prefix>-NNNNNN.tar`` shards of at most ``maxcount`` samples each, atomically."""
+
+    def __init__(self, out_dir: Path, prefix: str, maxcount: int) -> None:
+        self.out_dir, self.prefix, self.maxcount = out_dir, prefix, maxcount
+        self.shards: list[str] = []
+        self._writer: wds.TarWriter | None = None
+        self._tmp: Path | None = None
+        self._count = 0
+
+    def _open(self) -> None:
+        name = f"{self.prefix}-{len(self.shards):06d}.tar"
+        self._tmp = self.out_dir / f".{name}.tmp"
+        self._writer = wds.TarWriter(str(self._tmp))
+        self.shards.append(name)
+        self._count = 0
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            os.replace(self._tmp, self.out_dir / self.shards[-1])
+            self._writer = None
+
+    def write(self, sample: dict) -> None:
+        """Add one sample, starting a new shard when the current one is full."""
+        if self._writer is None or self._count >= self.maxcount:
+            self._close()
+            self._open()
+        self._writer.write(sample)
+        self._count += 1
+
+    def close(self) -> list[str]:
+        """Finish the last shard and return the shard names written."""
+        self._close()
+        return self.shards
+
+
+def split_holdout(images: list[SourceImage], per_collection: int) -> tuple[list, list]:
+    """Hold out the last ``per_collection`` images of each collection for validation."""
+    train, val = [], []
+    by_collection: dict[str, list[SourceImage]] = {}
+    for image in images:
+        by_collection.setdefault(image.collection, []).append(image)
+    for items in by_collection.values():
+        keep = max(1, len(items) - per_collection) if per_collection else len(items)
+        train += items[:keep]
+        val += items[keep:]
+    return train, val
+
+
+def _write_split(
+    images: list[SourceImage], writer: AtomicShardWriter, opts: dict, report: BuildReport
+) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    used: set[str] = set()
+    for image in images:
+        try:
+            rgb = load_rgb(image.path, opts["size"], opts["crop"])
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            log.warning("skipping unreadable image %s: %s", image.path, err)
+            report.skipped.append(str(image.path))
+            continue
+        meta = {
+            "collection": image.collection,
+            "caption": image.caption,
+            "source": str(image.path.relative_to(opts["input_dir"])),
+        }
+        ext = opts["format"]
+        writer.write(
+            {
+                "__key__": sample_key(image.collection, image.path, used),
+                ext: encode_image(rgb, ext, opts["quality"]),
+                "json": json.dumps(meta).encode(),
+            }
+        )
+        counts[image.collection] = counts.get(image.collection, 0) + 1
+    return counts
+
+
+def build_shards(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    size: int = 512,
+    crop: bool = False,
+    maxcount: int = 1000,
+    val_per_collection: int = 0,
+    image_format: str = "jpg",
+    quality: int = 95,
+    seed: int = 0,
+) -> BuildReport:
+    """Build train (and validation) shards and a manifest from collection folders.
+
+    Args:
+        input_dir: one sub-folder per collection.
+        output_dir: where shards and ``manifest.json`` go (created).
+        size: shorter side after resizing; 0 keeps the original size.
+        crop: also center-crop to a square.
+        maxcount: samples per shard.
+        val_per_collection: images per collection held out into ``val-*.tar``.
+        image_format: ``jpg`` or ``png``.
+        quality: JPEG quality.
+        seed: shuffles the training order so that every shard mixes collections.
+
+    Returns:
+        A report with the manifest path, counts written and paths skipped.
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if image_format not in ("jpg", "png"):
+        raise DataError(f"--format must be jpg or png, got {image_format!r}")
+    images = find_images(input_dir)
+    names = sorted({image.collection for image in images})
+    train, val = split_holdout(images, val_per_collection)
+    random.Random(seed).shuffle(train)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = BuildReport(output_dir / MANIFEST)
+    opts = {"size": size, "crop": crop, "format": image_format, "quality": quality}
+    opts["input_dir"] = input_dir
+    splits = {}
+    for split, items in (("train", train), ("val", val)):
+        if not items:
+            continue
+        writer = AtomicShardWriter(output_dir, split, maxcount)
+        counts = _write_split(items, writer, opts, report)
+        splits[split] = {"shards": writer.close(), "counts": counts, "total": sum(counts.values())}
+        for name, n in counts.items():
+            report.written[name] = report.written.get(name, 0) + n
+    if not report.written:
+        raise DataError(f"no readable image under {input_dir} ({len(report.skipped)} skipped)")
+    _write_manifest(report, names, splits, opts)
+    return report
+
+
+def _write_manifest(report: BuildReport, names: list[str], splits: dict, opts: dict) -> None:
+    present = [name for name in names if report.written.get(name)]
+    for name in sorted(set(names) - set(present)):
+        log.warning("collection %r has no readable image; it is left out", name)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "collections": [
+            {"name": name, "index": i, "count": report.written[name]}
+            for i, name in enumerate(present)
+        ],
+        "splits": splits,
+        "image": {"size": opts["size"], "crop": opts["crop"], "format": opts["format"]},
+        "skipped": report.skipped,
+    }
+    tmp = report.manifest.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, report.manifest)
+
+
+def read_manifest(path: str | Path) -> dict:
+    """Read and check a manifest written by :func:`build_shards`.
+
+    Raises:
+        DataError: the manifest is missing, or it is not a manifest of a version this code reads.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist (build it: artbank shards build)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"manifest {path} is not valid JSON: {err}") from err
+    if manifest.get("version") != MANIFEST_VERSION or "collections" not in manifest:
+        raise DataError(f"{path} is not an artbank shard manifest (version {MANIFEST_VERSION})")
+    return manifest
