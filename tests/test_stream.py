@@ -1,0 +1,87 @@
+from collections import Counter
+
+import pytest
+import webdataset as wds
+from torch.utils.data import DataLoader, get_worker_info
+
+from datamodules import ArtworkDataModule
+from datamodules.stream import ShardStream
+
+
+def key_and_part(sample, rng):
+    info = get_worker_info()
+    return {"key": sample["__key__"], "worker": info.id if info else 0}
+
+
+def write_shards(root, num_shards, per_shard):
+    urls = []
+    for s in range(num_shards):
+        url = str(root / f"s-{s:03d}.tar")
+        with wds.TarWriter(url) as sink:
+            for i in range(per_shard):
+                sink.write({"__key__": f"s{s}_{i}", "txt": b"x"})
+        urls.append(url)
+    return urls
+
+
+def collect(stream, rank, world, workers):
+    stream.set_distributed(rank, world)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+    return [(rank, item["worker"], item["key"]) for item in loader]
+
+
+@pytest.mark.parametrize(("num_shards", "per_shard"), [(8, 3), (2, 8)])
+def test_training_stream_splits_disjointly_over_2_ranks_x_2_workers(tmp_path, num_shards, per_shard):
+    urls = write_shards(tmp_path, num_shards, per_shard)
+    seen = {}
+    for rank in (0, 1):
+        stream = ShardStream(urls, key_and_part, resample=True, num_samples=12)
+        for r, w, key in collect(stream, rank, 2, 2):
+            seen.setdefault((r, w), set()).add(key)
+    assert len(seen) == 4
+    parts = list(seen.values())
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not parts[i] & parts[j], "two (rank, worker) parts read the same sample"
+    assert set().union(*parts) == {f"s{s}_{i}" for s in range(num_shards) for i in range(per_shard)}
+
+
+def test_validation_stream_reads_every_sample_exactly_once(tmp_path):
+    urls = write_shards(tmp_path, 3, 5)
+    keys = []
+    for rank in (0, 1):
+        keys += [k for _, _, k in collect(ShardStream(urls, key_and_part), rank, 2, 2)]
+    assert Counter(keys) == Counter(f"s{s}_{i}" for s in range(3) for i in range(5))
+
+
+def test_part_without_samples_is_an_error_not_a_hang(tmp_path):
+    urls = write_shards(tmp_path, 1, 1)
+    stream = ShardStream(urls, key_and_part, resample=True, num_samples=4)
+    with pytest.raises(ValueError, match="use fewer dataloader workers"):
+        collect(stream, 1, 2, 0)
+
+
+def test_datamodule_batches_and_collections(shard_dir):
+    dm = ArtworkDataModule(
+        manifest=str(shard_dir / "manifest.json"), resolution=32, batch_size=3, num_workers=2,
+        samples_per_epoch=12,
+    )
+    assert dm.collections == ["hokusai", "monet"]
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 4  # 12 samples / (2 workers x 3) = 2 batches per worker
+    batch = batches[0]
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    assert batch["pixel_values"].min() >= -1 and batch["pixel_values"].max() <= 1
+    for key, idx in zip(batch["__key__"], batch["collection_idx"].tolist(), strict=True):
+        assert key.startswith(dm.collections[idx])
+    val_keys = [k for b in dm.val_dataloader() for k in b["__key__"]]
+    assert sorted(val_keys) == ["hokusai__img04", "monet__img05"]
+
+
+def test_datamodule_without_manifest_needs_collections(shard_dir):
+    pattern = str(shard_dir / "train-{000000..000004}.tar")
+    with pytest.raises(ValueError, match="needs `manifest`, or `collections`"):
+        ArtworkDataModule(train_shards=pattern)
+    dm = ArtworkDataModule(train_shards=pattern, collections=["monet", "hokusai"], num_workers=0)
+    assert dm.collection_index == {"monet": 0, "hokusai": 1}
+    assert dm.val_urls == dm.train_urls
