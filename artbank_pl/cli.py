@@ -129,12 +129,24 @@ def main(args: Sequence[str] | None = None) -> int | None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # the frozen Stable Diffusion parts are in eval mode on purpose
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    if argv[:2] == ["shards", "build"]:
-        return _shards_build(argv[2:])
-    if argv and argv[0] in TOOLS:
-        return TOOLS[argv[0]](argv[1:])
     try:
+        if argv[:2] == ["shards", "build"]:
+            return _shards_build(argv[2:])
+        if argv and argv[0] in TOOLS:
+            return TOOLS[argv[0]](argv[1:])
         run_lightning_cli(args)
-    except ArtbankError as err:
-        sys.exit(f"artbank: error: {err}")
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        sys.exit(f"artbank: error: {cause}")
+    return None
+
+
+def user_error(err: BaseException) -> ArtbankError | None:
+    """Return the ArtbankError behind ``err`` (jsonargparse wraps errors raised in __init__)."""
+    while err is not None:
+        if isinstance(err, ArtbankError):
+            return err
+        err = err.__cause__ or err.__context__
     return None

@@ -20,14 +20,12 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"the demo needs the package {name!r}: pip install --no-deps {name}"
-        )
+        raise DataError(f"the demo needs the package {name!r}: pip install --no-deps {name}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def raphael_paintings() -> list[Path]:
-    """The painting photographs bundled in ``unraphael``."""
+    """Return the painting photographs bundled in ``unraphael``."""
     paths = sorted((_package_dir("unraphael") / "data" / "images").glob("*.jpg"))
     if not paths:
         raise DataError("unraphael is installed but ships no images")

@@ -16,9 +16,7 @@ def alphas_cumprod(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.T
     return table[timesteps]
 
 
-def add_noise(
-    latents: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor
-) -> torch.Tensor:
+def add_noise(latents: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
     """Forward process ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps`` (DDPM Eq. 4)."""
     abar = abar.view(-1, *([1] * (latents.ndim - 1)))
     return abar.sqrt() * latents + (1 - abar).sqrt() * noise
@@ -65,7 +63,7 @@ def min_snr_weights(abar: torch.Tensor, gamma: float, prediction_type: str) -> t
 def offset_noise(
     shape: torch.Size, offset: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Gaussian noise plus ``offset`` times a per-channel constant (noise offset, Guttenberg 2023)."""
+    """Draw Gaussian noise plus ``offset`` times per-channel constants (Guttenberg 2023)."""
     noise = torch.randn(shape, generator=generator)
     if offset:
         noise = noise + offset * torch.randn(shape[0], shape[1], 1, 1, generator=generator)

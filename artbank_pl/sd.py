@@ -57,7 +57,9 @@ def tiny_config(name: str) -> dict:
 
 
 @torch.no_grad()
-def sharpen_cross_attention(unet: UNet2DConditionModel, qk_scale: float, value_scale: float) -> None:
+def sharpen_cross_attention(
+    unet: UNet2DConditionModel, qk_scale: float, value_scale: float
+) -> None:
     """Scale the random cross-attention projections of a freshly initialised UNet.
 
     At random init, cross-attention is nearly uniform over the 77 prompt tokens, so the

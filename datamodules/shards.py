@@ -106,7 +106,7 @@ def encode_image(image: Image.Image, fmt: str, quality: int) -> bytes:
 
 
 def sample_key(collection: str, path: Path, used: set[str]) -> str:
-    """A unique WebDataset key: no dots (WebDataset splits keys at the first dot)."""
+    """Return a unique WebDataset key, without dots (WebDataset splits keys at the first dot)."""
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{collection}__{path.stem}")
     key, n = base, 1
     while key in used:

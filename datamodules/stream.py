@@ -35,7 +35,7 @@ class StreamPart:
 
     @classmethod
     def current(cls, rank: int, world_size: int) -> StreamPart:
-        """The part of the calling dataloader worker (or of the main process)."""
+        """Return the part of the calling dataloader worker (or of the main process)."""
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return cls(rank * workers + worker, world_size * workers)

@@ -31,8 +31,14 @@ def test_statistical_branch_matches_adaattn_equations():
     torch.manual_seed(0)
     module = StatisticalAttention(8)
     p = torch.randn(2, 3, 8)
-    normed = (p - p.mean(-1, keepdim=True)) / torch.sqrt(p.var(-1, unbiased=False, keepdim=True) + 1e-5)
-    q, k, v = normed @ module.query.weight.T, normed @ module.key.weight.T, p @ module.value.weight.T
+    normed = (p - p.mean(-1, keepdim=True)) / torch.sqrt(
+        p.var(-1, unbiased=False, keepdim=True) + 1e-5
+    )
+    q, k, v = (
+        normed @ module.query.weight.T,
+        normed @ module.key.weight.T,
+        p @ module.value.weight.T,
+    )
     a = torch.softmax(q @ k.transpose(1, 2) / 8**0.5, dim=-1)
     mean = a @ v
     std = torch.sqrt(F.relu(a @ (v * v) - mean**2) + 1e-5)

@@ -31,7 +31,9 @@ def collect(stream, rank, world, workers):
 
 
 @pytest.mark.parametrize(("num_shards", "per_shard"), [(8, 3), (2, 8)])
-def test_training_stream_splits_disjointly_over_2_ranks_x_2_workers(tmp_path, num_shards, per_shard):
+def test_training_stream_splits_disjointly_over_2_ranks_x_2_workers(
+    tmp_path, num_shards, per_shard
+):
     urls = write_shards(tmp_path, num_shards, per_shard)
     seen = {}
     for rank in (0, 1):
@@ -63,7 +65,10 @@ def test_part_without_samples_is_an_error_not_a_hang(tmp_path):
 
 def test_datamodule_batches_and_collections(shard_dir):
     dm = ArtworkDataModule(
-        manifest=str(shard_dir / "manifest.json"), resolution=32, batch_size=3, num_workers=2,
+        manifest=str(shard_dir / "manifest.json"),
+        resolution=32,
+        batch_size=3,
+        num_workers=2,
         samples_per_epoch=12,
     )
     assert dm.collections == ["hokusai", "monet"]

@@ -112,7 +112,11 @@ class FrozenDiffusionTask(LightningModule):
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """Cast the UNet and text encoder (and the VAE unless ``vae_fp32``) to ``dtype``."""
         vae_dtype = torch.float32 if self.hparams.vae_fp32 else dtype
-        for module, target in ((self.unet, dtype), (self.text_encoder, dtype), (self.vae, vae_dtype)):
+        for module, target in (
+            (self.unet, dtype),
+            (self.text_encoder, dtype),
+            (self.vae, vae_dtype),
+        ):
             if module.dtype != target:
                 module.to(target)
 
@@ -228,9 +232,7 @@ class FrozenDiffusionTask(LightningModule):
         abar = diffusion.alphas_cumprod(self.noise_scheduler, timesteps)
         noisy = diffusion.add_noise(latents, noise, abar)
         dtype = self.unet.dtype
-        pred = self.unet(
-            noisy.to(dtype), timesteps, encoder_hidden_states.to(dtype)
-        ).sample.float()
+        pred = self.unet(noisy.to(dtype), timesteps, encoder_hidden_states.to(dtype)).sample.float()
         target = diffusion.training_target(self.prediction_type, latents, noise, abar)
         losses = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         gamma = self.hparams.min_snr_gamma
@@ -262,7 +264,10 @@ class FrozenDiffusionTask(LightningModule):
                 step, hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio
             ),
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def _total_steps(self) -> int:
         if self.hparams.lr_schedule == "constant":

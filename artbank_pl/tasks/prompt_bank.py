@@ -94,20 +94,20 @@ class PromptBankTask(FrozenDiffusionTask):
         noise_offset: float = 0.0,
         val_seed: int = 0,
     ) -> None:
-        super().__init__(
-            pretrained, revision, variant, vae_fp32, lr, weight_decay, betas, warmup_steps,
-            lr_schedule, min_lr_ratio, min_snr_gamma, noise_offset, val_seed,
-        )  # fmt: skip
         if not collections:
             raise ConfigError(
                 "PromptBankTask needs `collections`: give data.manifest (linked automatically) "
                 "or model.collections"
             )
-        self.collections = list(collections)
-        self.templates = list(templates or STYLE_TEMPLATES)
-        for template in self.templates:
+        for template in templates or ():
             if template.count("{}") != 1:
                 raise ConfigError(f"template {template!r} must hold exactly one '{{}}'")
+        super().__init__(
+            pretrained, revision, variant, vae_fp32, lr, weight_decay, betas, warmup_steps,
+            lr_schedule, min_lr_ratio, min_snr_gamma, noise_offset, val_seed,
+        )  # fmt: skip
+        self.collections = list(collections)
+        self.templates = list(templates or STYLE_TEMPLATES)
         self.placeholders = [placeholder_token(name) for name in self.collections]
         token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)
         self.first_placeholder_id = token_ids[0][0]

@@ -1,0 +1,95 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from artbank_pl.cli import main
+from datamodules.shards import build_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def test_help_lists_the_subcommands_and_tools(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for sub in ("fit", "validate", "test", "predict", "shards build", "export"):
+        assert sub in out
+
+
+def test_fit_help_shows_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "artbank_pl.tasks.PromptBankTask"])
+    out = capsys.readouterr().out
+    assert "token vectors per collection" in out
+    assert "min-SNR-gamma" in out
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert info.value.code == 0
+    assert "class_path" in capsys.readouterr().out
+
+
+def test_env_overrides_defaults(monkeypatch, capsys):
+    monkeypatch.setenv("ARTBANK_FIT__TRAINER__MAX_STEPS", "7")
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    assert "max_steps: 7" in capsys.readouterr().out
+
+
+@pytest.fixture()
+def demo_dir(tmp_path, image_root, monkeypatch):
+    """A working directory laid out as `make demo` leaves it, with small synthetic images."""
+    build_shards(image_root, tmp_path / "outputs/demo/shards", size=64, maxcount=2,
+                 val_per_collection=1)  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+QUICK = ["--trainer.val_check_interval", "2", "--data.init_args.resolution", "32",
+         "--data.init_args.batch_size", "2", "--data.init_args.samples_per_epoch", "8"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quickstart_trains_resumes_and_exports(demo_dir):
+    config = str(ROOT / "configs/quickstart.yaml")
+    main(["fit", "--config", config, "--trainer.max_steps", "4", *QUICK])
+    out = demo_dir / "outputs/demo"
+    last = out / "checkpoints/last.ckpt"
+    assert last.stat().st_size < 1024 * 1024
+    assert (out / "loss.png").stat().st_size > 0
+    assert sorted(p.name for p in (out / "embeddings/diffusers").iterdir()) == [
+        "hokusai.safetensors",
+        "monet.safetensors",
+    ]
+    # rerun in the same folder: resumes from last.ckpt, and config.yaml is overwritten
+    main(["fit", "--config", config, "--trainer.max_steps", "6", "--ckpt_path", "last", *QUICK])
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 6
+    assert resumed["optimizer_states"][0]["state"][0]["step"].item() == 6
+    assert main(["export", "--ckpt", str(last), "--output", "exported"]) == 0
+    assert len(list((demo_dir / "exported").rglob("*.safetensors"))) == 4
+
+
+def test_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--ckpt", str(tmp_path / "none.ckpt"), "--output", str(tmp_path)])
+    assert "none.ckpt does not exist" in str(info.value.code)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+              "--data.init_args.manifest", str(tmp_path / "absent.json")])  # fmt: skip
+    assert "absent.json" in str(info.value.code) or "absent.json" in capsys.readouterr().err
+
+
+def test_console_module_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "artbank_pl", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "fit" in result.stdout

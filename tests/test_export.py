@@ -1,0 +1,92 @@
+import pickle
+
+import pytest
+import torch
+from diffusers import PNDMScheduler, StableDiffusionPipeline
+from lightning.pytorch import Trainer
+from safetensors.torch import load_file
+
+from artbank_pl.export import CheckpointError, bank_embeddings_from_checkpoint, write_embeddings
+from artbank_pl.sd import build_tiny_parts
+from artbank_pl.tokenizer import placeholder_token, token_strings
+
+
+def tiny_pipeline():
+    parts = build_tiny_parts()
+    return StableDiffusionPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=PNDMScheduler.from_config(parts.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def trained_embeddings(tiny_task):
+    with torch.no_grad():
+        tiny_task.bank.prompts.add_(torch.randn_like(tiny_task.bank.prompts))
+    return tiny_task.embeddings()
+
+
+def test_export_loads_into_diffusers_exactly(tiny_task, tmp_path):
+    embeds = trained_embeddings(tiny_task)
+    paths = write_embeddings(embeds, tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in paths) == [
+        "a1111/hokusai.safetensors",
+        "a1111/monet.safetensors",
+        "diffusers/hokusai.safetensors",
+        "diffusers/monet.safetensors",
+    ]
+    pipe = tiny_pipeline()
+    for name, table in embeds.items():
+        pipe.load_textual_inversion(tmp_path / "diffusers" / f"{name}.safetensors")
+        ids = pipe.tokenizer.convert_tokens_to_ids(token_strings(placeholder_token(name), 2))
+        rows = pipe.text_encoder.get_input_embeddings().weight[ids]
+        assert torch.equal(rows, table)
+
+
+def test_a1111_form_is_a_single_emb_params_tensor(tiny_task, tmp_path):
+    embeds = trained_embeddings(tiny_task)
+    write_embeddings(embeds, tmp_path, formats=("a1111",))
+    state = load_file(tmp_path / "a1111" / "monet.safetensors")
+    assert list(state) == ["emb_params"]
+    assert torch.equal(state["emb_params"], embeds["monet"])
+    pipe = tiny_pipeline()
+    pipe.load_textual_inversion(tmp_path / "a1111" / "monet.safetensors", token="<monet>")
+    ids = pipe.tokenizer.convert_tokens_to_ids(["<monet>", "<monet>_1"])
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], embeds["monet"])
+
+
+def test_export_from_checkpoint_needs_no_sd_and_matches(tiny_task, tmp_path):
+    embeds = trained_embeddings(tiny_task)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_steps=0)
+    trainer.strategy.connect(tiny_task)
+    path = tmp_path / "bank.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = bank_embeddings_from_checkpoint(path)
+    assert loaded.keys() == embeds.keys()
+    for name in embeds:
+        torch.testing.assert_close(loaded[name], embeds[name])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (open, ("/tmp/artbank-unpickled-marker", "w"))
+
+
+def test_pickled_files_are_refused_and_never_unpickled(tmp_path):
+    marker = "/tmp/artbank-unpickled-marker"
+    torch.save({"string_to_token": {"*": 1}, "attention": _Payload()}, tmp_path / "embeddings.pt")
+    with pytest.raises(CheckpointError, match="embeddings.pt cannot be loaded safely"):
+        bank_embeddings_from_checkpoint(tmp_path / "embeddings.pt")
+    import os
+
+    assert not os.path.exists(marker)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        bank_embeddings_from_checkpoint(tmp_path / "missing.ckpt")
+    (tmp_path / "x.ckpt").write_bytes(pickle.dumps({"state_dict": {}}))
+    with pytest.raises(CheckpointError):
+        bank_embeddings_from_checkpoint(tmp_path / "x.ckpt")

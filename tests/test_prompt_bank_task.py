@@ -1,0 +1,162 @@
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from artbank_pl.errors import ConfigError
+from artbank_pl.tasks import PromptBankTask
+from datamodules import ArtworkDataModule
+from tests.conftest import COLLECTIONS, make_batch
+
+
+def datamodule(shard_dir, **kwargs):
+    args = dict(resolution=32, batch_size=2, num_workers=0, samples_per_epoch=8)
+    return ArtworkDataModule(manifest=str(shard_dir / "manifest.json"), **(args | kwargs))
+
+
+def trainer(tmp_path, max_steps, **kwargs):
+    args = dict(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+    )
+    return Trainer(**(args | kwargs))
+
+
+def frozen_state(task):
+    return {
+        name: p.detach().clone()
+        for module in (task.unet, task.vae, task.text_encoder)
+        for name, p in module.state_dict().items()
+    }
+
+
+def test_only_bank_parameters_receive_gradients(tiny_task):
+    loss = tiny_task._batch_losses(make_batch([0, 1]), deterministic=False).mean()
+    loss.backward()
+    for name, p in tiny_task.named_parameters():
+        if name.startswith("bank."):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None and not p.requires_grad, name
+
+
+def test_frozen_weights_and_vocabulary_are_bit_identical_after_training(shard_dir, tmp_path):
+    task = PromptBankTask(
+        collections=["hokusai", "monet"],
+        num_tokens=2,
+        bank_heads=4,
+        lr=0.05,
+        lr_schedule="constant",
+    )
+    before = frozen_state(task)
+    bank_before = task.bank.prompts.detach().clone()
+    trainer(tmp_path, 3).fit(task, datamodule(shard_dir))
+    after = frozen_state(task)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    assert task.text_encoder.get_input_embeddings().weight.shape[0] == 49408
+    assert not torch.equal(task.bank.prompts, bank_before)
+
+
+def test_placeholder_embeddings_reach_the_text_encoder(tiny_task):
+    prompts = [tiny_task.prompt_for(1, "a painting in the style of {}", None)]
+    ids = tiny_task.tokenize(prompts)
+    captured = {}
+    embeddings = tiny_task.text_encoder.embeddings  # token + position embeddings
+    handle = embeddings.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    tiny_task.encode_prompts(prompts)
+    handle.remove()
+    positions = (ids[0] >= tiny_task.first_placeholder_id).nonzero().flatten()
+    assert len(positions) == 2
+    token_part = captured["out"][0, positions] - embeddings.position_embedding.weight[positions]
+    expected = tiny_task.embeddings()[list(COLLECTIONS)[1]]  # collection index 1
+    torch.testing.assert_close(token_part, expected)
+    others = (ids[0] < tiny_task.first_placeholder_id).nonzero().flatten()
+    vocab_rows = embeddings.token_embedding.weight[ids[0, others]]
+    torch.testing.assert_close(
+        captured["out"][0, others] - embeddings.position_embedding.weight[others], vocab_rows
+    )
+
+
+def test_checkpoint_holds_trainables_only_and_is_small(shard_dir, tmp_path):
+    task = PromptBankTask(collections=["hokusai", "monet"], num_tokens=2, bank_heads=4)
+    assert not [k for k in task.state_dict() if k.startswith(("unet.", "vae.", "text_encoder."))]
+    fit = trainer(tmp_path, 2)
+    fit.fit(task, datamodule(shard_dir))
+    path = tmp_path / "bank.ckpt"
+    fit.save_checkpoint(path)
+    assert path.stat().st_size < 1024 * 1024
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(ckpt["state_dict"]) == {k for k in task.state_dict()}
+    assert ckpt["hyper_parameters"]["collections"] == ["hokusai", "monet"]
+    fresh = PromptBankTask(**ckpt["hyper_parameters"])
+    fresh.load_state_dict(ckpt["state_dict"])
+    torch.testing.assert_close(fresh.bank.prompts, task.bank.prompts)
+    with pytest.raises(RuntimeError, match="missing keys \\['bank.prompts'\\]"):
+        fresh.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if k != "bank.prompts"})
+
+
+def test_resume_from_last_restores_step_and_optimizer(shard_dir, tmp_path):
+    def run(max_steps, ckpt_path=None):
+        task = PromptBankTask(
+            collections=["hokusai", "monet"],
+            num_tokens=2,
+            bank_heads=4,
+            lr_schedule="cosine",
+            warmup_steps=2,
+        )
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
+        fit = trainer(tmp_path, max_steps, callbacks=[ckpt], enable_checkpointing=True)
+        fit.fit(task, datamodule(shard_dir), ckpt_path=ckpt_path)
+        return fit, task
+
+    first, _ = run(4)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 4
+    assert saved["optimizer_states"][0]["state"][0]["step"].item() == 4
+    resumed, task = run(6, ckpt_path="last")
+    assert resumed.global_step == 6
+    state = resumed.optimizers[0].state[task.bank.prompts]
+    assert state["step"].item() == 6  # Adam's moments continued instead of restarting
+    assert resumed.lr_scheduler_configs[0].scheduler.last_epoch == 6
+
+
+def test_bf16_mixed_casts_frozen_parts_and_keeps_trainables_fp32(shard_dir, tmp_path):
+    task = PromptBankTask(
+        collections=["hokusai", "monet"], num_tokens=2, bank_heads=4, vae_fp32=True
+    )
+    trainer(tmp_path, 2, precision="bf16-mixed").fit(task, datamodule(shard_dir))
+    assert task.unet.dtype == torch.bfloat16
+    assert task.text_encoder.dtype == torch.bfloat16
+    assert task.vae.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in task.bank.parameters())
+    assert torch.isfinite(task.bank.prompts).all()
+
+
+def test_validation_loss_is_deterministic_per_sample(tiny_task):
+    batch = make_batch([0, 1, 1], keys=["a", "b", "c"])
+    tiny_task.eval()
+    whole = tiny_task._batch_losses(batch, deterministic=True)
+    single = make_batch([1], keys=["b"])
+    single["pixel_values"] = batch["pixel_values"][1:2]
+    torch.manual_seed(0)  # the posterior sample of the VAE is the only random draw left
+    a = tiny_task._batch_losses(single, deterministic=True)
+    torch.manual_seed(0)
+    b = tiny_task._batch_losses(single, deterministic=True)
+    torch.testing.assert_close(a, b)
+    assert whole.shape == (3,)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ConfigError, match="needs `collections`"):
+        PromptBankTask()
+    with pytest.raises(ConfigError, match="exactly one"):
+        PromptBankTask(collections=["a"], templates=["no placeholder"], bank_heads=4)
