@@ -8,15 +8,16 @@ demo-images`` gathers the images bundled in installed packages into collection f
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningCLI
 
-from artbank_pl.errors import ArtbankError
+from artbank_pl.errors import ArtbankError, ConfigError
 
 TOOLS_HELP = """data tools (not LightningCLI):
   artbank shards build --input DIR --output DIR   build WebDataset shards + manifest
@@ -25,13 +26,34 @@ TOOLS_HELP = """data tools (not LightningCLI):
 
 
 class ArtbankCLI(LightningCLI):
-    """LightningCLI whose data's collection names are linked into the model."""
+    """LightningCLI that gives the model the collection names its datamodule reads.
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link ``data.collections`` (read from the manifest) to ``model.init_args.collections``."""
-        parser.link_arguments(
-            "data.collections", "model.init_args.collections", apply_on="instantiate"
-        )
+    A task with a ``collections`` option left empty gets the names from the datamodule
+    class's ``collection_names(**init_args)`` (the manifest's, for ``ArtworkDataModule``).
+    """
+
+    def before_instantiate_classes(self) -> None:
+        """Fill ``model.init_args.collections`` from the data config when it is empty."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model_args, data = config.get("model.init_args"), config.get("data")
+        if model_args is None or data is None or "collections" not in model_args:
+            return
+        data_class = import_object(data.class_path)
+        names = getattr(data_class, "collection_names", None)
+        found = names(**dict(data.init_args)) if callable(names) else None
+        if model_args.collections and found and list(model_args.collections) != list(found):
+            raise ConfigError(
+                f"model.collections {list(model_args.collections)} differ from the data's "
+                f"{list(found)}; leave model.collections empty to take the data's"
+            )
+        if not model_args.collections:
+            model_args.collections = found
+
+
+def import_object(class_path: str):
+    """Import ``package.module.Name``."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_lightning_cli(args: Sequence[str] | None) -> ArtbankCLI:
@@ -50,36 +72,6 @@ def run_lightning_cli(args: Sequence[str] | None) -> ArtbankCLI:
         },
         args=args,
     )
-
-
-def _shards_build(argv: Sequence[str]) -> int:
-    from datamodules.shards import build_shards
-
-    parser = argparse.ArgumentParser(
-        prog="artbank shards build",
-        description="Build WebDataset shards and manifest.json from one folder per collection.",
-    )
-    parser.add_argument("--input", required=True, help="folder with one sub-folder per collection")
-    parser.add_argument("--output", required=True, help="folder for shards and manifest.json")
-    parser.add_argument("--size", type=int, default=512, help="shorter side in px (0: keep)")
-    parser.add_argument("--crop", action="store_true", help="also center-crop to a square")
-    parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
-    parser.add_argument(
-        "--val-per-collection", type=int, default=0, help="images per collection held out"
-    )
-    parser.add_argument("--format", default="jpg", choices=("jpg", "png"))
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
-    parser.add_argument("--seed", type=int, default=0, help="training-order shuffle seed")
-    opts = parser.parse_args(argv)
-    report = build_shards(
-        opts.input, opts.output, opts.size, opts.crop, opts.maxcount, opts.val_per_collection,
-        opts.format, opts.quality, opts.seed,
-    )  # fmt: skip
-    counts = ", ".join(f"{name}: {n}" for name, n in sorted(report.written.items()))
-    print(f"wrote {sum(report.written.values())} images ({counts}); manifest {report.manifest}")
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} unreadable file(s): " + ", ".join(report.skipped))
-    return 0
 
 
 def _export(argv: Sequence[str]) -> int:
@@ -131,7 +123,8 @@ def main(args: Sequence[str] | None = None) -> int | None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     try:
         if argv[:2] == ["shards", "build"]:
-            return _shards_build(argv[2:])
+            # the builder lives with the datamodules; core code does not import them
+            return import_object("datamodules.shards.main")(argv[2:])
         if argv and argv[0] in TOOLS:
             return TOOLS[argv[0]](argv[1:])
         run_lightning_cli(args)

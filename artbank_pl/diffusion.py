@@ -68,3 +68,91 @@ def offset_noise(
     if offset:
         noise = noise + offset * torch.randn(shape[0], shape[1], 1, 1, generator=generator)
     return noise
+
+
+# ---------------------------------------------------------------------------- sampling
+def ddim_timesteps(num_train_timesteps: int, steps: int, offset: int = 1) -> list[int]:
+    """Return the descending DDIM timesteps, spaced as SD's schedulers do ("leading").
+
+    For 1000 training steps, 50 steps and offset 1: ``[981, 961, ..., 21, 1]``.
+    """
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
+    ratio = num_train_timesteps // steps
+    return [i * ratio + offset for i in reversed(range(steps))]
+
+
+def start_index(steps: int, strength: float) -> int:
+    """Index in the DDIM timesteps where img2img starts (diffusers' convention).
+
+    ``int(steps * strength)`` steps are run, so strength 1 starts at the noisiest step.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return steps - max(1, min(steps, int(steps * strength)))
+
+
+def predict_eps_x0(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    abar: float | torch.Tensor,
+    prediction_type: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a UNet output into (eps, x0) at a sample with cumulative alpha ``abar``.
+
+    epsilon: ``x0 = (z - sqrt(1 - abar) eps) / sqrt(abar)`` (DDIM Eq. 9); v: ``eps =
+    sqrt(abar) v + sqrt(1 - abar) z`` and ``x0 = sqrt(abar) z - sqrt(1 - abar) v``.
+    """
+    abar = torch.as_tensor(abar, dtype=sample.dtype, device=sample.device)
+    if prediction_type == "epsilon":
+        eps = model_output
+        return eps, (sample - (1 - abar).sqrt() * eps) / abar.sqrt()
+    if prediction_type == "v_prediction":
+        eps = abar.sqrt() * model_output + (1 - abar).sqrt() * sample
+        return eps, abar.sqrt() * sample - (1 - abar).sqrt() * model_output
+    if prediction_type == "sample":
+        x0 = model_output
+        return (sample - abar.sqrt() * x0) / (1 - abar).sqrt(), x0
+    raise ValueError(f"unsupported prediction_type {prediction_type!r} in the scheduler config")
+
+
+def ddim_step(
+    eps: torch.Tensor,
+    x0: torch.Tensor,
+    abar_t: float,
+    abar_prev: float,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DDIM update from t to the previous timestep (Song et al. 2021, Eq. 12).
+
+    ``z_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma noise`` with
+    ``sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)``
+    (Eq. 16); ``eta = 0`` is deterministic.
+    """
+    sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) ** 0.5
+    out = abar_prev**0.5 * x0 + max(0.0, 1 - abar_prev - sigma**2) ** 0.5 * eps
+    if sigma > 0:
+        if noise is None:
+            raise ValueError("eta > 0 needs noise")
+        out = out + sigma * noise
+    return out
+
+
+def stochastic_encode(z0: torch.Tensor, eps_hat: torch.Tensor, abar_t: float) -> torch.Tensor:
+    """InST's stochastic inversion: ``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps_hat``.
+
+    ``eps_hat`` is the conditional UNet's prediction of the noise that was added to ``z0``
+    (Zhang et al. 2023, Sec. 3.3); it replaces the random noise of plain img2img.
+    """
+    return abar_t**0.5 * z0 + (1 - abar_t) ** 0.5 * eps_hat
+
+
+def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Match each channel's mean and std of ``content`` to ``style`` (Huang & Belongie 2017, Eq. 8).
+
+    Both are ``[B, C, H, W]`` (``style`` may have batch 1); statistics are over H and W.
+    """
+    c_mean, c_std = content.mean((2, 3), keepdim=True), content.std((2, 3), keepdim=True) + eps
+    s_mean, s_std = style.mean((2, 3), keepdim=True), style.std((2, 3), keepdim=True) + eps
+    return (content - c_mean) / c_std * s_std + s_mean

@@ -151,12 +151,10 @@ class ArtworkDataModule(LightningDataModule):
         self.rank, self.world_size = 0, 1
 
     def _collection_names(self, collections: list[str] | None) -> list[str]:
-        if collections:
-            return list(collections)
-        if self._manifest is None:
+        names = self.collection_names(self.hparams.manifest, collections)
+        if not names:
             raise ConfigError("ArtworkDataModule needs `manifest`, or `collections` with shards")
-        ordered = sorted(self._manifest["collections"], key=lambda c: c["index"])
-        return [c["name"] for c in ordered]
+        return names
 
     def _shard_urls(self, manifest, train_shards, val_shards) -> tuple[list[str], list[str]]:
         splits, root = {}, None
@@ -175,6 +173,22 @@ class ArtworkDataModule(LightningDataModule):
             log.info("no validation split: validating on the training shards")
             val = train
         return train, val
+
+    @staticmethod
+    def collection_names(
+        manifest: str | None = None, collections: list[str] | None = None, **_: object
+    ) -> list[str] | None:
+        """Return the collection names this datamodule would use, given its init arguments.
+
+        The CLI calls this before instantiating anything, to fill the model's
+        ``collections``.
+        """
+        if collections:
+            return list(collections)
+        if not manifest:
+            return None
+        ordered = sorted(read_manifest(manifest)["collections"], key=lambda c: c["index"])
+        return [c["name"] for c in ordered]
 
     @property
     def collection_index(self) -> dict[str, int]:

@@ -10,6 +10,7 @@ half-built dataset.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -284,3 +285,32 @@ def read_manifest(path: str | Path) -> dict:
     if manifest.get("version") != MANIFEST_VERSION or "collections" not in manifest:
         raise DataError(f"{path} is not an artbank shard manifest (version {MANIFEST_VERSION})")
     return manifest
+
+
+def main(argv: list[str]) -> int:
+    """``artbank shards build``: build shards and a manifest from collection folders."""
+    parser = argparse.ArgumentParser(
+        prog="artbank shards build",
+        description="Build WebDataset shards and manifest.json from one folder per collection.",
+    )
+    parser.add_argument("--input", required=True, help="folder with one sub-folder per collection")
+    parser.add_argument("--output", required=True, help="folder for shards and manifest.json")
+    parser.add_argument("--size", type=int, default=512, help="shorter side in px (0: keep)")
+    parser.add_argument("--crop", action="store_true", help="also center-crop to a square")
+    parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
+    parser.add_argument(
+        "--val-per-collection", type=int, default=0, help="images per collection held out"
+    )
+    parser.add_argument("--format", default="jpg", choices=("jpg", "png"))
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    parser.add_argument("--seed", type=int, default=0, help="training-order shuffle seed")
+    opts = parser.parse_args(argv)
+    report = build_shards(
+        opts.input, opts.output, opts.size, opts.crop, opts.maxcount, opts.val_per_collection,
+        opts.format, opts.quality, opts.seed,
+    )  # fmt: skip
+    counts = ", ".join(f"{name}: {n}" for name, n in sorted(report.written.items()))
+    print(f"wrote {sum(report.written.values())} images ({counts}); manifest {report.manifest}")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} unreadable file(s): " + ", ".join(report.skipped))
+    return 0

@@ -16,8 +16,7 @@ from artbank_pl.errors import ConfigError
 from artbank_pl.optim import LRSchedule, warmup_schedule_factor
 from artbank_pl.sd import StableDiffusionParts, freeze, half_dtype, load_parts
 
-FROZEN_PREFIXES = ("unet.", "vae.", "text_encoder.")
-VectorLookup = Callable[[torch.Tensor], torch.Tensor]
+VectorLookup = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sample_seed(key: str, seed: int) -> int:
@@ -63,6 +62,8 @@ class FrozenDiffusionTask(LightningModule):
         noise_offset: noise offset (0 turns it off).
         val_seed: seed of the fixed per-sample noise used in validation.
     """
+
+    frozen_names: tuple[str, ...] = ("unet", "vae", "text_encoder")
 
     def __init__(
         self,
@@ -123,15 +124,17 @@ class FrozenDiffusionTask(LightningModule):
     def train(self, mode: bool = True) -> FrozenDiffusionTask:
         """Switch train/eval mode of the trainable parts; frozen parts stay in eval."""
         super().train(mode)
-        for module in (self.unet, self.vae, self.text_encoder):
-            freeze(module)
+        for name in self.frozen_names:
+            freeze(getattr(self, name))
         return self
 
+    def _frozen_prefixes(self, prefix: str = "") -> tuple[str, ...]:
+        return tuple(f"{prefix}{name}." for name in self.frozen_names)
+
     def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """Return the trainable state only: frozen Stable Diffusion weights are left out."""
+        """Return the trainable state only: frozen weights are left out."""
         state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        frozen = tuple(prefix + p for p in FROZEN_PREFIXES)
+        frozen = self._frozen_prefixes(kwargs.get("prefix", ""))
         for key in [k for k in state if k.startswith(frozen)]:
             del state[key]
         return state
@@ -139,7 +142,8 @@ class FrozenDiffusionTask(LightningModule):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load trainable state; a missing or unexpected trainable key is an error."""
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if not k.startswith(FROZEN_PREFIXES)]
+        frozen = self._frozen_prefixes()
+        missing = [k for k in result.missing_keys if not k.startswith(frozen)]
         unexpected = list(result.unexpected_keys)
         if missing or unexpected:
             raise RuntimeError(
@@ -173,7 +177,8 @@ class FrozenDiffusionTask(LightningModule):
         Args:
             input_ids: ``[B, L]`` token ids.
             first_placeholder_id: the smallest placeholder id.
-            lookup: maps the ``[M]`` placeholder ids present to ``[M, d]`` vectors.
+            lookup: maps ``(input_ids, mask)`` to the ``[M, d]`` vectors of the ``M``
+                placeholder positions in ``mask``, in row-major order.
 
         Returns:
             The last hidden state ``[B, L, d]`` in the text encoder's dtype.
@@ -181,17 +186,29 @@ class FrozenDiffusionTask(LightningModule):
         mask = input_ids >= first_placeholder_id
         if not mask.any():
             return self.text_encoder(input_ids).last_hidden_state
-        vectors = lookup(input_ids[mask])
+        vectors = lookup(input_ids, mask)
         safe_ids = input_ids.masked_fill(mask, 0)  # any in-vocabulary id; it is replaced
         with _spliced_embeddings(self.text_encoder.get_input_embeddings(), mask, vectors):
             return self.text_encoder(safe_ids).last_hidden_state
 
     @torch.no_grad()
-    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encode ``[-1, 1]`` pixels to scaled latents (float32), sampling the VAE posterior."""
+    def encode_latents(self, pixel_values: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """Encode ``[-1, 1]`` pixels to scaled latents (float32).
+
+        Args:
+            pixel_values: ``[B, 3, H, W]`` in ``[-1, 1]``.
+            sample: draw from the VAE posterior (training); else take its mean.
+        """
         pixels = pixel_values.to(device=self.device, dtype=self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.sample()
+        dist = self.vae.encode(pixels).latent_dist
+        latents = dist.sample() if sample else dist.mode()
         return latents.float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode scaled latents to ``[0, 1]`` float32 pixels ``[B, 3, H, W]``."""
+        scaled = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
+        return ((self.vae.decode(scaled).sample.float() + 1) / 2).clamp(0, 1)
 
     # ------------------------------------------------------------------ loss
     def _noise_and_timesteps(
@@ -239,6 +256,117 @@ class FrozenDiffusionTask(LightningModule):
         if gamma is not None:
             losses = losses * diffusion.min_snr_weights(abar, gamma, self.prediction_type)
         return losses
+
+    # ------------------------------------------------------------------ sampling
+    def _abar(self, timestep: int | None) -> float:
+        """``abar_t``; ``None`` is the step after the last one (the scheduler's final alpha)."""
+        table = self.noise_scheduler.alphas_cumprod
+        if timestep is not None:
+            return float(table[timestep])
+        return (
+            1.0 if self.noise_scheduler.config.get("set_alpha_to_one", False) else float(table[0])
+        )
+
+    def model_output(
+        self,
+        latents: torch.Tensor,
+        timestep: int,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """UNet output at one timestep, with classifier-free guidance when ``uncond`` is given.
+
+        Guidance (Ho & Salimans 2022, Eq. 6): ``out_u + s (out_c - out_u)``, with the
+        unconditional and conditional halves run as one batch.
+        """
+        dtype = self.unet.dtype
+        t = torch.full((latents.shape[0],), timestep, device=latents.device)
+        if uncond is None or guidance_scale == 1.0:
+            return self.unet(latents.to(dtype), t, cond.to(dtype)).sample.float()
+        both = torch.cat([latents, latents]).to(dtype)
+        context = torch.cat([uncond.expand_as(cond), cond]).to(dtype)
+        out_u, out_c = self.unet(both, torch.cat([t, t]), context).sample.float().chunk(2)
+        return out_u + guidance_scale * (out_c - out_u)
+
+    def ddim_invert(
+        self, z0: torch.Tensor, timesteps: list[int], cond: torch.Tensor
+    ) -> torch.Tensor:
+        """Deterministic DDIM inversion of ``z0`` up to ``timesteps[-1]`` (ascending list).
+
+        Runs DDIM Eq. 12 with ``eta = 0`` backwards, using the conditional noise prediction
+        at each next timestep (Song et al. 2021, Sec. 4.3; Mokady et al. 2023, Eq. 3).
+        """
+        z, abar_cur = z0, self._abar(None)
+        for t in timesteps:
+            eps, _ = diffusion.predict_eps_x0(
+                self.model_output(z, t, cond), z, self._abar(t), self.prediction_type
+            )
+            x0 = (z - (1 - abar_cur) ** 0.5 * eps) / abar_cur**0.5
+            abar_cur = self._abar(t)
+            z = abar_cur**0.5 * x0 + (1 - abar_cur) ** 0.5 * eps
+        return z
+
+    @torch.no_grad()
+    def img2img(
+        self,
+        z0: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        strength: float = 0.7,
+        steps: int = 50,
+        guidance_scale: float = 10.0,
+        eta: float = 0.0,
+        inversion: str = "stochastic",
+    ) -> torch.Tensor:
+        """Re-render latents ``z0`` under ``cond`` with DDIM, starting part-way (img2img).
+
+        With ``T = timesteps[start]`` the first DDIM step for ``strength``:
+
+        - ``noise``: ``z_T = sqrt(abar_T) z0 + sqrt(1 - abar_T) eps`` (plain img2img);
+        - ``stochastic`` (InST): noise ``z0`` to ``T`` with fresh noise, let the conditional
+          UNet predict that noise (no guidance), and use the prediction in its place;
+        - ``ddim``: deterministic DDIM inversion of ``z0`` up to ``T``.
+
+        Then DDIM runs from ``T`` itself (not one step below, as the official InST code
+        did) down to 0, with guidance. Every random draw comes from the per-sample
+        ``generators`` (CPU), so results do not depend on batch composition.
+
+        Returns:
+            The final latents, float32.
+        """
+        config = self.noise_scheduler.config
+        schedule = diffusion.ddim_timesteps(
+            config.num_train_timesteps, steps, config.get("steps_offset", 0)
+        )
+        timesteps = schedule[diffusion.start_index(steps, strength) :]
+        shape = z0.shape[1:]
+
+        def draw() -> torch.Tensor:
+            noise = [torch.randn(shape, generator=g) for g in generators]
+            return torch.stack(noise).to(z0.device)
+
+        start = timesteps[0]
+        abar_start = self._abar(start)
+        if inversion == "ddim":
+            z = self.ddim_invert(z0, timesteps[::-1], cond)
+        else:
+            noisy = diffusion.add_noise(z0, draw(), torch.tensor([abar_start], device=z0.device))
+            if inversion == "noise":
+                z = noisy
+            elif inversion == "stochastic":
+                out = self.model_output(noisy, start, cond)
+                eps_hat, _ = diffusion.predict_eps_x0(out, noisy, abar_start, self.prediction_type)
+                z = diffusion.stochastic_encode(z0, eps_hat, abar_start)
+            else:
+                raise ConfigError(f"inversion must be stochastic, noise or ddim, got {inversion!r}")
+        for i, t in enumerate(timesteps):
+            abar_prev = self._abar(timesteps[i + 1] if i + 1 < len(timesteps) else None)
+            out = self.model_output(z, t, cond, uncond, guidance_scale)
+            eps, x0 = diffusion.predict_eps_x0(out, z, self._abar(t), self.prediction_type)
+            z = diffusion.ddim_step(eps, x0, self._abar(t), abar_prev, eta, draw() if eta else None)
+        return z
 
     # ------------------------------------------------------------------ optimisation
     def trainable_parameters(self) -> list[nn.Parameter]:

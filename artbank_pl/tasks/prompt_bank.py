@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import random
-import zlib
 from collections.abc import Sequence
 
 import torch
 
-from artbank_pl.errors import ConfigError
-from artbank_pl.metrics import PerCollectionMean
 from artbank_pl.modules import ImplicitStylePromptBank
 from artbank_pl.modules.ssam import BankAttention
 from artbank_pl.optim import LRSchedule
-from artbank_pl.tasks.base import FrozenDiffusionTask
+from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
     add_placeholder_tokens,
     expand_placeholder,
@@ -21,20 +17,8 @@ from artbank_pl.tokenizer import (
     single_token_id,
 )
 
-STYLE_TEMPLATES = (
-    "a painting in the style of {}",
-    "an artwork in the style of {}",
-    "a picture in the style of {}",
-    "a rendition in the style of {}",
-    "a cropped painting in the style of {}",
-    "a close-up painting in the style of {}",
-    "a good painting in the style of {}",
-    "an image in the style of {}",
-    "{}",
-)
 
-
-class PromptBankTask(FrozenDiffusionTask):
+class PromptBankTask(StyleTask):
     """Train an ArtBank prompt bank: one ``n x d`` matrix per collection, read through SSAM.
 
     Each training prompt is a template holding the collection's placeholder (``<name>``,
@@ -94,20 +78,11 @@ class PromptBankTask(FrozenDiffusionTask):
         noise_offset: float = 0.0,
         val_seed: int = 0,
     ) -> None:
-        if not collections:
-            raise ConfigError(
-                "PromptBankTask needs `collections`: give data.manifest (linked automatically) "
-                "or model.collections"
-            )
-        for template in templates or ():
-            if template.count("{}") != 1:
-                raise ConfigError(f"template {template!r} must hold exactly one '{{}}'")
         super().__init__(
-            pretrained, revision, variant, vae_fp32, lr, weight_decay, betas, warmup_steps,
-            lr_schedule, min_lr_ratio, min_snr_gamma, noise_offset, val_seed,
+            collections, templates, use_captions, pretrained, revision, variant, vae_fp32, lr,
+            weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio, min_snr_gamma,
+            noise_offset, val_seed,
         )  # fmt: skip
-        self.collections = list(collections)
-        self.templates = list(templates or STYLE_TEMPLATES)
         self.placeholders = [placeholder_token(name) for name in self.collections]
         token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)
         self.first_placeholder_id = token_ids[0][0]
@@ -120,32 +95,15 @@ class PromptBankTask(FrozenDiffusionTask):
             init_id = single_token_id(self.tokenizer, initializer_token)
             init = self.text_encoder.get_input_embeddings().weight[init_id]
             self.bank.init_from_embedding(init, generator=torch.Generator().manual_seed(val_seed))
-        self.val_loss = PerCollectionMean(len(self.collections))
 
-    # ------------------------------------------------------------------ prompts
-    def prompt_for(self, collection: int, template: str, caption: str | None) -> str:
-        """Build one prompt: the template around the collection's expanded placeholder."""
+    def placeholder_text(self, collection: int) -> str:
+        """Return the collection's placeholder expanded to its tokens: ``<x> <x>_1 ...``."""
         placeholder = self.placeholders[collection]
-        text = expand_placeholder(template.format(placeholder), placeholder, self.bank.num_tokens)
-        if caption and self.hparams.use_captions:
-            text = f"{text}, {caption}"
-        return text
+        return expand_placeholder(placeholder, placeholder, self.bank.num_tokens)
 
-    def build_prompts(self, batch: dict, deterministic: bool = False) -> list[str]:
-        """Prompts for a batch: random templates in training, fixed per sample key otherwise."""
-        captions = batch.get("caption") or [None] * len(batch["collection_idx"])
-        prompts = []
-        for i, collection in enumerate(batch["collection_idx"].tolist()):
-            if deterministic:
-                index = zlib.crc32(batch["__key__"][i].encode()) % len(self.templates)
-            else:
-                index = random.randrange(len(self.templates))
-            prompts.append(self.prompt_for(collection, self.templates[index], captions[i]))
-        return prompts
-
-    def placeholder_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """Map placeholder token ids ``[M]`` to the bank's vectors ``[M, d]``."""
-        flat = ids - self.first_placeholder_id
+    def placeholder_vectors(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Map the placeholder ids at ``mask`` to the bank's vectors ``[M, d]``."""
+        flat = input_ids[mask] - self.first_placeholder_id
         n = self.bank.num_tokens
         collection, slot = flat // n, flat % n
         unique, inverse = torch.unique(collection, return_inverse=True)
@@ -156,38 +114,9 @@ class PromptBankTask(FrozenDiffusionTask):
         ids = self.tokenize(prompts)
         return self.encode_text(ids, self.first_placeholder_id, self.placeholder_vectors)
 
-    # ------------------------------------------------------------------ steps
-    def _batch_losses(self, batch: dict, deterministic: bool) -> torch.Tensor:
-        latents = self.encode_latents(batch["pixel_values"])
-        cond = self.encode_prompts(self.build_prompts(batch, deterministic))
-        keys = batch["__key__"] if deterministic else None
-        return self.diffusion_loss(latents, cond, keys)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """One denoising step; logs ``train/loss`` and ``train/loss/<collection>``."""
-        losses = self._batch_losses(batch, deterministic=False)
-        loss = losses.mean()
-        batch_size = losses.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        idx = batch["collection_idx"]
-        for k in torch.unique(idx).tolist():
-            name = self.collections[k]
-            self.log(f"train/loss/{name}", losses[idx == k].mean(), batch_size=batch_size)
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Accumulate the deterministic per-collection loss (fixed noise per sample key)."""
-        losses = self._batch_losses(batch, deterministic=True)
-        self.val_loss.update(losses, batch["collection_idx"].to(self.device))
-
-    def on_validation_epoch_end(self) -> None:
-        """Log ``val/loss`` and ``val/loss/<collection>``, reduced across ranks."""
-        result = self.val_loss.compute()
-        self.val_loss.reset()
-        self.log("val/loss", result["overall"], prog_bar=True, sync_dist=False)
-        for k, name in enumerate(self.collections):
-            if result["count"][k] > 0:
-                self.log(f"val/loss/{name}", result["mean"][k], sync_dist=False)
+    def conditioning(self, batch: dict, prompts: list[str]) -> torch.Tensor:
+        """Encode the prompts; each placeholder names its collection's bank rows."""
+        return self.encode_prompts(prompts)
 
     def embeddings(self) -> dict[str, torch.Tensor]:
         """Each collection's token embeddings ``[n, d]`` (float32, CPU), bank in eval mode."""

@@ -1,0 +1,96 @@
+r"""InST's attention-based inverter: CLIP image features to pseudo-word embeddings.
+
+Zhang et al. (CVPR 2023, Sec. 3.2) map the image embedding :math:`\tau(y)` through
+multi-layer cross-attention, :math:`v_{i+1} = \mathrm{Attention}(W_Q^{(i)} v_i,
+W_K^{(i)} \tau(y), W_V^{(i)} \tau(y))`, with dropout 0.05. The official code feeds one
+pooled embedding, so every softmax is over a single key and the module collapses to a
+linear map. Here ``n`` learned queries :math:`v_0` attend over the CLIP patch tokens
+(``image_features: patch``); ``pooled`` keeps the paper's single-embedding input. Each layer
+is pre-norm cross-attention followed by an MLP, both residual (Vaswani et al. 2017); the
+output is projected to the text encoder's width and added to a learned base embedding
+(started from a word embedding), so training starts at an ordinary word.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-norm cross-attention from queries to image tokens, then an MLP, both residual."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Update ``[B, n, dim]`` queries from ``[B, S, dim]`` context tokens."""
+        kv = self.norm_kv(context)
+        attended, _ = self.attention(self.norm_q(queries), kv, kv, need_weights=False)
+        queries = queries + self.dropout(attended)
+        return queries + self.dropout(self.mlp(self.norm_mlp(queries)))
+
+
+class AttentionInverter(nn.Module):
+    """Map CLIP image features ``[B, S, feature_dim]`` to ``[B, n, embed_dim]`` token embeddings.
+
+    Args:
+        feature_dim: width of the CLIP features (hidden size for patches, projection size
+            for the pooled embedding).
+        embed_dim: the text encoder's token-embedding width.
+        num_tokens: n, token embeddings produced.
+        hidden_dim: width of the attention layers.
+        num_layers: cross-attention layers.
+        num_heads: attention heads (must divide ``hidden_dim``).
+        dropout: dropout in attention and MLP (0.05 in the paper).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        embed_dim: int,
+        num_tokens: int = 1,
+        hidden_dim: int = 768,
+        num_layers: int = 2,
+        num_heads: int = 8,
+        dropout: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if hidden_dim % num_heads:
+            raise ValueError(f"inverter_heads={num_heads} must divide hidden_dim={hidden_dim}")
+        self.input = nn.Linear(feature_dim, hidden_dim)
+        self.queries = nn.Parameter(torch.randn(num_tokens, hidden_dim) * 0.02)
+        self.layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.output = nn.Linear(hidden_dim, embed_dim)
+        self.base = nn.Parameter(torch.zeros(num_tokens, embed_dim))
+        nn.init.normal_(self.output.weight, std=0.01)
+        nn.init.zeros_(self.output.bias)
+
+    @property
+    def num_tokens(self) -> int:
+        """N, token embeddings per image."""
+        return self.queries.shape[0]
+
+    @torch.no_grad()
+    def init_base(self, embedding: torch.Tensor) -> None:
+        """Start every output token at a word embedding ``[embed_dim]``."""
+        self.base.copy_(embedding.to(self.base.dtype).expand_as(self.base))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Map image features ``[B, S, feature_dim]`` to token embeddings ``[B, n, embed_dim]``."""
+        context = self.input(features.to(self.input.weight.dtype))
+        queries = self.queries.expand(features.shape[0], -1, -1)
+        for layer in self.layers:
+            queries = layer(queries, context)
+        return self.base + self.output(self.norm(queries))

@@ -1,0 +1,127 @@
+"""Load style sources for stylization: prompt-bank checkpoints or exports, InST inverters.
+
+Nothing here unpickles: checkpoints are read with ``weights_only=True``, embeddings from
+safetensors. A pickled ``embeddings.pt`` of the official InST code is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from artbank_pl.errors import ConfigError, DataError
+from artbank_pl.export import (
+    CheckpointError,
+    bank_embeddings_from_checkpoint,
+    file_stem,
+    load_checkpoint,
+)
+from artbank_pl.modules.inverter import AttentionInverter
+
+
+def _read_embedding_file(path: Path) -> torch.Tensor:
+    if path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"{path}: embeddings are read from .safetensors only (a pickled .pt/.bin file "
+            "is never loaded; re-export it with `artbank export`)"
+        )
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    if len(state) != 1:
+        raise CheckpointError(f"{path} holds {len(state)} tensors; expected one [n, d] tensor")
+    table = next(iter(state.values())).float()
+    return table if table.ndim == 2 else table.reshape(-1, table.shape[-1])
+
+
+def load_bank_styles(source: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read per-collection embeddings ``{name: [n, d]}`` from a bank checkpoint or export.
+
+    Args:
+        source: a ``PromptBankTask`` checkpoint (``.ckpt``), one exported ``.safetensors``
+            file, or a folder of them (``artbank export``'s ``diffusers/`` or ``a1111/``).
+        names: collections to keep (default: all).
+
+    Raises:
+        CheckpointError: the file is missing, pickled, or not an embedding.
+        ConfigError: a requested collection is not in the source.
+    """
+    source = Path(source)
+    if source.suffix == ".ckpt":
+        styles = bank_embeddings_from_checkpoint(source)
+    elif source.is_dir():
+        files = sorted(source.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{source} holds no .safetensors embedding file")
+        styles = {f.stem: _read_embedding_file(f) for f in files}
+    elif source.is_file():
+        styles = {source.stem: _read_embedding_file(source)}
+    else:
+        raise CheckpointError(f"style source {source} does not exist")
+    if not names:
+        return styles
+    by_stem = {file_stem(name): name for name in styles}
+    missing = [n for n in names if n not in styles and file_stem(n) not in by_stem]
+    if missing:
+        raise ConfigError(f"collections {missing} are not in {source} (it has {sorted(styles)})")
+    return {n: styles[n] if n in styles else styles[by_stem[file_stem(n)]] for n in names}
+
+
+def load_inverter(path: str | Path) -> tuple[AttentionInverter, dict]:
+    """Rebuild an ``InverterTask``'s inverter from its checkpoint.
+
+    Returns:
+        The inverter in eval mode, and the checkpoint's hyperparameters.
+    """
+    ckpt = load_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters") or {}
+    state = {
+        k.removeprefix("inverter."): v
+        for k, v in (ckpt.get("state_dict") or {}).items()
+        if k.startswith("inverter.")
+    }
+    if "queries" not in state:
+        raise CheckpointError(f"{path} is not an InverterTask checkpoint (no inverter weights)")
+    num_tokens, hidden = state["queries"].shape
+    inverter = AttentionInverter(
+        feature_dim=state["input.weight"].shape[1],
+        embed_dim=state["base"].shape[1],
+        num_tokens=num_tokens,
+        hidden_dim=hidden,
+        num_layers=hparams.get("inverter_layers", 2),
+        num_heads=hparams.get("inverter_heads", 8),
+    )
+    inverter.load_state_dict(state)
+    return inverter.eval(), hparams
+
+
+def load_image(path: str | Path, max_side: int = 1024) -> torch.Tensor:
+    """Read an image as ``[1, 3, H, W]`` in ``[-1, 1]``, bounded to ``max_side`` pixels.
+
+    Raises:
+        DataError: the file is missing or unreadable.
+    """
+    try:
+        with Image.open(path) as img:
+            image = ImageOps.exif_transpose(img).convert("RGB")
+    except OSError as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+    image.thumbnail((max_side, max_side), Image.LANCZOS)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def check_width(styles: dict[str, torch.Tensor], width: int) -> None:
+    """Raise ConfigError if a style's embeddings do not fit the text encoder's width."""
+    for name, table in styles.items():
+        if table.shape[-1] != width:
+            raise ConfigError(
+                f"style {name!r} has {table.shape[-1]}-d embeddings; the text encoder takes "
+                f"{width} (was it trained on another model?)"
+            )

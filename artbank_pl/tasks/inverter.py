@@ -1,0 +1,147 @@
+"""InST training: an attention inverter from CLIP image features to a pseudo-word."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from artbank_pl.modules.inverter import AttentionInverter
+from artbank_pl.optim import LRSchedule
+from artbank_pl.tasks.style import StyleTask
+from artbank_pl.tokenizer import (
+    add_placeholder_tokens,
+    expand_placeholder,
+    single_token_id,
+)
+from artbank_pl.vision import clip_preprocess, load_vision_encoder
+
+ImageFeatures = Literal["patch", "pooled"]
+
+
+class InverterTask(StyleTask):
+    """Train InST's inverter: a painting's CLIP features become the placeholder's embeddings.
+
+    Each sample's own image goes through the frozen CLIP vision model and the inverter;
+    the result replaces the placeholder tokens of that sample's prompt (``{}`` alone, as in
+    the paper, by default). Trains on one painting or a whole collection, at any batch size.
+
+    Args:
+        collections: collection names, for per-collection losses; linked from the data.
+        vision_model: CLIP vision model: a hub id, a local folder, or ``tiny``.
+        image_features: ``patch`` (queries attend over the patch tokens) or ``pooled`` (the
+            projected image embedding alone, as in the paper).
+        num_tokens: token embeddings the inverter produces.
+        placeholder: the placeholder string added to the tokenizer.
+        inverter_dim: width of the attention layers (default: the text embedding width).
+        inverter_layers: cross-attention layers.
+        inverter_heads: attention heads.
+        inverter_dropout: dropout (0.05 in the paper).
+        initializer_token: a one-token word whose embedding the output starts from.
+        templates: prompt templates with one ``{}`` for the placeholder.
+        use_captions: append each sample's caption to its prompt.
+        pretrained: ``tiny``, a local diffusers folder, or a hub id.
+        revision: hub revision of ``pretrained``.
+        variant: weight variant of ``pretrained``.
+        vae_fp32: keep the VAE in float32 under half precision.
+        lr: AdamW learning rate (InST: 1e-4 per image of the global batch).
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        lr_schedule: ``cosine`` or ``constant``.
+        min_lr_ratio: final learning-rate fraction of the cosine schedule.
+        min_snr_gamma: min-SNR-gamma weighting; ``None`` turns it off.
+        noise_offset: noise offset.
+        val_seed: seed of the fixed validation noise.
+    """
+
+    frozen_names = ("unet", "vae", "text_encoder", "vision")
+
+    def __init__(
+        self,
+        collections: list[str] | None = None,
+        vision_model: str = "openai/clip-vit-large-patch14",
+        image_features: ImageFeatures = "patch",
+        num_tokens: int = 1,
+        placeholder: str = "<inst>",
+        inverter_dim: int | None = None,
+        inverter_layers: int = 2,
+        inverter_heads: int = 8,
+        inverter_dropout: float = 0.05,
+        initializer_token: str | None = "painting",
+        templates: list[str] | None = None,
+        use_captions: bool = False,
+        pretrained: str = "tiny",
+        revision: str | None = None,
+        variant: str | None = None,
+        vae_fp32: bool = False,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "constant",
+        min_lr_ratio: float = 0.0,
+        min_snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__(
+            collections, templates or ["{}"], use_captions, pretrained, revision, variant,
+            vae_fp32, lr, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio,
+            min_snr_gamma, noise_offset, val_seed,
+        )  # fmt: skip
+        self.vision = load_vision_encoder(vision_model)
+        self.first_placeholder_id = add_placeholder_tokens(
+            self.tokenizer, [placeholder], num_tokens
+        )[0][0]
+        self.placeholder = placeholder
+        config = self.vision.config
+        feature_dim = config.hidden_size if image_features == "patch" else config.projection_dim
+        embed_dim = self.text_encoder.get_input_embeddings().embedding_dim
+        self.inverter = AttentionInverter(
+            feature_dim, embed_dim, num_tokens, inverter_dim or embed_dim, inverter_layers,
+            inverter_heads, inverter_dropout,
+        )  # fmt: skip
+        if initializer_token:
+            init_id = single_token_id(self.tokenizer, initializer_token)
+            self.inverter.init_base(self.text_encoder.get_input_embeddings().weight[init_id])
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen CLIP features ``[B, S, c]`` of ``[-1, 1]`` pixels (patch tokens or pooled)."""
+        pixels = clip_preprocess(pixel_values.to(self.device), self.vision.config.image_size)
+        with torch.no_grad():
+            out = self.vision(pixel_values=pixels.to(self.vision.dtype))
+        if self.hparams.image_features == "pooled":
+            return out.image_embeds.float().unsqueeze(1)
+        hidden = self.vision.vision_model.post_layernorm(out.last_hidden_state)
+        return hidden.float()
+
+    def style_vectors(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[B, n, d]`` for style images given as ``[-1, 1]`` pixels."""
+        return self.inverter(self.image_features(pixel_values))
+
+    def placeholder_text(self, collection: int) -> str:
+        """Return the placeholder expanded to its tokens (the same for every sample)."""
+        return expand_placeholder(self.placeholder, self.placeholder, self.inverter.num_tokens)
+
+    def conditioning(self, batch: dict, prompts: list[str]) -> torch.Tensor:
+        """Encode prompts with each sample's own inverted embeddings spliced in."""
+        vectors = self.style_vectors(batch["pixel_values"])
+        ids = self.tokenize(prompts)
+        first = self.first_placeholder_id
+        return self.encode_text(ids, first, per_sample_lookup(vectors, first))
+
+
+def per_sample_lookup(vectors: torch.Tensor, first_placeholder_id: int):
+    """Return a lookup that gives row ``b``'s placeholder token ``j`` the vector ``vectors[b, j]``.
+
+    Args:
+        vectors: ``[B, n, d]`` per-sample token embeddings.
+        first_placeholder_id: id of the placeholder's first token (token ``j`` is ``id + j``).
+    """
+
+    def lookup(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        rows = mask.nonzero()[:, 0]
+        return vectors[rows, input_ids[mask] - first_placeholder_id]
+
+    return lookup

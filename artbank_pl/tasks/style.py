@@ -1,0 +1,135 @@
+"""Shared training logic of the style tasks: prompts, steps and per-collection losses."""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import torch
+
+from artbank_pl.errors import ConfigError
+from artbank_pl.metrics import PerCollectionMean
+from artbank_pl.optim import LRSchedule
+from artbank_pl.tasks.base import FrozenDiffusionTask
+
+STYLE_TEMPLATES = (
+    "a painting in the style of {}",
+    "an artwork in the style of {}",
+    "a picture in the style of {}",
+    "a rendition in the style of {}",
+    "a cropped painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "a good painting in the style of {}",
+    "an image in the style of {}",
+    "{}",
+)
+
+
+class StyleTask(FrozenDiffusionTask):
+    """A frozen SD whose prompts carry trainable placeholder embeddings.
+
+    Subclasses say which placeholder text each sample's prompt holds
+    (:meth:`placeholder_text`) and how the prompts are encoded (:meth:`conditioning`).
+
+    Args:
+        collections: collection names, for per-collection losses (and, for the bank, its
+            rows); linked from the datamodule's manifest.
+        templates: prompt templates with one ``{}`` for the placeholder.
+        use_captions: append each sample's caption (when it has one) to its prompt.
+        **kwargs: the frozen model and optimisation options of ``FrozenDiffusionTask``.
+    """
+
+    def __init__(
+        self,
+        collections: list[str] | None,
+        templates: list[str] | None,
+        use_captions: bool,
+        pretrained: str,
+        revision: str | None,
+        variant: str | None,
+        vae_fp32: bool,
+        lr: float,
+        weight_decay: float,
+        betas: tuple[float, float],
+        warmup_steps: int,
+        lr_schedule: LRSchedule,
+        min_lr_ratio: float,
+        min_snr_gamma: float | None,
+        noise_offset: float,
+        val_seed: int,
+    ) -> None:
+        name = type(self).__name__
+        if not collections:
+            raise ConfigError(
+                f"{name} needs `collections`: give data.manifest (linked automatically) "
+                "or model.collections"
+            )
+        for template in templates or ():
+            if template.count("{}") != 1:
+                raise ConfigError(f"template {template!r} must hold exactly one '{{}}'")
+        super().__init__(
+            pretrained, revision, variant, vae_fp32, lr, weight_decay, betas, warmup_steps,
+            lr_schedule, min_lr_ratio, min_snr_gamma, noise_offset, val_seed,
+        )  # fmt: skip
+        self.collections = list(collections)
+        self.templates = list(templates or STYLE_TEMPLATES)
+        self.val_loss = PerCollectionMean(len(self.collections))
+
+    def placeholder_text(self, collection: int) -> str:
+        """Return the (expanded) placeholder text for a sample of ``collection``."""
+        raise NotImplementedError
+
+    def conditioning(self, batch: dict, prompts: list[str]) -> torch.Tensor:
+        """Return the text conditioning ``[B, 77, d]`` of ``prompts`` for ``batch``."""
+        raise NotImplementedError
+
+    def prompt_for(self, collection: int, template: str, caption: str | None) -> str:
+        """Build one prompt: the template around the placeholder, then the caption."""
+        text = template.format(self.placeholder_text(collection))
+        if caption and self.hparams.use_captions:
+            text = f"{text}, {caption}"
+        return text
+
+    def build_prompts(self, batch: dict, deterministic: bool = False) -> list[str]:
+        """Prompts for a batch: random templates in training, fixed per sample key otherwise."""
+        captions = batch.get("caption") or [None] * len(batch["collection_idx"])
+        prompts = []
+        for i, collection in enumerate(batch["collection_idx"].tolist()):
+            if deterministic:
+                index = zlib.crc32(batch["__key__"][i].encode()) % len(self.templates)
+            else:
+                index = random.randrange(len(self.templates))
+            prompts.append(self.prompt_for(collection, self.templates[index], captions[i]))
+        return prompts
+
+    def _batch_losses(self, batch: dict, deterministic: bool) -> torch.Tensor:
+        latents = self.encode_latents(batch["pixel_values"])
+        cond = self.conditioning(batch, self.build_prompts(batch, deterministic))
+        keys = batch["__key__"] if deterministic else None
+        return self.diffusion_loss(latents, cond, keys)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """One denoising step; logs ``train/loss`` and ``train/loss/<collection>``."""
+        losses = self._batch_losses(batch, deterministic=False)
+        loss = losses.mean()
+        batch_size = losses.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        idx = batch["collection_idx"].to(losses.device)
+        for k in torch.unique(idx).tolist():
+            name = self.collections[k]
+            self.log(f"train/loss/{name}", losses[idx == k].mean(), batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Accumulate the deterministic per-collection loss (fixed noise per sample key)."""
+        losses = self._batch_losses(batch, deterministic=True)
+        self.val_loss.update(losses, batch["collection_idx"].to(self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/loss`` and ``val/loss/<collection>``, reduced across ranks."""
+        result = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", result["overall"], prog_bar=True, sync_dist=False)
+        for k, name in enumerate(self.collections):
+            if result["count"][k] > 0:
+                self.log(f"val/loss/{name}", result["mean"][k], sync_dist=False)

@@ -1,0 +1,63 @@
+"""The frozen CLIP vision encoder of InST, and CLIP's image preprocessing on tensors.
+
+SD repositories ship no image encoder, so it is named by its own option: ``tiny`` (random
+weights from ``tiny/vision_encoder.json``), a local folder, or a hub id such as
+``openai/clip-vit-large-patch14``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from artbank_pl.sd import TINY, PretrainedLoadError, freeze, tiny_config
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_vision_encoder(name: str) -> CLIPVisionModelWithProjection:
+    """Build the frozen CLIP vision model named by ``name``.
+
+    Raises:
+        PretrainedLoadError: it cannot be found or loaded.
+    """
+    if name == TINY:
+        init = tiny_config("init")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init["seed"] + 1)
+            model = CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_config("vision_encoder")))
+        return freeze(model)
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise PretrainedLoadError(f"vision_model={name!r}: no such folder")
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(str(Path(name).expanduser()))
+    except (OSError, ValueError) as err:
+        raise PretrainedLoadError(
+            f"cannot load vision_model={name!r}: {str(err).splitlines()[0]} Pre-stage it "
+            f"(`hf download {name}`, HF_HOME) or point vision_model at a local folder."
+        ) from err
+    return freeze(model)
+
+
+def clip_preprocess(pixels: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Turn ``[-1, 1]`` pixels ``[B, 3, H, W]`` into CLIP's input.
+
+    Rescale to ``[0, 1]``, resize the shorter side to ``image_size`` (bicubic, antialiased),
+    centre-crop a square and normalise with CLIP's mean and std, as ``CLIPImageProcessor``
+    does. (The official InST code cast ``[-1, 1]`` floats straight to uint8, which feeds
+    CLIP an almost black image.)
+    """
+    x = (pixels.float().clamp(-1, 1) + 1) / 2
+    h, w = x.shape[-2:]
+    scale = image_size / min(h, w)
+    size = (max(image_size, round(h * scale)), max(image_size, round(w * scale)))
+    x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+    x = x[..., top : top + image_size, left : left + image_size].clamp(0, 1)
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std

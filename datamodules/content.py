@@ -1,0 +1,156 @@
+"""``ContentDataModule``: content images to stylize, from a folder or WebDataset shards."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, IterableDataset
+
+from artbank_pl.errors import DataError
+from datamodules.artwork import crop_square, expand_urls, to_tensor
+from datamodules.shards import IMAGE_SUFFIXES, read_manifest, resize_shorter_side
+from datamodules.stream import ShardStream, StreamPart, decode_image
+
+log = logging.getLogger(__name__)
+
+
+def folder_key(root: Path, path: Path) -> str:
+    """Key of a content image: its path under the folder, without suffix, made file-safe."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", path.relative_to(root).with_suffix("").as_posix())
+
+
+def prepare(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize the shorter side to ``resolution`` and centre-crop a square."""
+    return crop_square(resize_shorter_side(image, resolution), resolution, None)
+
+
+class FolderStream(IterableDataset):
+    """Images of a folder (recursively, sorted), split by rank and worker, read once.
+
+    Args:
+        root: the folder.
+        resolution: output side in pixels.
+    """
+
+    def __init__(self, root: Path, resolution: int) -> None:
+        super().__init__()
+        self.root, self.resolution = root, resolution
+        self.files = sorted(
+            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not self.files:
+            raise DataError(f"content folder {root} holds no image")
+        self.rank, self.world_size = 0, 1
+        self.skipped = 0
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Set this process's rank and the world size."""
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        part = StreamPart.current(self.rank, self.world_size)
+        for path in self.files[part.index :: part.count]:
+            try:
+                with Image.open(path) as img:
+                    image = ImageOps.exif_transpose(img).convert("RGB")
+            except OSError as err:
+                self.skipped += 1
+                log.warning(
+                    "skipping unreadable content image %s: %s (%d skipped)", path, err, self.skipped
+                )
+                continue
+            caption_file = path.with_suffix(".txt")
+            yield {
+                "pixel_values": to_tensor(prepare(image, self.resolution)),
+                "__key__": folder_key(self.root, path),
+                "caption": caption_file.read_text().strip() if caption_file.is_file() else "",
+                "source": str(path),
+            }
+
+
+def shard_content_item(resolution: int):
+    """Return a ShardStream transform for content samples (any image + optional json)."""
+
+    def to_item(sample: dict, rng: random.Random) -> dict:
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        return {
+            "pixel_values": to_tensor(prepare(decode_image(sample), resolution)),
+            "__key__": sample["__key__"],
+            "caption": meta.get("caption") or "",
+            "source": meta.get("source") or sample.get("__url__", ""),
+        }
+
+    return to_item
+
+
+def collate_content(items: list[dict]) -> dict:
+    """Stack pixels; keep keys, captions and sources as lists."""
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        **{k: [item[k] for item in items] for k in ("__key__", "caption", "source")},
+    }
+
+
+class ContentDataModule(LightningDataModule):
+    """Content images for ``artbank predict``: a folder, a shard manifest, or a brace pattern.
+
+    Each image is read once over all ranks and workers (split with the Trainer's rank and
+    world size), resized and centre-cropped to ``resolution``.
+
+    Args:
+        content: a folder of images (a ``<stem>.txt`` beside an image is its caption), a
+            ``manifest.json`` from ``artbank shards build`` (all its splits), or a brace
+            pattern of shards.
+        resolution: side of the square the content is cropped to (a multiple of 8).
+        batch_size: content images per batch.
+        num_workers: dataloader workers.
+    """
+
+    def __init__(
+        self, content: str, resolution: int = 512, batch_size: int = 4, num_workers: int = 2
+    ) -> None:
+        super().__init__()
+        if resolution % 8:
+            raise DataError(f"resolution must be a multiple of 8, got {resolution}")
+        self.save_hyperparameters()
+        self.rank, self.world_size = 0, 1
+
+    def setup(self, stage: str) -> None:
+        """Take rank and world size from the Trainer."""
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+
+    def _dataset(self) -> IterableDataset:
+        content, resolution = self.hparams.content, self.hparams.resolution
+        path = Path(content)
+        if path.is_dir() and not (path / "manifest.json").is_file():
+            return FolderStream(path, resolution)
+        if path.suffix == ".json" or path.is_dir():
+            manifest = read_manifest(path)
+            root = path if path.is_dir() else path.parent
+            urls = [str(root / s) for split in manifest["splits"].values() for s in split["shards"]]
+        else:
+            urls = expand_urls(content)
+            missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+            if missing:
+                raise DataError(f"content shards not found: {missing[:3]}")
+        return ShardStream(urls, shard_content_item(resolution))
+
+    def predict_dataloader(self) -> DataLoader:
+        """One pass over the content, every image exactly once over all ranks."""
+        dataset = self._dataset()
+        dataset.set_distributed(self.rank, self.world_size)
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            collate_fn=collate_content,
+        )
