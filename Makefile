@@ -24,12 +24,27 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
+	# 1. data: bundled paintings and photos -> WebDataset shards
 	$(ARTBANK) demo-images --output $(DEMO)/images
 	$(ARTBANK) shards build --input $(DEMO)/images --output $(DEMO)/shards \
 		--size 96 --val-per-collection 2 --maxcount 4
+	# 2. ArtBank: a prompt bank over both collections, then its embedding files
 	$(ARTBANK) fit --config configs/quickstart.yaml
 	$(ARTBANK) export --ckpt $(DEMO)/checkpoints/last.ckpt --output $(DEMO)/export
-	@echo "demo outputs in $(DEMO)/: loss.png, checkpoints/, embeddings/, export/"
+	# 3. InST: an inverter trained on one painting
+	$(ARTBANK) demo-images --output $(DEMO)/inst-images --paintings 1
+	$(ARTBANK) shards build --input $(DEMO)/inst-images --output $(DEMO)/inst-shards --size 96
+	$(ARTBANK) fit --config configs/quickstart-inst.yaml
+	# 4. stylize the photos with the bank and with the inverter, then a side-by-side grid
+	$(ARTBANK) predict --config configs/stylize-quickstart.yaml
+	$(ARTBANK) predict --config configs/stylize-quickstart.yaml \
+		--model.init_args.bank null \
+		--model.init_args.inverter $(DEMO)/inst/checkpoints/last.ckpt \
+		--model.init_args.style_images '[$(DEMO)/inst-images/raphael/0_edinburgh_nat_gallery.jpg]' \
+		--trainer.callbacks.init_args.output_dir $(DEMO)/stylized-inst
+	$(ARTBANK) grid $(DEMO)/stylized/manifest.jsonl $(DEMO)/stylized-inst/manifest.jsonl \
+		--output $(DEMO)/grid.png
+	@echo "demo outputs in $(DEMO)/: loss.png, checkpoints/, embeddings/, export/, inst/, stylized/, stylized-inst/, grid.png"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,7 @@ from artbank_pl.errors import ArtbankError, ConfigError
 TOOLS_HELP = """data tools (not LightningCLI):
   artbank shards build --input DIR --output DIR   build WebDataset shards + manifest
   artbank export --ckpt FILE --output DIR          write per-collection embedding files
+  artbank grid MANIFEST... --output PNG            content | stylized grid
   artbank demo-images --output DIR                 gather bundled demo images"""
 
 
@@ -99,15 +100,34 @@ def _demo_images(argv: Sequence[str]) -> int:
         description="Copy images bundled in installed packages into collection folders.",
     )
     parser.add_argument("--output", required=True, help="folder to fill")
+    parser.add_argument(
+        "--paintings", type=int, default=0, help="only this many paintings, no photos (0: all)"
+    )
     opts = parser.parse_args(argv)
-    for name, paths in gather_demo_images(opts.output).items():
+    for name, paths in gather_demo_images(opts.output, opts.paintings).items():
         print(f"{name}: {len(paths)} images")
+    return 0
+
+
+def _grid(argv: Sequence[str]) -> int:
+    from artbank_pl.grid import stylization_grid
+
+    parser = argparse.ArgumentParser(
+        prog="artbank grid",
+        description="Write a content | stylized side-by-side grid from stylization manifests.",
+    )
+    parser.add_argument("manifests", nargs="+", help="manifest.jsonl files of artbank predict")
+    parser.add_argument("--output", required=True, help="PNG to write")
+    parser.add_argument("--cell", type=int, default=128, help="cell size in pixels")
+    opts = parser.parse_args(argv)
+    print(stylization_grid(opts.manifests, opts.output, opts.cell))
     return 0
 
 
 TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
     "export": _export,
     "demo-images": _demo_images,
+    "grid": _grid,
 }
 
 
@@ -121,6 +141,8 @@ def main(args: Sequence[str] | None = None) -> int | None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # the frozen Stable Diffusion parts are in eval mode on purpose
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # content streams are iterable datasets: outputs are named by sample key instead
+    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     try:
         if argv[:2] == ["shards", "build"]:
             # the builder lives with the datamodules; core code does not import them

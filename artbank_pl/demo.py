@@ -48,13 +48,20 @@ def save_photographs(out_dir: Path) -> list[Path]:
     return paths + [hopper]
 
 
-def gather_demo_images(output: str | Path) -> dict[str, list[Path]]:
-    """Fill ``output/raphael`` with paintings and ``output/photographs`` with photos."""
+def gather_demo_images(output: str | Path, paintings: int = 0) -> dict[str, list[Path]]:
+    """Fill ``output/raphael`` with paintings and ``output/photographs`` with photos.
+
+    Args:
+        output: the folder to fill (one sub-folder per collection).
+        paintings: copy only this many paintings and no photographs (0: everything).
+    """
     output = Path(output)
     raphael = output / "raphael"
     raphael.mkdir(parents=True, exist_ok=True)
     copied = []
-    for src in raphael_paintings():
+    for src in raphael_paintings()[: paintings or None]:
         shutil.copyfile(src, raphael / src.name)
         copied.append(raphael / src.name)
+    if paintings:
+        return {"raphael": copied}
     return {"raphael": copied, "photographs": save_photographs(output / "photographs")}
