@@ -93,26 +93,21 @@ def start_index(steps: int, strength: float) -> int:
 
 
 def predict_eps_x0(
-    model_output: torch.Tensor,
-    sample: torch.Tensor,
-    abar: float | torch.Tensor,
-    prediction_type: str,
+    model_output: torch.Tensor, sample: torch.Tensor, abar: float, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a UNet output into (eps, x0) at a sample with cumulative alpha ``abar``.
 
     epsilon: ``x0 = (z - sqrt(1 - abar) eps) / sqrt(abar)`` (DDIM Eq. 9); v: ``eps =
     sqrt(abar) v + sqrt(1 - abar) z`` and ``x0 = sqrt(abar) z - sqrt(1 - abar) v``.
+    ``abar`` is a Python float, so the arithmetic does not depend on the device.
     """
-    abar = torch.as_tensor(abar, dtype=sample.dtype, device=sample.device)
+    a, b = abar**0.5, (1 - abar) ** 0.5
     if prediction_type == "epsilon":
-        eps = model_output
-        return eps, (sample - (1 - abar).sqrt() * eps) / abar.sqrt()
+        return model_output, (sample - b * model_output) / a
     if prediction_type == "v_prediction":
-        eps = abar.sqrt() * model_output + (1 - abar).sqrt() * sample
-        return eps, abar.sqrt() * sample - (1 - abar).sqrt() * model_output
+        return a * model_output + b * sample, a * sample - b * model_output
     if prediction_type == "sample":
-        x0 = model_output
-        return (sample - abar.sqrt() * x0) / (1 - abar).sqrt(), x0
+        return (sample - a * model_output) / b, model_output
     raise ValueError(f"unsupported prediction_type {prediction_type!r} in the scheduler config")
 
 
@@ -139,13 +134,14 @@ def ddim_step(
     return out
 
 
-def stochastic_encode(z0: torch.Tensor, eps_hat: torch.Tensor, abar_t: float) -> torch.Tensor:
-    """InST's stochastic inversion: ``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps_hat``.
+def noise_to(z0: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
+    """``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps`` with a scalar ``abar_t`` (DDPM Eq. 4).
 
-    ``eps_hat`` is the conditional UNet's prediction of the noise that was added to ``z0``
-    (Zhang et al. 2023, Sec. 3.3); it replaces the random noise of plain img2img.
+    InST's stochastic inversion (Zhang et al. 2023, Sec. 3.3) calls it with ``eps`` the
+    conditional UNet's prediction of the noise that was added to ``z0``, in place of the
+    random noise of plain img2img.
     """
-    return abar_t**0.5 * z0 + (1 - abar_t) ** 0.5 * eps_hat
+    return abar_t**0.5 * z0 + (1 - abar_t) ** 0.5 * eps
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from datamodules import ArtworkDataModule
 from datamodules.stream import ShardStream
+from tests.conftest import write_collections
 
 
 def key_and_part(sample, rng):
@@ -90,3 +91,18 @@ def test_datamodule_without_manifest_needs_collections(shard_dir):
     dm = ArtworkDataModule(train_shards=pattern, collections=["monet", "hokusai"], num_workers=0)
     assert dm.collection_index == {"monet": 0, "hokusai": 1}
     assert dm.val_urls == dm.train_urls
+
+
+def test_content_folder_is_split_once_over_ranks(tmp_path):
+    from datamodules.content import FolderStream
+
+    write_collections(tmp_path, {"photos": 5}, size=(20, 30))
+    (tmp_path / "photos" / "broken.png").write_bytes(b"no image")
+    keys = []
+    for rank in (0, 1):
+        stream = FolderStream(tmp_path / "photos", 16)
+        stream.set_distributed(rank, 2)
+        items = list(DataLoader(stream, batch_size=None, num_workers=2))
+        assert all(item["pixel_values"].shape == (3, 16, 16) for item in items)
+        keys += [item["__key__"] for item in items]
+    assert sorted(keys) == [f"img{i:02d}" for i in range(5)]

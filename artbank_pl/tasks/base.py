@@ -304,7 +304,7 @@ class FrozenDiffusionTask(LightningModule):
             )
             x0 = (z - (1 - abar_cur) ** 0.5 * eps) / abar_cur**0.5
             abar_cur = self._abar(t)
-            z = abar_cur**0.5 * x0 + (1 - abar_cur) ** 0.5 * eps
+            z = diffusion.noise_to(x0, eps, abar_cur)
         return z
 
     @torch.no_grad()
@@ -351,16 +351,14 @@ class FrozenDiffusionTask(LightningModule):
         abar_start = self._abar(start)
         if inversion == "ddim":
             z = self.ddim_invert(z0, timesteps[::-1], cond)
+        elif inversion in ("noise", "stochastic"):
+            z = diffusion.noise_to(z0, draw(), abar_start)
+            if inversion == "stochastic":
+                out = self.model_output(z, start, cond)
+                eps_hat, _ = diffusion.predict_eps_x0(out, z, abar_start, self.prediction_type)
+                z = diffusion.noise_to(z0, eps_hat, abar_start)
         else:
-            noisy = diffusion.add_noise(z0, draw(), torch.tensor([abar_start], device=z0.device))
-            if inversion == "noise":
-                z = noisy
-            elif inversion == "stochastic":
-                out = self.model_output(noisy, start, cond)
-                eps_hat, _ = diffusion.predict_eps_x0(out, noisy, abar_start, self.prediction_type)
-                z = diffusion.stochastic_encode(z0, eps_hat, abar_start)
-            else:
-                raise ConfigError(f"inversion must be stochastic, noise or ddim, got {inversion!r}")
+            raise ConfigError(f"inversion must be stochastic, noise or ddim, got {inversion!r}")
         for i, t in enumerate(timesteps):
             abar_prev = self._abar(timesteps[i + 1] if i + 1 < len(timesteps) else None)
             out = self.model_output(z, t, cond, uncond, guidance_scale)

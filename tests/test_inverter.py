@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from PIL import Image
+from transformers import CLIPImageProcessor
+
+from artbank_pl.styles import load_inverter
+from artbank_pl.tasks import InverterTask
+from artbank_pl.vision import clip_preprocess
+from datamodules import ArtworkDataModule
+from tests.conftest import make_batch
+
+
+def inverter_task(**kwargs):
+    args = dict(collections=["monet", "hokusai"], vision_model="tiny", inverter_heads=4)
+    return InverterTask(**(args | kwargs))
+
+
+@pytest.mark.parametrize("features", ["patch", "pooled"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_only_the_inverter_trains_at_any_batch_size(features, batch_size):
+    task = inverter_task(image_features=features, num_tokens=2)
+    loss = task._batch_losses(make_batch([0] * batch_size, size=64), deterministic=False).mean()
+    loss.backward()
+    for name, p in task.named_parameters():
+        if name.startswith("inverter."):
+            assert p.grad is not None, name
+        else:
+            assert p.grad is None and not p.requires_grad, name
+
+
+def test_each_sample_gets_its_own_inverted_embedding():
+    task = inverter_task(num_tokens=2).eval()
+    batch = make_batch([0, 0], size=64)
+    batch["pixel_values"][1] = -batch["pixel_values"][1]
+    vectors = task.style_vectors(batch["pixel_values"])
+    assert vectors.shape == (2, 2, 32)
+    assert not torch.allclose(vectors[0], vectors[1])
+    prompts = task.build_prompts(batch, deterministic=True)
+    assert prompts == ["<inst> <inst>_1"] * 2  # the paper's caption: the placeholder alone
+    cond = task.conditioning(batch, prompts)
+    alone = task.conditioning({"pixel_values": batch["pixel_values"][1:]}, prompts[1:])
+    torch.testing.assert_close(cond[1:], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_clip_preprocess_matches_clip_image_processor():
+    yy, xx = np.mgrid[0:60, 0:80] / 20.0  # smooth, so PIL and torch resampling agree
+    channels = [np.sin(xx + c) * np.cos(yy - c) for c in range(3)]
+    image = Image.fromarray(((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8))
+    expected = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)(
+        image, return_tensors="pt"
+    ).pixel_values
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+    ours = clip_preprocess(pixels[None], 32)
+    assert ours.shape == expected.shape == (1, 3, 32, 32)
+    # PIL and torch resample differently: compare the normalised statistics, not pixels
+    torch.testing.assert_close(ours.mean((2, 3)), expected.mean((2, 3)), atol=0.05, rtol=0)
+    assert torch.corrcoef(torch.stack([ours.flatten(), expected.flatten()]))[0, 1] > 0.99
+    black = clip_preprocess(-torch.ones(1, 3, 40, 40), 32)
+    torch.testing.assert_close(
+        black[0, :, 0, 0],
+        -torch.tensor([0.4815, 0.4578, 0.4082]) / torch.tensor([0.2686, 0.2613, 0.2758]),
+        atol=1e-3,
+        rtol=0,
+    )
+
+
+def test_checkpoint_round_trip_rebuilds_the_inverter(shard_dir, tmp_path):
+    task = inverter_task(collections=["hokusai", "monet"], lr=1e-2)
+    data = ArtworkDataModule(manifest=str(shard_dir / "manifest.json"), resolution=64,
+                             batch_size=2, num_workers=0, samples_per_epoch=4)  # fmt: skip
+    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(task, data)
+    trainer.save_checkpoint(tmp_path / "inst.ckpt")
+    assert (tmp_path / "inst.ckpt").stat().st_size < 1024 * 1024
+    inverter, hparams = load_inverter(tmp_path / "inst.ckpt")
+    assert hparams["vision_model"] == "tiny"
+    features = torch.randn(2, 65, 32)
+    torch.testing.assert_close(inverter(features), task.inverter.eval()(features))

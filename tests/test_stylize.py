@@ -1,0 +1,219 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from lightning.pytorch import Callback, Trainer
+
+from artbank_pl.export import CheckpointError, write_embeddings
+from artbank_pl.tasks import StylizeTask
+from artbank_pl.tasks.base import sample_seed
+from callbacks import StylizedImageWriter
+from datamodules import ContentDataModule
+from tests.conftest import write_collections
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bank_export(tmp_path_factory):
+    """Exported embeddings of two styles, as `artbank export` writes them."""
+    out = tmp_path_factory.mktemp("export")
+    gen = torch.Generator().manual_seed(1)
+    styles = {
+        "monet": torch.randn(2, 32, generator=gen) * 0.02,
+        "ukiyo": torch.randn(3, 32, generator=gen) * 0.02,
+    }
+    write_embeddings(styles, out, formats=("diffusers",))
+    return out / "diffusers"
+
+
+@pytest.fixture(scope="module")
+def content_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("content")
+    write_collections(root, {"photos": 6}, size=(40, 48), seed=3)
+    return root / "photos"
+
+
+def stylizer(bank_export, **kwargs):
+    args = dict(bank=str(bank_export), steps=10, strength=0.6, guidance_scale=3.0)
+    return StylizeTask(**(args | kwargs)).eval()
+
+
+def reference_stochastic_img2img(task, z0, cond, uncond, seed, strength, steps, scale):
+    """InST stochastic inversion + DDIM (eta 0) with CFG, written out from the equations."""
+    abar = [float(a) for a in task.noise_scheduler.alphas_cumprod]
+    ratio = 1000 // steps
+    timesteps = [i * ratio + 1 for i in reversed(range(steps))][steps - int(steps * strength) :]
+    t0 = timesteps[0]
+    noise = torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed))[None]
+    with torch.no_grad():
+        noisy = abar[t0] ** 0.5 * z0 + (1 - abar[t0]) ** 0.5 * noise
+        eps_hat = task.unet(noisy, t0, cond).sample  # conditional, no guidance
+        z = abar[t0] ** 0.5 * z0 + (1 - abar[t0]) ** 0.5 * eps_hat  # start at t0 itself
+        for i, t in enumerate(timesteps):
+            a_t = abar[t]
+            a_prev = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else abar[0]
+            both = task.unet(torch.cat([z, z]), t, torch.cat([uncond, cond])).sample
+            out_u, out_c = both.chunk(2)
+            eps = out_u + scale * (out_c - out_u)
+            x0 = (z - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+            z = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    return z
+
+
+@pytest.fixture()
+def inputs(bank_export):
+    task = stylizer(bank_export)
+    z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(5))
+    return task, z0, task.encode([task.prompt_for("monet", "")]), task.encode([""])
+
+
+def test_stochastic_inversion_matches_the_equations(inputs):
+    task, z0, cond, uncond = inputs
+    ours = task.img2img(z0, cond, uncond, [torch.Generator().manual_seed(7)], 0.7, 10, 4.0)
+    reference = reference_stochastic_img2img(task, z0, cond, uncond, 7, 0.7, 10, 4.0)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+
+
+def test_denoising_loop_agrees_with_diffusers_ddim(inputs):
+    task, z0, cond, uncond = inputs
+    ours = task.img2img(
+        z0, cond, uncond, [torch.Generator().manual_seed(7)], 0.7, 10, 1.0, 0.0, "noise"
+    )
+    scheduler = DDIMScheduler.from_config(task.noise_scheduler.config)
+    scheduler.set_timesteps(10)
+    timesteps = scheduler.timesteps[10 - int(10 * 0.7) :]
+    noise = torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(7))[None]
+    z = scheduler.add_noise(z0, noise, timesteps[:1])
+    with torch.no_grad():
+        for t in timesteps:
+            z = scheduler.step(task.unet(z, t, cond).sample, t, z, eta=0.0).prev_sample
+    # float32 scheduler arithmetic against our float64 scalars: equal to rounding
+    torch.testing.assert_close(ours, z, rtol=0, atol=1e-4)
+
+
+def test_ddim_inversion_with_guidance_1_reconstructs_the_content(bank_export):
+    task = stylizer(bank_export)
+    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = task.encode([task.prompt_for("monet", "")])
+    rec = task.img2img(z0, cond, cond, [torch.Generator()], 0.5, 50, 1.0, inversion="ddim")
+    noised = task.img2img(z0, cond, cond, [torch.Generator()], 0.5, 50, 1.0, inversion="noise")
+    error = (rec - z0).pow(2).mean() / z0.pow(2).mean()
+    assert error < 0.01
+    assert (noised - z0).pow(2).mean() / z0.pow(2).mean() > 10 * error
+
+
+def predict(task, content_dir, out, batch_size, **trainer_kwargs):
+    writer = StylizedImageWriter(str(out))
+    trainer = Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[writer, *trainer_kwargs.pop("callbacks", [])], **trainer_kwargs,
+    )  # fmt: skip
+    data = ContentDataModule(str(content_dir), resolution=32, batch_size=batch_size, num_workers=0)
+    trainer.predict(task, data, return_predictions=False)
+    return writer
+
+
+def test_outputs_do_not_depend_on_batch_size(bank_export, content_dir, tmp_path):
+    task = stylizer(bank_export)
+    predict(task, content_dir, tmp_path / "b1", 1)
+    predict(task, content_dir, tmp_path / "b4", 4)
+    files = sorted(p.relative_to(tmp_path / "b1") for p in (tmp_path / "b1").rglob("*.png"))
+    assert len(files) == 12  # 6 images x 2 styles
+    for rel in files:
+        assert (tmp_path / "b1" / rel).read_bytes() == (tmp_path / "b4" / rel).read_bytes()
+    manifest = [json.loads(x) for x in (tmp_path / "b1/manifest.jsonl").read_text().splitlines()]
+    record = manifest[0]
+    assert set(record) >= {"key", "style", "seed", "strength", "steps", "source"}
+    assert record["seed"] == sample_seed(f"{record['key']}/{record['style']}", 0)
+
+
+class Interrupt(Callback):
+    def on_predict_batch_end(self, trainer, *args):
+        raise RuntimeError("simulated preemption")
+
+
+class CountUNet(Callback):
+    def __init__(self):
+        self.calls = 0
+
+    def on_predict_start(self, trainer, pl_module):
+        pl_module.unet.register_forward_pre_hook(lambda *a: setattr(self, "calls", self.calls + 1))
+
+
+def test_interrupted_run_is_finished_by_a_rerun_and_a_finished_run_does_nothing(
+    bank_export, content_dir, tmp_path
+):
+    task = stylizer(bank_export)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="simulated preemption"):
+        predict(task, content_dir, out, 2, callbacks=[Interrupt()])
+    assert len(list(out.rglob("*.png"))) == 4  # first batch: 2 images x 2 styles
+    (out / "monet" / ".stale.png.x.tmp").write_bytes(b"half")
+    predict(task, content_dir, out, 2)
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 12
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    pairs = [(json.loads(x)["key"], json.loads(x)["style"]) for x in lines]
+    assert len(pairs) == len(set(pairs)) == 12
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".manifest*"))
+    mtimes = {p: p.stat().st_mtime_ns for p in pngs + [out / "manifest.jsonl"]}
+    counter = CountUNet()
+    writer = predict(task, content_dir, out, 2, callbacks=[counter])
+    assert counter.calls == 0 and writer.written == 0
+    assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}
+
+
+def test_pickled_inst_embeddings_are_refused(tmp_path):
+    marker = tmp_path / "was-unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"string_to_token": {"*": 265}, "attention": Payload()}, tmp_path / "embeddings.pt")
+    with pytest.raises(CheckpointError, match="never loaded"):
+        StylizeTask(bank=str(tmp_path / "embeddings.pt"))
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        StylizeTask(inverter=str(tmp_path / "embeddings.pt"), style_images=["x.png"])
+    assert not marker.exists()
+
+
+def test_bad_options_are_named(bank_export):
+    from artbank_pl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="exactly one style source"):
+        StylizeTask()
+    with pytest.raises(ConfigError, match="no '\\*'"):
+        StylizeTask(bank=str(bank_export), prompt="a photo")
+    with pytest.raises(ConfigError, match="\\['degas'\\] are not in"):
+        StylizeTask(bank=str(bank_export), collections=["degas"])
+
+
+@pytest.mark.slow
+def test_ddp_predict_on_two_cpu_processes_covers_each_input_once(
+    bank_export, content_dir, tmp_path
+):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "artbank_pl", "predict",
+        "--config", str(ROOT / "configs/stylize-quickstart.yaml"),
+        "--trainer.strategy", "ddp", "--trainer.devices", "2",
+        "--model.init_args.bank", str(bank_export),
+        "--model.init_args.steps", "4",
+        "--data.init_args.content", str(content_dir),
+        "--data.init_args.resolution", "32", "--data.init_args.batch_size", "2",
+        "--trainer.callbacks.init_args.output_dir", str(out),
+    ]  # fmt: skip
+    env = dict(os.environ, PL_DISABLE_FORK="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    pairs = [(r["key"], r["style"]) for r in records]
+    assert len(pairs) == len(set(pairs)) == 12
+    assert len(list(out.rglob("*.png"))) == 12
