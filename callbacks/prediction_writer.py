@@ -6,9 +6,12 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
+import uuid
 from pathlib import Path
 
+import webdataset as wds
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
@@ -40,7 +43,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class StylizedImageWriter(BasePredictionWriter):
-    """Save each stylized image as ``<output_dir>/<style>/<key>.<format>``.
+    """Save each stylized image as ``<output_dir>/<style>/<key>.<format>``, or in shards.
 
     Each image is written to a temporary file and renamed, so a file that exists is
     complete. Its manifest line (key, style, seed, strength, steps, source, file) goes to a
@@ -49,20 +52,38 @@ class StylizedImageWriter(BasePredictionWriter):
     skipped before any UNet work (the task asks :meth:`exists`), so an interrupted run is
     finished by running it again, and a finished run rewrites nothing.
 
+    With ``shards: true`` (for very large runs) outputs go instead into WebDataset shards
+    ``<output_dir>/shards/<rank>-<id>.tar`` of ``samples_per_shard`` samples (``<key>.<style>``
+    image + json), each written whole and renamed; outputs still buffered when a run is
+    interrupted are simply redone by the rerun.
+
     Args:
         output_dir: where outputs go.
         image_format: ``png`` or ``jpg``.
         quality: JPEG quality.
+        shards: write WebDataset shards instead of one file per output.
+        samples_per_shard: outputs per shard.
     """
 
-    def __init__(self, output_dir: str, image_format: str = "png", quality: int = 95) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        image_format: str = "png",
+        quality: int = 95,
+        shards: bool = False,
+        samples_per_shard: int = 1000,
+    ) -> None:
         super().__init__(write_interval="batch")
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format must be png or jpg, got {image_format!r}")
         self.output_dir = Path(output_dir)
         self.image_format = image_format
         self.quality = quality
+        self.shards = shards
+        self.samples_per_shard = samples_per_shard
         self.written = 0
+        self._done: set[tuple[str, str]] = set()
+        self._buffer: list[tuple[dict, str]] = []
 
     def path_for(self, key: str, style: str) -> Path:
         """Where the output of content ``key`` in ``style`` goes."""
@@ -70,6 +91,8 @@ class StylizedImageWriter(BasePredictionWriter):
 
     def exists(self, key: str, style: str) -> bool:
         """Whether that output was already written (complete, thanks to the rename)."""
+        if self.shards:
+            return (key, style) in self._done
         return self.path_for(key, style).is_file()
 
     def _part_file(self, rank: int) -> Path:
@@ -80,6 +103,10 @@ class StylizedImageWriter(BasePredictionWriter):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         pl_module.output_exists = self.exists
         self.written = 0
+        self._buffer = []
+        if self.shards:
+            records = read_records(self.output_dir)
+            self._done = {(r["key"], r["style"]) for r in records}
 
     def _encode(self, image) -> bytes:
         buffer = io.BytesIO()
@@ -91,56 +118,99 @@ class StylizedImageWriter(BasePredictionWriter):
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ) -> None:
         """Write this batch's images, then append their manifest lines to the rank's part."""
-        hp = pl_module.hparams
-        lines, renames = [], []
-        for i, image in enumerate(prediction["images"]):
-            key, style = prediction["keys"][i], prediction["styles"][i]
-            path = self.path_for(key, style)
-            renames.append((write_temp(path, self._encode(image)), path))
-            record = {
-                "key": key, "style": style, "seed": prediction["seeds"][i],
-                "strength": hp.strength, "steps": hp.steps, "inversion": hp.inversion,
-                "guidance_scale": hp.guidance_scale, "source": prediction["sources"][i],
-                "file": path.relative_to(self.output_dir).as_posix(),
-            }  # fmt: skip
-            lines.append(json.dumps(record) + "\n")
-        if not lines:
+        records = [
+            self._record(pl_module.hparams, prediction, i) for i in range(len(prediction["images"]))
+        ]
+        if self.shards:
+            for i, record in enumerate(records):
+                sample = {
+                    "__key__": re.sub(
+                        r"[^A-Za-z0-9_-]", "_", f"{record['key']}__{record['style']}"
+                    ),
+                    self.image_format: self._encode(prediction["images"][i]),
+                    "json": json.dumps(record).encode(),
+                }
+                self._buffer.append((sample, record))
+            if len(self._buffer) >= self.samples_per_shard:
+                self._flush_shard(trainer.global_rank)
             return
+        renames = []
+        for i, record in enumerate(records):
+            path = self.output_dir / record["file"]
+            renames.append((write_temp(path, self._encode(prediction["images"][i])), path))
         # manifest lines first, renames second: an interruption leaves either a line whose
         # file is missing (dropped at merge, redone on rerun) or nothing, never an unlisted file
-        with open(self._part_file(trainer.global_rank), "a") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        self._append_lines(trainer.global_rank, records)
         for tmp, path in renames:
             os.replace(tmp, path)
-        self.written += len(lines)
+
+    def _record(self, hp, prediction: dict, i: int) -> dict:
+        key, style = prediction["keys"][i], prediction["styles"][i]
+        return {
+            "key": key, "style": style, "seed": prediction["seeds"][i],
+            "strength": hp.strength, "steps": hp.steps, "inversion": hp.inversion,
+            "guidance_scale": hp.guidance_scale, "source": prediction["sources"][i],
+            "file": self.path_for(key, style).relative_to(self.output_dir).as_posix(),
+        }  # fmt: skip
+
+    def _append_lines(self, rank: int, records: list[dict]) -> None:
+        if not records:
+            return
+        with open(self._part_file(rank), "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+            f.flush()
+            os.fsync(f.fileno())
+        self.written += len(records)
+
+    def _flush_shard(self, rank: int) -> None:
+        """Write the buffered outputs as one shard (temporary name, then rename)."""
+        if not self._buffer:
+            return
+        path = self.output_dir / "shards" / f"{rank:03d}-{uuid.uuid4().hex[:12]}.tar"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with wds.TarWriter(str(tmp)) as sink:
+            for sample, _ in self._buffer:
+                sink.write(sample)
+        records = [
+            dict(r, file=path.relative_to(self.output_dir).as_posix()) for _, r in self._buffer
+        ]
+        self._append_lines(rank, records)
+        os.replace(tmp, path)
+        self._buffer = []
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Merge every rank's manifest lines into ``manifest.jsonl`` on rank 0."""
+        """Flush the last shard, then merge every rank's manifest lines on rank 0."""
+        self._flush_shard(trainer.global_rank)
         trainer.strategy.barrier("artbank-writer")
         if trainer.is_global_zero:
             merge_manifest(self.output_dir)
         log.info("rank %d wrote %d outputs", trainer.global_rank, self.written)
 
 
+def read_records(output_dir: Path) -> list[dict]:
+    """Manifest records (merged and per-rank parts) whose output file exists, latest last."""
+    path = output_dir / MANIFEST
+    sources = ([path] if path.is_file() else []) + sorted(output_dir.glob(f".{MANIFEST}.rank*"))
+    records = []
+    for source in sources:
+        for line in source.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if (output_dir / record["file"]).is_file():
+                    records.append(record)
+    return records
+
+
 def merge_manifest(output_dir: Path) -> Path:
     """Merge ``manifest.jsonl`` and the part files: one line per (key, style) whose file exists."""
     path = output_dir / MANIFEST
-    sources = ([path] if path.is_file() else []) + sorted(output_dir.glob(f".{MANIFEST}.rank*"))
-    records = {}
-    for source in sources:
-        for line in source.read_text().splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if (output_dir / record["file"]).is_file():
-                records[(record["key"], record["style"])] = record
+    records = {(r["key"], r["style"]): r for r in read_records(output_dir)}
     text = "".join(json.dumps(r) + "\n" for _, r in sorted(records.items()))
     if not path.is_file() or path.read_text() != text:
         atomic_write_bytes(path, text.encode())
-    for source in sources[1 if path in sources else 0 :]:
-        source.unlink()
+    for part in output_dir.glob(f".{MANIFEST}.rank*"):
+        part.unlink()
     for tmp in output_dir.rglob(".*.tmp"):  # left by an interrupted run; all ranks are done
         tmp.unlink()
     return path

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -160,3 +162,28 @@ def test_bad_options_are_named():
         PromptBankTask()
     with pytest.raises(ConfigError, match="exactly one"):
         PromptBankTask(collections=["a"], templates=["no placeholder"], bank_heads=4)
+
+
+@pytest.mark.parametrize("task_name", ["bank", "inverter"])
+def test_sample_grid_is_written_with_the_csv_logger(shard_dir, tmp_path, task_name):
+    from lightning.pytorch.loggers import CSVLogger
+    from PIL import Image
+
+    from artbank_pl.tasks import InverterTask
+    from callbacks import SampleGrid
+
+    names = ["hokusai", "monet"]
+    if task_name == "bank":
+        task = PromptBankTask(collections=names, num_tokens=2, bank_heads=4)
+    else:
+        task = InverterTask(collections=names, vision_model="tiny", inverter_heads=4)
+    grid = SampleGrid(steps=4, num_content=2)
+    fit = trainer(
+        tmp_path, 2, logger=CSVLogger(tmp_path), callbacks=[grid], limit_val_batches=None,
+        val_check_interval=2,
+    )  # fmt: skip
+    fit.fit(task, datamodule(shard_dir))
+    assert grid.last_path == Path(fit.logger.log_dir) / "samples" / "step_0000002.png"
+    image = Image.open(grid.last_path)
+    # 2 collections x (style + 2 x (content, result)) cells of 96 px, under an 18 px header
+    assert image.size == (5 * 96, 18 + 2 * 96)

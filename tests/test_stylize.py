@@ -108,8 +108,8 @@ def test_ddim_inversion_with_guidance_1_reconstructs_the_content(bank_export):
     assert (noised - z0).pow(2).mean() / z0.pow(2).mean() > 10 * error
 
 
-def predict(task, content_dir, out, batch_size, **trainer_kwargs):
-    writer = StylizedImageWriter(str(out))
+def predict(task, content_dir, out, batch_size, writer_kwargs=None, **trainer_kwargs):
+    writer = StylizedImageWriter(str(out), **(writer_kwargs or {}))
     trainer = Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[writer, *trainer_kwargs.pop("callbacks", [])], **trainer_kwargs,
@@ -167,6 +167,29 @@ def test_interrupted_run_is_finished_by_a_rerun_and_a_finished_run_does_nothing(
     writer = predict(task, content_dir, out, 2, callbacks=[counter])
     assert counter.calls == 0 and writer.written == 0
     assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}
+
+
+def test_shard_output_is_complete_after_an_interruption_and_a_rerun(
+    bank_export, content_dir, tmp_path
+):
+    import webdataset as wds
+
+    task = stylizer(bank_export)
+    out, shards = tmp_path / "out", {"shards": True, "samples_per_shard": 4}
+    with pytest.raises(RuntimeError, match="simulated preemption"):
+        predict(task, content_dir, out, 2, shards, callbacks=[Interrupt()])
+    first = list(out.glob("shards/*.tar"))
+    assert len(first) == 1  # the first batch filled one shard; nothing else was half-written
+    predict(task, content_dir, out, 2, shards)
+    keys = [
+        s["__key__"]
+        for s in wds.WebDataset(sorted(map(str, out.glob("shards/*.tar"))), shardshuffle=False)
+    ]
+    assert len(keys) == len(set(keys)) == 12
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and all(json.loads(x)["file"].startswith("shards/") for x in lines)
+    writer = predict(task, content_dir, out, 2, shards)
+    assert writer.written == 0 and len(list(out.glob("shards/*.tar"))) == 3
 
 
 def test_pickled_inst_embeddings_are_refused(tmp_path):

@@ -133,3 +133,37 @@ class StyleTask(FrozenDiffusionTask):
         for k, name in enumerate(self.collections):
             if result["count"][k] > 0:
                 self.log(f"val/loss/{name}", result["mean"][k], sync_dist=False)
+
+    @torch.no_grad()
+    def stylize(
+        self,
+        content: torch.Tensor,
+        collection: int,
+        style_pixels: torch.Tensor,
+        steps: int = 20,
+        strength: float = 0.7,
+        guidance_scale: float = 7.5,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Render content images in one collection's style, for previews during training.
+
+        Args:
+            content: ``[B, 3, H, W]`` pixels in ``[-1, 1]``.
+            collection: the style's collection index.
+            style_pixels: one exemplar ``[3, H, W]`` of the collection (the inverter's input).
+            steps: DDIM steps of the full schedule.
+            strength: img2img strength.
+            guidance_scale: classifier-free guidance scale.
+            seed: seed of content image ``i`` is ``seed + i``.
+
+        Returns:
+            ``[B, 3, H, W]`` images in ``[0, 1]`` (stochastic inversion, DDIM eta 0).
+        """
+        prompts = [self.prompt_for(collection, "{}", None)]
+        style = {"pixel_values": style_pixels[None], "collection_idx": torch.tensor([collection])}
+        cond = self.conditioning(style, prompts).expand(len(content), -1, -1)
+        uncond = self.text_encoder(self.tokenize([""])).last_hidden_state
+        z0 = self.encode_latents(content, sample=False)
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(content))]
+        z = self.img2img(z0, cond, uncond, generators, strength, steps, guidance_scale)
+        return self.decode_latents(z)

@@ -1,0 +1,110 @@
+"""Log content | style | result grids during ``fit`` validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from PIL import Image
+
+from artbank_pl.grid import tile
+from artbank_pl.styles import load_image
+
+
+def to_pil(pixels: torch.Tensor, signed: bool) -> Image.Image:
+    """Convert a ``[3, H, W]`` tensor in ``[-1, 1]`` (``signed``) or ``[0, 1]`` to PIL."""
+    x = (pixels.float().cpu() + 1) / 2 if signed else pixels.float().cpu()
+    return Image.fromarray((x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+class SampleGrid(Callback):
+    """Stylize a few content images with each collection's style at every validation.
+
+    Each row is one collection: a validation exemplar of it (the style), then each content
+    image and its stylized version. The grid goes to the logger's image API (W&B
+    ``log_image``, TensorBoard ``add_image``), or to ``<log_dir>/samples/step_N.png`` for
+    loggers without one (CSV). Runs on rank 0 with fixed seeds, so grids are comparable
+    across steps.
+
+    Args:
+        content: folder of content images (default: validation exemplars of the other
+            collections).
+        num_content: content images per row.
+        max_collections: rows (collections) per grid.
+        steps: DDIM steps; strength and guidance_scale as in stylization.
+        strength: img2img strength.
+        guidance_scale: classifier-free guidance scale.
+        seed: base seed.
+    """
+
+    def __init__(
+        self,
+        content: str | None = None,
+        num_content: int = 2,
+        max_collections: int = 4,
+        steps: int = 20,
+        strength: float = 0.7,
+        guidance_scale: float = 7.5,
+        seed: int = 0,
+    ) -> None:
+        self.content = content
+        self.num_content = num_content
+        self.max_collections = max_collections
+        self.steps, self.strength, self.guidance_scale, self.seed = (
+            steps,
+            strength,
+            guidance_scale,
+            seed,
+        )
+        self.exemplars: dict[int, torch.Tensor] = {}
+        self.last_path: Path | None = None
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        """Keep the first validation image of each collection as its style exemplar."""
+        for pixels, k in zip(batch["pixel_values"], batch["collection_idx"].tolist(), strict=True):
+            if k not in self.exemplars and len(self.exemplars) < self.max_collections:
+                self.exemplars[k] = pixels.detach().cpu()
+
+    def _content(self, exemplars: dict[int, torch.Tensor]) -> torch.Tensor:
+        if not self.content:
+            return torch.stack(list(exemplars.values())[: self.num_content])
+        size = tuple(next(iter(exemplars.values())).shape[-2:])
+        files = sorted(p for p in Path(self.content).iterdir() if p.is_file())
+        images = [load_image(p) for p in files[: self.num_content]]
+        return torch.cat([F.interpolate(x, size=size, mode="bilinear") for x in images])
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Render and log the grid (rank 0, not during the sanity check)."""
+        exemplars, self.exemplars = self.exemplars, {}
+        if trainer.sanity_checking or not trainer.is_global_zero or not exemplars:
+            return
+        content = self._content(exemplars).to(pl_module.device)
+        rows = []
+        for k, style in sorted(exemplars.items()):
+            results = pl_module.stylize(
+                content, k, style.to(pl_module.device), self.steps, self.strength,
+                self.guidance_scale, self.seed,
+            )  # fmt: skip
+            row = [to_pil(style, signed=True)]
+            for c, r in zip(content, results, strict=True):
+                row += [to_pil(c, signed=True), to_pil(r, signed=False)]
+            rows.append(row)
+        labels = ["style"] + ["content", "result"] * len(content)
+        self._log(trainer, tile(rows, labels, cell=96))
+
+    def _log(self, trainer: Trainer, grid: Image.Image) -> None:
+        logger, step = trainer.logger, trainer.global_step
+        if logger is not None and hasattr(logger, "log_image"):
+            logger.log_image(key="samples", images=[grid], step=step)
+        elif logger is not None and hasattr(getattr(logger, "experiment", None), "add_image"):
+            logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+        else:
+            root = Path(logger.log_dir if logger is not None else trainer.default_root_dir)
+            self.last_path = root / "samples" / f"step_{step:07d}.png"
+            self.last_path.parent.mkdir(parents=True, exist_ok=True)
+            grid.save(self.last_path)
