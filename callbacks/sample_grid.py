@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
+from artbank_pl.errors import DataError
 from artbank_pl.grid import tile
 from artbank_pl.styles import load_image
 
@@ -61,6 +62,11 @@ class SampleGrid(Callback):
         )
         self.exemplars: dict[int, torch.Tensor] = {}
         self.last_path: Path | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Check the content folder before any training step."""
+        if self.content and not Path(self.content).is_dir():
+            raise DataError(f"SampleGrid content folder {self.content} does not exist")
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0

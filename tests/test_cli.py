@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,7 @@ def demo_dir(tmp_path, image_root, monkeypatch):
     """A working directory laid out as `make demo` leaves it, with small synthetic images."""
     build_shards(image_root, tmp_path / "outputs/demo/shards", size=64, maxcount=2,
                  val_per_collection=1)  # fmt: skip
+    shutil.copytree(image_root / "monet", tmp_path / "outputs/demo/images/photographs")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -66,6 +68,7 @@ def test_quickstart_trains_resumes_and_exports(demo_dir):
     last = out / "checkpoints/last.ckpt"
     assert last.stat().st_size < 1024 * 1024
     assert (out / "loss.png").stat().st_size > 0
+    assert list((out / "logs").glob("version_*/samples/step_*.png"))
     assert sorted(p.name for p in (out / "embeddings/diffusers").iterdir()) == [
         "hokusai.safetensors",
         "monet.safetensors",
