@@ -8,7 +8,7 @@ DEMO := outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint format clean-demo venv
+.PHONY: demo test test-slurm format clean-demo venv
 
 venv: $(STAMP)
 
@@ -57,3 +57,8 @@ format: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# A real one-node SLURM cluster on loopback (installs slurm + munge from Debian if missing):
+# DDP training preempted with SIGUSR1, requeued and resumed; stylization as a job array.
+test-slurm: $(STAMP)
+	bash tests/slurm/run.sh

@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -34,8 +35,9 @@ class ArtbankCLI(LightningCLI):
     """
 
     def before_instantiate_classes(self) -> None:
-        """Fill ``model.init_args.collections`` from the data config when it is empty."""
+        """Check the strategy and fill ``model.init_args.collections`` from the data config."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_strategy(config.get("trainer.strategy"))
         model_args, data = config.get("model.init_args"), config.get("data")
         if model_args is None or data is None or "collections" not in model_args:
             return
@@ -49,6 +51,16 @@ class ArtbankCLI(LightningCLI):
             )
         if not model_args.collections:
             model_args.collections = found
+
+
+def check_strategy(strategy: object) -> None:
+    """Fail in one line, before anything is built, if DeepSpeed is asked for without CUDA."""
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", "")
+    if "deepspeed" in str(name).lower() and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.strategy DeepSpeed needs CUDA GPUs and none is visible; "
+            "on CPUs use configs/trainer/ddp.yaml"
+        )
 
 
 def import_object(class_path: str):

@@ -63,6 +63,8 @@ class StylizedImageWriter(BasePredictionWriter):
         quality: JPEG quality.
         shards: write WebDataset shards instead of one file per output.
         samples_per_shard: outputs per shard.
+        manifest: manifest file name; SLURM array tasks that share ``output_dir`` each name
+            their own (``slurm/stylize.sbatch`` uses ``manifest-<task>.jsonl``).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class StylizedImageWriter(BasePredictionWriter):
         quality: int = 95,
         shards: bool = False,
         samples_per_shard: int = 1000,
+        manifest: str = MANIFEST,
     ) -> None:
         super().__init__(write_interval="batch")
         if image_format not in IMAGE_FORMATS:
@@ -81,6 +84,7 @@ class StylizedImageWriter(BasePredictionWriter):
         self.quality = quality
         self.shards = shards
         self.samples_per_shard = samples_per_shard
+        self.manifest = manifest
         self.written = 0
         self._done: set[tuple[str, str]] = set()
         self._buffer: list[tuple[dict, str]] = []
@@ -96,7 +100,7 @@ class StylizedImageWriter(BasePredictionWriter):
         return self.path_for(key, style).is_file()
 
     def _part_file(self, rank: int) -> Path:
-        return self.output_dir / f".{MANIFEST}.rank{rank}"
+        return self.output_dir / f".{self.manifest}.rank{rank}"
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Let the task skip outputs that exist; make the output folder."""
@@ -105,7 +109,7 @@ class StylizedImageWriter(BasePredictionWriter):
         self.written = 0
         self._buffer = []
         if self.shards:
-            records = read_records(self.output_dir)
+            records = read_records(self.output_dir, self.manifest)
             self._done = {(r["key"], r["style"]) for r in records}
 
     def _encode(self, image) -> bytes:
@@ -184,14 +188,14 @@ class StylizedImageWriter(BasePredictionWriter):
         self._flush_shard(trainer.global_rank)
         trainer.strategy.barrier("artbank-writer")
         if trainer.is_global_zero:
-            merge_manifest(self.output_dir)
+            merge_manifest(self.output_dir, self.manifest)
         log.info("rank %d wrote %d outputs", trainer.global_rank, self.written)
 
 
-def read_records(output_dir: Path) -> list[dict]:
+def read_records(output_dir: Path, manifest: str = MANIFEST) -> list[dict]:
     """Manifest records (merged and per-rank parts) whose output file exists, latest last."""
-    path = output_dir / MANIFEST
-    sources = ([path] if path.is_file() else []) + sorted(output_dir.glob(f".{MANIFEST}.rank*"))
+    path = output_dir / manifest
+    sources = ([path] if path.is_file() else []) + sorted(output_dir.glob(f".{manifest}.rank*"))
     records = []
     for source in sources:
         for line in source.read_text().splitlines():
@@ -202,15 +206,18 @@ def read_records(output_dir: Path) -> list[dict]:
     return records
 
 
-def merge_manifest(output_dir: Path) -> Path:
-    """Merge ``manifest.jsonl`` and the part files: one line per (key, style) whose file exists."""
-    path = output_dir / MANIFEST
-    records = {(r["key"], r["style"]): r for r in read_records(output_dir)}
+def merge_manifest(output_dir: Path, manifest: str = MANIFEST) -> Path:
+    """Merge the manifest and its part files: one line per (key, style) whose file exists."""
+    path = output_dir / manifest
+    records = {(r["key"], r["style"]): r for r in read_records(output_dir, manifest)}
     text = "".join(json.dumps(r) + "\n" for _, r in sorted(records.items()))
     if not path.is_file() or path.read_text() != text:
         atomic_write_bytes(path, text.encode())
-    for part in output_dir.glob(f".{MANIFEST}.rank*"):
+    for part in output_dir.glob(f".{manifest}.rank*"):
         part.unlink()
-    for tmp in output_dir.rglob(".*.tmp"):  # left by an interrupted run; all ranks are done
-        tmp.unlink()
+    if manifest == MANIFEST:
+        # temporary files of an interrupted run; every rank is done. (Array tasks that share
+        # the folder and name their own manifests may still be writing: they are left.)
+        for tmp in output_dir.rglob(".*.tmp"):
+            tmp.unlink()
     return path

@@ -112,21 +112,36 @@ class ContentDataModule(LightningDataModule):
         resolution: side of the square the content is cropped to (a multiple of 8).
         batch_size: content images per batch.
         num_workers: dataloader workers.
+        array_index: this job's slice of the content when several jobs share it (a SLURM
+            array task id); each rank of each job then reads a disjoint part.
+        array_count: number of slices (the array's task count).
     """
 
     def __init__(
-        self, content: str, resolution: int = 512, batch_size: int = 4, num_workers: int = 2
+        self,
+        content: str,
+        resolution: int = 512,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        array_index: int = 0,
+        array_count: int = 1,
     ) -> None:
         super().__init__()
         if resolution % 8:
             raise DataError(f"resolution must be a multiple of 8, got {resolution}")
+        if not 0 <= array_index < array_count:
+            raise DataError(f"array_index {array_index} is not in [0, array_count={array_count})")
         self.save_hyperparameters()
         self.rank, self.world_size = 0, 1
 
     def setup(self, stage: str) -> None:
-        """Take rank and world size from the Trainer."""
+        """Take rank and world size from the Trainer (and the array slice)."""
+        rank, world = 0, 1
         if self.trainer is not None:
-            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        # the slice of a job array is one more level of splitting above the ranks
+        self.rank = self.hparams.array_index * world + rank
+        self.world_size = self.hparams.array_count * world
 
     def _dataset(self) -> IterableDataset:
         content, resolution = self.hparams.content, self.hparams.resolution

@@ -147,14 +147,11 @@ def test_validation_loss_is_deterministic_per_sample(tiny_task):
     batch = make_batch([0, 1, 1], keys=["a", "b", "c"])
     tiny_task.eval()
     whole = tiny_task._batch_losses(batch, deterministic=True)
+    torch.testing.assert_close(whole, tiny_task._batch_losses(batch, deterministic=True))
     single = make_batch([1], keys=["b"])
     single["pixel_values"] = batch["pixel_values"][1:2]
-    torch.manual_seed(0)  # the posterior sample of the VAE is the only random draw left
-    a = tiny_task._batch_losses(single, deterministic=True)
-    torch.manual_seed(0)
-    b = tiny_task._batch_losses(single, deterministic=True)
-    torch.testing.assert_close(a, b)
-    assert whole.shape == (3,)
+    alone = tiny_task._batch_losses(single, deterministic=True)
+    torch.testing.assert_close(alone, whole[1:2], rtol=1e-4, atol=1e-5)
 
 
 def test_bad_options_are_named():

@@ -103,7 +103,8 @@ class StyleTask(FrozenDiffusionTask):
         return prompts
 
     def _batch_losses(self, batch: dict, deterministic: bool) -> torch.Tensor:
-        latents = self.encode_latents(batch["pixel_values"])
+        # validation takes the posterior mean, so that its loss depends on nothing random
+        latents = self.encode_latents(batch["pixel_values"], sample=not deterministic)
         cond = self.conditioning(batch, self.build_prompts(batch, deterministic))
         keys = batch["__key__"] if deterministic else None
         return self.diffusion_loss(latents, cond, keys)
