@@ -22,6 +22,8 @@ from artbank_pl.errors import ArtbankError, ConfigError
 
 TOOLS_HELP = """data tools (not LightningCLI):
   artbank shards build --input DIR --output DIR   build WebDataset shards + manifest
+  artbank shards cache --manifest M --output DIR --pretrained P --resolution R
+                                                   cache VAE latents / CLIP features
   artbank export --ckpt FILE --output DIR          write per-collection embedding files
   artbank grid MANIFEST... --output PNG            content | stylized grid
   artbank demo-images --output DIR                 gather bundled demo images"""
@@ -51,6 +53,9 @@ class ArtbankCLI(LightningCLI):
             )
         if not model_args.collections:
             model_args.collections = found
+        check = getattr(data_class, "check_model_args", None)
+        if callable(check):
+            check(dict(model_args), **dict(data.init_args))
 
 
 def check_strategy(strategy: object) -> None:
@@ -156,9 +161,10 @@ def main(args: Sequence[str] | None = None) -> int | None:
     # content streams are iterable datasets: outputs are named by sample key instead
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     try:
-        if argv[:2] == ["shards", "build"]:
-            # the builder lives with the datamodules; core code does not import them
-            return import_object("datamodules.shards.main")(argv[2:])
+        if argv[:2] in (["shards", "build"], ["shards", "cache"]):
+            # the shard tools live with the datamodules; core code does not import them
+            module = "shards" if argv[1] == "build" else "cache"
+            return import_object(f"datamodules.{module}.main")(argv[2:])
         if argv and argv[0] in TOOLS:
             return TOOLS[argv[0]](argv[1:])
         run_lightning_cli(args)

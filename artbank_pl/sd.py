@@ -20,7 +20,12 @@ from artbank_pl.errors import ArtbankError
 from artbank_pl.tokenizer import build_clip_tokenizer
 
 TINY = "tiny"
-TINY_DIR = Path(__file__).parent / "tiny"
+# random-weight models built from configs in the package: "tiny" for tests and the demo,
+# "random-sd15" (SD 1.5 sizes) for benchmarks
+RANDOM_PRESETS = {
+    TINY: Path(__file__).parent / "tiny",
+    "random-sd15": Path(__file__).parent / "random_sd15",
+}
 
 
 class PretrainedLoadError(ArtbankError, RuntimeError):
@@ -51,9 +56,14 @@ class StableDiffusionParts:
         return self.noise_scheduler.config.prediction_type
 
 
+def preset_config(preset: str, name: str) -> dict:
+    """Return the JSON config of a part (``unet``, ``vae``, ...) of a random preset."""
+    return json.loads((RANDOM_PRESETS[preset] / f"{name}.json").read_text())
+
+
 def tiny_config(name: str) -> dict:
     """Return the JSON config of a tiny part (``unet``, ``vae``, ``text_encoder``, ...)."""
-    return json.loads((TINY_DIR / f"{name}.json").read_text())
+    return preset_config(TINY, name)
 
 
 @torch.no_grad()
@@ -76,22 +86,22 @@ def sharpen_cross_attention(
             module.to_out[0].weight.mul_(value_scale)
 
 
-def build_tiny_parts() -> StableDiffusionParts:
-    """Build a random tiny Stable Diffusion on CPU in well under a second.
+def build_tiny_parts(preset: str = TINY) -> StableDiffusionParts:
+    """Build a random-weight Stable Diffusion from a preset's configs (tiny: well under 1 s).
 
-    Weights are drawn from a fixed seed (``tiny/init.json``), so every process builds the
-    same model.
+    Weights are drawn from a fixed seed (``<preset>/init.json``), so every process builds
+    the same model.
     """
-    init = tiny_config("init")
+    init = preset_config(preset, "init")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init["seed"])
-        unet = UNet2DConditionModel(**tiny_config("unet"))
-        vae = AutoencoderKL(**tiny_config("vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_config("text_encoder")))
+        unet = UNet2DConditionModel(**preset_config(preset, "unet"))
+        vae = AutoencoderKL(**preset_config(preset, "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**preset_config(preset, "text_encoder")))
     sharpen_cross_attention(
         unet, init["cross_attention_qk_scale"], init["cross_attention_value_scale"]
     )
-    scheduler = DDPMScheduler.from_config(tiny_config("scheduler"))
+    scheduler = DDPMScheduler.from_config(preset_config(preset, "scheduler"))
     return StableDiffusionParts(unet, vae, text_encoder, build_clip_tokenizer(), scheduler)
 
 
@@ -135,7 +145,8 @@ def load_parts(
     """Build the frozen Stable Diffusion parts named by ``pretrained``.
 
     Args:
-        pretrained: ``tiny``, a local diffusers folder, or a hub id.
+        pretrained: ``tiny`` or ``random-sd15`` (random weights), a local diffusers folder,
+            or a hub id.
         revision: hub revision (branch, tag or commit).
         variant: weight variant, e.g. ``fp16``.
 
@@ -145,8 +156,8 @@ def load_parts(
     Raises:
         PretrainedLoadError: the model cannot be found (offline, typo, missing folder).
     """
-    if pretrained == TINY:
-        parts = build_tiny_parts()
+    if pretrained in RANDOM_PRESETS:
+        parts = build_tiny_parts(pretrained)
     elif _looks_like_path(pretrained) and not _is_local(pretrained):
         raise PretrainedLoadError(f"pretrained={pretrained!r}: no such folder")
     else:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from artbank_pl.sd import TINY, PretrainedLoadError, freeze, tiny_config
+from artbank_pl.sd import RANDOM_PRESETS, PretrainedLoadError, freeze, preset_config
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -25,11 +25,12 @@ def load_vision_encoder(name: str) -> CLIPVisionModelWithProjection:
     Raises:
         PretrainedLoadError: it cannot be found or loaded.
     """
-    if name == TINY:
-        init = tiny_config("init")
+    if name in RANDOM_PRESETS:
+        init = preset_config(name, "init")
+        config = CLIPVisionConfig(**preset_config(name, "vision_encoder"))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init["seed"] + 1)
-            model = CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_config("vision_encoder")))
+            model = CLIPVisionModelWithProjection(config)
         return freeze(model)
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
         raise PretrainedLoadError(f"vision_model={name!r}: no such folder")

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from artbank_pl.errors import ConfigError, DataError
 from datamodules.shards import read_manifest, resize_shorter_side
-from datamodules.stream import ShardStream, decode_image
+from datamodules.stream import ShardStream, decode_image, from_npy
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class ArtworkTransform:
         train: random crop and flip (training) or centre crop (validation).
         center_crop: crop from the centre even in training.
         random_flip: flip horizontally with probability 0.5 in training.
+        cached: training reads the cached VAE moments (and CLIP features) of
+            ``artbank shards cache`` instead of decoding pixels; flip picks the mirrored cache.
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class ArtworkTransform:
         train: bool,
         center_crop: bool = False,
         random_flip: bool = True,
+        cached: bool = False,
     ) -> None:
         self.collection_index = collection_index
+        self.cached = cached
         self.resolution = resolution
         self.train = train
         self.center_crop = center_crop
@@ -75,27 +79,36 @@ class ArtworkTransform:
         name = meta.get("collection")
         if name not in self.collection_index:
             raise KeyError(f"collection {name!r} is not in this run's collections")
-        image = resize_shorter_side(decode_image(sample), self.resolution)
-        crop_rng = rng if self.train and not self.center_crop else None
-        image = crop_square(image, self.resolution, crop_rng)
-        if self.train and self.random_flip and rng.random() < 0.5:
-            image = ImageOps.mirror(image)
-        return {
-            "pixel_values": to_tensor(image),
+        item = {
             "collection_idx": self.collection_index[name],
             "caption": meta.get("caption") or "",
             "__key__": sample["__key__"],
         }
+        flip = self.train and self.random_flip and rng.random() < 0.5
+        if self.cached:
+            suffix = "_flip" if flip else ""
+            item["moments"] = from_npy(sample[f"moments{suffix}.npy"])
+            if f"clip{suffix}.npy" in sample:
+                item["clip"] = from_npy(sample[f"clip{suffix}.npy"])
+            return item
+        image = resize_shorter_side(decode_image(sample), self.resolution)
+        crop_rng = rng if self.train and not self.center_crop else None
+        image = crop_square(image, self.resolution, crop_rng)
+        item["pixel_values"] = to_tensor(ImageOps.mirror(image) if flip else image)
+        return item
 
 
 def collate_artworks(items: list[dict]) -> dict:
-    """Stack pixel tensors and collection indices; keep captions and keys as lists."""
-    return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+    """Stack tensors (pixels or cached moments and CLIP features) and collection indices."""
+    batch = {
         "collection_idx": torch.tensor([item["collection_idx"] for item in items]),
         "caption": [item["caption"] for item in items],
         "__key__": [item["__key__"] for item in items],
     }
+    for key in ("pixel_values", "moments", "clip"):
+        if key in items[0]:
+            batch[key] = torch.stack([item[key] for item in items])
+    return batch
 
 
 class ArtworkDataModule(LightningDataModule):
@@ -165,6 +178,12 @@ class ArtworkDataModule(LightningDataModule):
         def from_manifest(split: str) -> list[str]:
             return [str(root / s) for s in splits.get(split, {}).get("shards", [])]
 
+        self.cache = None if train_shards else (self._manifest or {}).get("cache")
+        if self.cache and self.cache["resolution"] != self.hparams.resolution:
+            raise ConfigError(
+                f"the shards of {manifest} cache latents at resolution "
+                f"{self.cache['resolution']}, but data.resolution is {self.hparams.resolution}"
+            )
         train = expand_urls(train_shards) if train_shards else from_manifest("train")
         if not train:
             raise ConfigError("no training shards: give `manifest` or `train_shards`")
@@ -189,6 +208,24 @@ class ArtworkDataModule(LightningDataModule):
             return None
         ordered = sorted(read_manifest(manifest)["collections"], key=lambda c: c["index"])
         return [c["name"] for c in ordered]
+
+    @staticmethod
+    def check_model_args(model_args: dict, manifest: str | None = None, **_: object) -> None:
+        """Refuse a latent cache made with another model than the one being trained.
+
+        Raises:
+            ConfigError: the cache's ``pretrained`` (or ``vision_model``) differs.
+        """
+        cache = read_manifest(manifest).get("cache") if manifest else None
+        if not cache:
+            return
+        for key in ("pretrained", "vision_model"):
+            cached, wanted = cache.get(key), model_args.get(key)
+            if cached and wanted and cached != wanted:
+                raise ConfigError(
+                    f"{manifest} caches features of {key}={cached!r} but the model uses "
+                    f"{key}={wanted!r}: rebuild the cache or use the uncached shards"
+                )
 
     @property
     def collection_index(self) -> dict[str, int]:
@@ -228,8 +265,9 @@ class ArtworkDataModule(LightningDataModule):
         """Endless resampled stream, ``samples_per_epoch`` per epoch, full batches only."""
         hp = self.hparams
         transform = ArtworkTransform(
-            self.collection_index, hp.resolution, True, hp.center_crop, hp.random_flip
-        )
+            self.collection_index, hp.resolution, True, hp.center_crop, hp.random_flip,
+            cached=self.cache is not None,
+        )  # fmt: skip
         stream = ShardStream(
             self.train_urls, transform, True, self._samples_per_worker(), hp.shuffle_buffer
         )

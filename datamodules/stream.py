@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
@@ -73,6 +74,11 @@ def decode_image(sample: dict) -> Image.Image:
             with Image.open(io.BytesIO(sample[key])) as img:
                 return img.convert("RGB")
     raise ValueError(f"no image ({'/'.join(IMAGE_KEYS)}) in sample")
+
+
+def from_npy(data: bytes) -> torch.Tensor:
+    """Read ``.npy`` bytes (never pickled objects) as a float32 tensor."""
+    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32))
 
 
 class ShardStream(IterableDataset):

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from lightning.pytorch import LightningModule
 from torch import nn
 
@@ -203,6 +204,19 @@ class FrozenDiffusionTask(LightningModule):
         dist = self.vae.encode(pixels).latent_dist
         latents = dist.sample() if sample else dist.mode()
         return latents.float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def batch_latents(self, batch: dict, sample: bool = True) -> torch.Tensor:
+        """Latents of a batch: from cached VAE moments when the batch has them, else encoded.
+
+        Cached ``moments`` are the posterior's mean and log-variance, so sampling them is
+        the same draw as encoding the pixels (``artbank shards cache``).
+        """
+        if "moments" not in batch:
+            return self.encode_latents(batch["pixel_values"], sample)
+        posterior = DiagonalGaussianDistribution(batch["moments"].to(self.device).float())
+        latents = posterior.sample() if sample else posterior.mode()
+        return latents * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

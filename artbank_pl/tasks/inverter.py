@@ -125,8 +125,15 @@ class InverterTask(StyleTask):
         return expand_placeholder(self.placeholder, self.placeholder, self.inverter.num_tokens)
 
     def conditioning(self, batch: dict, prompts: list[str]) -> torch.Tensor:
-        """Encode prompts with each sample's own inverted embeddings spliced in."""
-        vectors = self.style_vectors(batch["pixel_values"])
+        """Encode prompts with each sample's own inverted embeddings spliced in.
+
+        Cached CLIP features (``artbank shards cache --vision-model``) are used when the
+        batch has them.
+        """
+        if "clip" in batch:
+            vectors = self.inverter(batch["clip"].to(self.device))
+        else:
+            vectors = self.style_vectors(batch["pixel_values"])
         ids = self.tokenize(prompts)
         first = self.first_placeholder_id
         return self.encode_text(ids, first, per_sample_lookup(vectors, first))

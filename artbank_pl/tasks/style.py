@@ -104,7 +104,7 @@ class StyleTask(FrozenDiffusionTask):
 
     def _batch_losses(self, batch: dict, deterministic: bool) -> torch.Tensor:
         # validation takes the posterior mean, so that its loss depends on nothing random
-        latents = self.encode_latents(batch["pixel_values"], sample=not deterministic)
+        latents = self.batch_latents(batch, sample=not deterministic)
         cond = self.conditioning(batch, self.build_prompts(batch, deterministic))
         keys = batch["__key__"] if deterministic else None
         return self.diffusion_loss(latents, cond, keys)

@@ -1,0 +1,60 @@
+import pytest
+import torch
+from PIL import ImageOps
+
+from artbank_pl.cli import main
+from artbank_pl.tasks import InverterTask, PromptBankTask
+from datamodules import ArtworkDataModule
+from datamodules.artwork import crop_square, to_tensor
+from datamodules.cache import cache_shards
+from datamodules.shards import read_manifest, resize_shorter_side
+from datamodules.stream import decode_image, from_npy, iter_tar_samples
+
+
+@pytest.fixture(scope="module")
+def cached(shard_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cached")
+    return cache_shards(shard_dir / "manifest.json", out, "tiny", 32, vision_model="tiny")
+
+
+def test_cache_holds_the_posterior_of_the_crop_and_of_its_mirror(cached):
+    manifest = read_manifest(cached)
+    assert manifest["cache"]["resolution"] == 32
+    sample = next(iter_tar_samples(str(cached.parent / manifest["splits"]["train"]["shards"][0])))
+    task = PromptBankTask(collections=["hokusai", "monet"], num_tokens=2, bank_heads=4)
+    image = crop_square(resize_shorter_side(decode_image(sample), 32), 32, None)
+    for key, img in (("moments.npy", image), ("moments_flip.npy", ImageOps.mirror(image))):
+        moments = from_npy(sample[key])
+        assert moments.shape == (8, 4, 4)  # mean and log-variance of a 4 x 4 latent
+        expected = task.vae.encode(to_tensor(img)[None]).latent_dist.mean[0]
+        torch.testing.assert_close(moments[:4], expected, atol=2e-3, rtol=2e-3)
+    assert from_npy(sample["clip.npy"]).shape == (65, 32)  # CLS + 8 x 8 patches, tiny CLIP
+
+
+def test_training_reads_the_cache(cached):
+    dm = ArtworkDataModule(manifest=str(cached), resolution=32, batch_size=2, num_workers=0,
+                           samples_per_epoch=4)  # fmt: skip
+    batch = next(iter(dm.train_dataloader()))
+    assert "pixel_values" not in batch and batch["moments"].shape == (2, 8, 4, 4)
+    for task in (
+        PromptBankTask(collections=dm.collections, num_tokens=2, bank_heads=4),
+        InverterTask(collections=dm.collections, vision_model="tiny", inverter_heads=4),
+    ):
+        loss = task._batch_losses(batch, deterministic=False).mean()
+        loss.backward()
+        assert torch.isfinite(loss)
+    val = next(iter(dm.val_dataloader()))
+    assert val["pixel_values"].shape == (2, 3, 32, 32)  # validation decodes the images
+
+
+def test_cache_of_another_resolution_or_model_is_refused(cached, capsys):
+    with pytest.raises(ValueError, match="resolution 32, but data.resolution is 64"):
+        ArtworkDataModule(manifest=str(cached), resolution=64)
+    with pytest.raises(SystemExit) as info:
+        main([
+            "fit", "--model", "artbank_pl.tasks.PromptBankTask",
+            "--model.init_args.bank_heads", "4", "--model.init_args.pretrained", "random-sd15",
+            "--data", "datamodules.ArtworkDataModule", "--data.init_args.manifest", str(cached),
+            "--data.init_args.resolution", "32", "--trainer.max_steps", "1",
+        ])  # fmt: skip
+    assert "pretrained='tiny'" in str(info.value.code)
