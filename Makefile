@@ -8,7 +8,7 @@ DEMO := outputs/demo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-slurm format clean-demo venv
+.PHONY: demo test test-slurm bench format clean-demo venv
 
 venv: $(STAMP)
 
@@ -57,6 +57,10 @@ format: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# Throughput side by side with the peers (tiny model, CPU); ends with "ratio lightning/bare: R".
+bench: $(STAMP)
+	$(PY) bench/throughput.py --preset tiny
 
 # A real one-node SLURM cluster on loopback (installs slurm + munge from Debian if missing):
 # DDP training preempted with SIGUSR1, requeued and resumed; stylization as a job array.

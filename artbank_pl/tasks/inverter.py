@@ -53,6 +53,8 @@ class InverterTask(StyleTask):
         min_snr_gamma: min-SNR-gamma weighting; ``None`` turns it off.
         noise_offset: noise offset.
         val_seed: seed of the fixed validation noise.
+        compile_unet: ``torch.compile`` the UNet (long runs; minutes of warm-up).
+        channels_last: channels-last memory format for the UNet and VAE.
     """
 
     frozen_names = ("unet", "vae", "text_encoder", "vision")
@@ -84,11 +86,13 @@ class InverterTask(StyleTask):
         min_snr_gamma: float | None = None,
         noise_offset: float = 0.0,
         val_seed: int = 0,
+        compile_unet: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             collections, templates or ["{}"], use_captions, pretrained, revision, variant,
             vae_fp32, lr, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio,
-            min_snr_gamma, noise_offset, val_seed,
+            min_snr_gamma, noise_offset, val_seed, compile_unet, channels_last,
         )  # fmt: skip
         self.vision = load_vision_encoder(vision_model)
         self.first_placeholder_id = add_placeholder_tokens(

@@ -51,6 +51,8 @@ class PromptBankTask(StyleTask):
         min_snr_gamma: min-SNR-gamma weighting; ``None`` turns it off.
         noise_offset: noise offset.
         val_seed: seed of the fixed validation noise.
+        compile_unet: ``torch.compile`` the UNet (long runs; minutes of warm-up).
+        channels_last: channels-last memory format for the UNet and VAE.
     """
 
     def __init__(
@@ -77,11 +79,13 @@ class PromptBankTask(StyleTask):
         min_snr_gamma: float | None = None,
         noise_offset: float = 0.0,
         val_seed: int = 0,
+        compile_unet: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             collections, templates, use_captions, pretrained, revision, variant, vae_fp32, lr,
             weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio, min_snr_gamma,
-            noise_offset, val_seed,
+            noise_offset, val_seed, compile_unet, channels_last,
         )  # fmt: skip
         self.placeholders = [placeholder_token(name) for name in self.collections]
         token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)

@@ -57,6 +57,8 @@ class StyleTask(FrozenDiffusionTask):
         min_snr_gamma: float | None,
         noise_offset: float,
         val_seed: int,
+        compile_unet: bool = False,
+        channels_last: bool = False,
     ) -> None:
         name = type(self).__name__
         if not collections:
@@ -69,7 +71,8 @@ class StyleTask(FrozenDiffusionTask):
                 raise ConfigError(f"template {template!r} must hold exactly one '{{}}'")
         super().__init__(
             pretrained, revision, variant, vae_fp32, lr, weight_decay, betas, warmup_steps,
-            lr_schedule, min_lr_ratio, min_snr_gamma, noise_offset, val_seed,
+            lr_schedule, min_lr_ratio, min_snr_gamma, noise_offset, val_seed, compile_unet,
+            channels_last,
         )  # fmt: skip
         self.collections = list(collections)
         self.templates = list(templates or STYLE_TEMPLATES)

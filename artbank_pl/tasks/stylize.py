@@ -51,6 +51,8 @@ class StylizeTask(FrozenDiffusionTask):
         revision: hub revision of ``pretrained``.
         variant: weight variant of ``pretrained``.
         vae_fp32: keep the VAE in float32 under half precision.
+        compile_unet: ``torch.compile`` the UNet (large runs; minutes of warm-up).
+        channels_last: channels-last memory format for the UNet and VAE.
     """
 
     frozen_names = ("unet", "vae", "text_encoder")
@@ -77,11 +79,16 @@ class StylizeTask(FrozenDiffusionTask):
         revision: str | None = None,
         variant: str | None = None,
         vae_fp32: bool = False,
+        compile_unet: bool = False,
+        channels_last: bool = False,
     ) -> None:
         _check_options(
             bank, inverter, style_images, prompt, strength, steps, adain, adain_reference
         )
-        super().__init__(pretrained, revision, variant, vae_fp32)
+        super().__init__(
+            pretrained, revision, variant, vae_fp32, compile_unet=compile_unet,
+            channels_last=channels_last,
+        )  # fmt: skip
         width = self.text_encoder.get_input_embeddings().embedding_dim
         styles = (
             load_bank_styles(bank, collections)
