@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torchmetrics import Metric
+from torchmetrics.functional.image import structural_similarity_index_measure
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.utilities.data import dim_zero_cat
+
+from artbank_pl.vision import clip_preprocess
 
 
 class PerCollectionMean(Metric):
@@ -35,3 +43,163 @@ class PerCollectionMean(Metric):
         mean = torch.where(self.count > 0, mean, torch.nan)
         overall = self.total.sum() / self.count.sum().clamp(min=1)
         return {"mean": mean.float(), "count": self.count, "overall": overall.float()}
+
+
+class CLIPImageEncoder(nn.Module):
+    """Unit-norm CLIP image embeddings of ``[0, 1]`` images, as a torchmetrics feature model.
+
+    Args:
+        vision: a frozen ``CLIPVisionModelWithProjection`` (the run's own, or one loaded by
+            name with :func:`artbank_pl.vision.load_vision_encoder`).
+    """
+
+    def __init__(self, vision: nn.Module) -> None:
+        super().__init__()
+        self.vision = vision
+
+    @property
+    def num_features(self) -> int:
+        """Embedding width (read by torchmetrics' FID)."""
+        return self.vision.config.projection_dim
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Embed ``[N, 3, H, W]`` images in ``[0, 1]`` (uint8 is rescaled) as ``[N, d]``."""
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        device = next(self.vision.parameters()).device
+        dtype = next(self.vision.parameters()).dtype
+        pixels = clip_preprocess(images.to(device) * 2 - 1, self.vision.config.image_size)
+        embeds = self.vision(pixel_values=pixels.to(dtype)).image_embeds.float()
+        return F.normalize(embeds, dim=-1)
+
+
+class LabeledFeatures(Metric):
+    """Feature vectors with their collection index, gathered from every rank on compute."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("features", [], dist_reduce_fx="cat")
+        self.add_state("labels", [], dist_reduce_fx="cat")
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add ``[B, d]`` features of collections ``[B]``."""
+        self.features.append(features.detach().float())
+        self.labels.append(labels.detach().to(features.device))
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return all features ``[N, d]`` and labels ``[N]``."""
+        return dim_zero_cat(self.features), dim_zero_cat(self.labels)
+
+
+class _Identity(nn.Module):
+    """Feature model for torchmetrics that takes already-computed features."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Return the features as they are (float64 for FID's covariance)."""
+        return features.double()
+
+
+def kernel_inception_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """KID (Binkowski et al. 2018, Eq. 4: unbiased MMD^2, cubic polynomial kernel) of two sets."""
+    metric = KernelInceptionDistance(
+        feature=_Identity(real.shape[1]), subset_size=min(len(real), len(fake)),
+        subsets=1, sync_on_compute=False,
+    )  # fmt: skip
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    with torch.random.fork_rng(devices=[]):  # the subset draw: the same on every rank and run
+        torch.manual_seed(0)
+        return float(metric.compute()[0])
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID (Heusel et al. 2017, Eq. 6) of two feature sets, through torchmetrics."""
+    metric = FrechetInceptionDistance(feature=_Identity(real.shape[1]), sync_on_compute=False)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return float(metric.compute())
+
+
+class StyleTransferMetrics(nn.Module):
+    """Style, content and distribution metrics per collection, reduced across DDP ranks.
+
+    - ``style_sim``: cosine similarity of CLIP features between each output and its
+      collection's exemplars (their normalised mean feature);
+    - ``content_sim``: cosine similarity of CLIP features between output and content;
+    - ``ssim``: SSIM between output and content (torchmetrics);
+    - ``kid`` (and ``fid`` once both sets hold ``fid_min_samples``): KID and FID on CLIP
+      features (torchmetrics), outputs against the collection's exemplars.
+
+    Exemplars are given to every rank alike; outputs are gathered from all ranks, so the
+    values do not depend on the number of processes.
+
+    Args:
+        encoder: the CLIP feature model.
+        collections: collection (style) names, in index order.
+        fid_min_samples: samples per set below which FID is not reported (default: the
+            feature width, under which the covariance is singular).
+    """
+
+    def __init__(
+        self, encoder: CLIPImageEncoder, collections: list[str], fid_min_samples: int | None = None
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.collections = list(collections)
+        k = len(self.collections)
+        self.style_sim = PerCollectionMean(k)
+        self.content_sim = PerCollectionMean(k)
+        self.ssim = PerCollectionMean(k)
+        self.outputs = LabeledFeatures()
+        self.exemplars: dict[int, torch.Tensor] = {}
+        self.fid_min_samples = fid_min_samples or encoder.num_features
+
+    @torch.no_grad()
+    def set_exemplars(self, collection: int, images: torch.Tensor) -> None:
+        """Record a collection's exemplar images ``[N, 3, H, W]`` in ``[0, 1]``."""
+        self.exemplars[collection] = self.encoder(images)
+
+    @torch.no_grad()
+    def update(self, outputs: torch.Tensor, contents: torch.Tensor, collection_idx) -> None:
+        """Add outputs and their contents (``[B, 3, H, W]``, ``[0, 1]``) of collections ``[B]``."""
+        out_f, content_f = self.encoder(outputs), self.encoder(contents)
+        idx = torch.as_tensor(collection_idx, device=out_f.device)
+        centres = torch.stack(
+            [F.normalize(self.exemplars[k].mean(0), dim=-1) for k in idx.tolist()]
+        )
+        self.style_sim.update((out_f * centres).sum(-1), idx)
+        self.content_sim.update((out_f * content_f).sum(-1), idx)
+        ssim = structural_similarity_index_measure(
+            outputs.float(), contents.float().to(outputs.device), data_range=1.0, reduction="none"
+        )
+        self.ssim.update(ssim.to(idx.device), idx)
+        self.outputs.update(out_f, idx)
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """Return ``{metric: {collection: value}}`` for the collections that have outputs."""
+        result: dict[str, dict[str, float]] = {}
+        counts = self.style_sim.compute()["count"]
+        for name in ("style_sim", "content_sim", "ssim"):
+            means = getattr(self, name).compute()["mean"]
+            result[name] = {c: float(means[k]) for k, c in enumerate(self.collections) if counts[k]}
+        features, labels = self.outputs.compute()
+        for k, c in enumerate(self.collections):
+            fake, real = features[labels == k], self.exemplars.get(k)
+            if real is None or min(len(fake), len(real)) < 2:
+                continue
+            result.setdefault("kid", {})[c] = kernel_inception_distance(real, fake)
+            if min(len(fake), len(real)) >= self.fid_min_samples:
+                result.setdefault("fid", {})[c] = frechet_distance(real, fake)
+        return result
+
+    def reset(self) -> None:
+        """Forget the outputs (exemplars stay)."""
+        for metric in (self.style_sim, self.content_sim, self.ssim, self.outputs):
+            metric.reset()
