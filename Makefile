@@ -44,7 +44,9 @@ demo: $(STAMP)
 		--trainer.callbacks.init_args.output_dir $(DEMO)/stylized-inst
 	$(ARTBANK) grid $(DEMO)/stylized/manifest.jsonl $(DEMO)/stylized-inst/manifest.jsonl \
 		--output $(DEMO)/grid.png
-	@echo "demo outputs in $(DEMO)/: loss.png, checkpoints/, embeddings/, export/, inst/, stylized/, stylized-inst/, grid.png"
+	# 5. evaluation: metrics and a report over a small strength x guidance sweep
+	$(ARTBANK) test --config configs/evaluate-quickstart.yaml
+	@echo "demo outputs in $(DEMO)/: loss.png, checkpoints/, embeddings/, export/, inst/, stylized/, stylized-inst/, grid.png, report/"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -159,6 +159,10 @@ class ContentDataModule(LightningDataModule):
                 raise DataError(f"content shards not found: {missing[:3]}")
         return ShardStream(urls, shard_content_item(resolution))
 
+    def test_dataloader(self) -> DataLoader:
+        """The same pass as prediction, for ``artbank test`` (evaluation)."""
+        return self.predict_dataloader()
+
     def predict_dataloader(self) -> DataLoader:
         """One pass over the content, every image exactly once over all ranks."""
         dataset = self._dataset()

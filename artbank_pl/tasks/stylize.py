@@ -13,6 +13,7 @@ from artbank_pl.errors import ConfigError
 from artbank_pl.sd import freeze
 from artbank_pl.styles import check_width, load_bank_styles, load_image, load_inverter
 from artbank_pl.tasks.base import FrozenDiffusionTask, sample_seed
+from artbank_pl.tasks.evaluation import StyleEvaluation
 from artbank_pl.tokenizer import add_placeholder_tokens, expand_placeholder, placeholder_token
 from artbank_pl.vision import clip_preprocess, load_vision_encoder
 
@@ -53,6 +54,14 @@ class StylizeTask(FrozenDiffusionTask):
         vae_fp32: keep the VAE in float32 under half precision.
         compile_unet: ``torch.compile`` the UNet (large runs; minutes of warm-up).
         channels_last: channels-last memory format for the UNet and VAE.
+        metrics_model: CLIP model that scores outputs in ``artbank test`` (default: the
+            inverter's own vision model).
+        exemplars: folder with one sub-folder of images per bank collection, the style
+            references of ``artbank test`` (inverter styles use their style image).
+        report_dir: where ``artbank test`` writes ``metrics.json`` and the report.
+        sweep_strengths: strengths to compare in ``artbank test`` (default: ``strength``).
+        sweep_guidance_scales: guidance scales to compare (default: ``guidance_scale``).
+        report_images: content images per style shown in the report's grids.
     """
 
     frozen_names = ("unet", "vae", "text_encoder")
@@ -81,6 +90,12 @@ class StylizeTask(FrozenDiffusionTask):
         vae_fp32: bool = False,
         compile_unet: bool = False,
         channels_last: bool = False,
+        metrics_model: str | None = None,
+        exemplars: str | None = None,
+        report_dir: str = "report",
+        sweep_strengths: list[float] | None = None,
+        sweep_guidance_scales: list[float] | None = None,
+        report_images: int = 4,
     ) -> None:
         _check_options(
             bank, inverter, style_images, prompt, strength, steps, adain, adain_reference
@@ -106,7 +121,8 @@ class StylizeTask(FrozenDiffusionTask):
         self, checkpoint: str, images: list[str], vision_model: str | None
     ) -> dict[str, torch.Tensor]:
         inverter, hparams = load_inverter(checkpoint)
-        vision = freeze(load_vision_encoder(vision_model or hparams.get("vision_model", "tiny")))
+        self.inverter_vision_model = vision_model or hparams.get("vision_model", "tiny")
+        vision = freeze(load_vision_encoder(self.inverter_vision_model))
         styles = {}
         for path in images:
             pixels = clip_preprocess(load_image(path), vision.config.image_size)
@@ -153,8 +169,20 @@ class StylizeTask(FrozenDiffusionTask):
             self._style_latents[style] = self.encode_latents(load_image(path), sample=False)
         return self._style_latents[style]
 
+    def seed_for(self, key: str, style: str) -> int:
+        """Seed of one output, from the global seed, the content key and the style."""
+        return sample_seed(f"{key}/{style}", self.hparams.seed)
+
     # ------------------------------------------------------------------ predict
-    def _render(self, style: str, pixels: torch.Tensor, captions: list[str], seeds: list[int]):
+    def _render(
+        self,
+        style: str,
+        pixels: torch.Tensor,
+        captions: list[str],
+        seeds: list[int],
+        strength: float | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
         hp = self.hparams
         z0 = self.encode_latents(pixels, sample=False)
         if hp.adain:
@@ -163,8 +191,8 @@ class StylizeTask(FrozenDiffusionTask):
         uncond = self.encode([hp.negative_prompt])
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         z = self.img2img(
-            z0, cond, uncond, generators, hp.strength, hp.steps, hp.guidance_scale, hp.eta,
-            hp.inversion,
+            z0, cond, uncond, generators, strength or hp.strength, hp.steps,
+            guidance_scale or hp.guidance_scale, hp.eta, hp.inversion,
         )  # fmt: skip
         images = self.decode_latents(z)
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
@@ -187,7 +215,7 @@ class StylizeTask(FrozenDiffusionTask):
             ]
             groups = [[i] for i in todo] if self.hparams.batch_invariant else [todo] if todo else []
             for group in groups:
-                seeds = [sample_seed(f"{keys[i]}/{style}", self.hparams.seed) for i in group]
+                seeds = [self.seed_for(keys[i], style) for i in group]
                 pixels = batch["pixel_values"][group]
                 images = self._render(style, pixels, [captions[i] for i in group], seeds)
                 out["images"] += list(images)
@@ -196,6 +224,23 @@ class StylizeTask(FrozenDiffusionTask):
                 out["seeds"] += seeds
                 out["sources"] += [sources[i] for i in group]
         return out
+
+    # ------------------------------------------------------------------ test
+    def on_test_start(self) -> None:
+        """Load the metrics model and the style exemplars."""
+        self.evaluation = StyleEvaluation(self)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Stylize the test content under every setting and style, and score it."""
+        self.evaluation.step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        """Reduce the metrics, log them (first setting) and write the report on rank 0."""
+        results = self.evaluation.finish(self.trainer.is_global_zero)
+        first = next(iter(results.values()))
+        for metric, values in first.items():
+            for style, value in values.items():
+                self.log(f"test/{metric}/{style}", value, rank_zero_only=True)
 
 
 def _style_name(path: str) -> str:

@@ -1,0 +1,130 @@
+"""``artbank test`` for the stylizer: metrics per style and setting, and a report."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from artbank_pl.errors import ConfigError, DataError
+from artbank_pl.grid import tile
+from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
+from artbank_pl.report import write_report
+from artbank_pl.styles import load_image
+from artbank_pl.vision import load_vision_encoder
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+MAX_EXEMPLARS = 32
+
+
+def setting_label(strength: float, guidance_scale: float) -> str:
+    """Name of one (strength, guidance) setting, e.g. ``strength=0.7 guidance=10``."""
+    return f"strength={strength:g} guidance={guidance_scale:g}"
+
+
+def exemplar_images(paths: list[Path], size: int) -> torch.Tensor:
+    """Load images as one ``[N, 3, size, size]`` batch in ``[0, 1]``."""
+    batch = [F.interpolate(load_image(p), size=(size, size), mode="bilinear") for p in paths]
+    return ((torch.cat(batch) + 1) / 2).clamp(0, 1)
+
+
+class StyleEvaluation:
+    """The evaluation state of one ``artbank test`` run of a ``StylizeTask``.
+
+    Args:
+        task: the stylizer (its hyperparameters choose model, exemplars and sweep).
+    """
+
+    def __init__(self, task) -> None:
+        hp = task.hparams
+        self.task = task
+        strengths = hp.sweep_strengths or [hp.strength]
+        scales = hp.sweep_guidance_scales or [hp.guidance_scale]
+        self.settings = list(itertools.product(strengths, scales))
+        encoder = CLIPImageEncoder(load_vision_encoder(self._metrics_model())).to(task.device)
+        self.metrics = {
+            setting_label(*s): StyleTransferMetrics(encoder, task.style_names).to(task.device)
+            for s in self.settings
+        }
+        size = encoder.vision.config.image_size
+        for k, style in enumerate(task.style_names):
+            images = exemplar_images(self._exemplar_paths(style), size).to(task.device)
+            for metrics in self.metrics.values():
+                metrics.set_exemplars(k, images)
+        self.samples: dict[str, list[list[Image.Image]]] = {}
+
+    def _metrics_model(self) -> str:
+        hp = self.task.hparams
+        model = hp.metrics_model or getattr(self.task, "inverter_vision_model", None)
+        if not model:
+            raise ConfigError(
+                "artbank test needs model.metrics_model: a CLIP model id, a local folder or tiny "
+                "(pre-stage it with HF_HOME on offline machines)"
+            )
+        return model
+
+    def _exemplar_paths(self, style: str) -> list[Path]:
+        hp = self.task.hparams
+        if hp.style_images:
+            return [Path(p) for p in hp.style_images if Path(p).stem == style]
+        if not hp.exemplars:
+            raise ConfigError(
+                "artbank test with a bank needs model.exemplars (one folder per style)"
+            )
+        folder = Path(hp.exemplars) / style
+        paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise DataError(f"no exemplar images for style {style!r} in {folder}")
+        return paths[:MAX_EXEMPLARS]
+
+    @torch.no_grad()
+    def step(self, batch: dict) -> None:
+        """Stylize the batch under every setting and style; update the metrics."""
+        task, hp = self.task, self.task.hparams
+        keys, n = batch["__key__"], len(batch["__key__"])
+        captions = batch.get("caption") or [""] * n
+        contents = ((batch["pixel_values"] + 1) / 2).clamp(0, 1)
+        for strength, scale in self.settings:
+            label = setting_label(strength, scale)
+            for k, style in enumerate(task.style_names):
+                seeds = [task.seed_for(key, style) for key in keys]
+                images = task._render(
+                    style, batch["pixel_values"], captions, seeds, strength, scale
+                )
+                outputs = images.permute(0, 3, 1, 2).float().div(255).to(task.device)
+                self.metrics[label].update(outputs, contents.to(task.device), [k] * n)
+                self._keep(style, label, contents, images, hp.report_images)
+
+    def _keep(self, style, label, contents, images, limit) -> None:
+        rows = self.samples.setdefault(style, [[]])
+        if label == setting_label(*self.settings[0]) and len(rows[0]) < limit:
+            for c in contents[: limit - len(rows[0])]:
+                rows[0].append(Image.fromarray((c * 255).byte().permute(1, 2, 0).cpu().numpy()))
+        index = [setting_label(*s) for s in self.settings].index(label) + 1
+        while len(rows) <= index:
+            rows.append([])
+        for image in images[: limit - len(rows[index])]:
+            rows[index].append(Image.fromarray(image.numpy()))
+
+    def finish(self, is_global_zero: bool) -> dict[str, dict[str, dict[str, float]]]:
+        """Reduce the metrics over ranks; rank 0 writes ``metrics.json`` and the report."""
+        results = {label: metrics.compute() for label, metrics in self.metrics.items()}
+        if is_global_zero:
+            labels = ["content"] + [setting_label(*s) for s in self.settings]
+            grids = {}
+            for style, rows in self.samples.items():
+                columns = [f"image {i + 1}" for i in range(max(len(r) for r in rows))]
+                grids[style] = tile(rows, columns, 96)
+            hp = self.task.hparams
+            info = {
+                "rows of each grid": labels, "prompt": hp.prompt, "inversion": hp.inversion,
+                "steps": hp.steps, "seed": hp.seed, "styles": self.task.style_names,
+            }  # fmt: skip
+            paths = write_report(hp.report_dir, results, grids, info)
+            log.info("evaluation report: %s", paths["html"])
+        return results
