@@ -12,7 +12,9 @@ from PIL import Image
 
 from artbank_pl.errors import DataError
 from artbank_pl.grid import tile
+from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
 from artbank_pl.styles import load_image
+from artbank_pl.vision import load_vision_encoder
 
 
 def to_pil(pixels: torch.Tensor, signed: bool) -> Image.Image:
@@ -28,7 +30,9 @@ class SampleGrid(Callback):
     image and its stylized version. The grid goes to the logger's image API (W&B
     ``log_image``, TensorBoard ``add_image``), or to ``<log_dir>/samples/step_N.png`` for
     loggers without one (CSV). Runs on rank 0 with fixed seeds, so grids are comparable
-    across steps.
+    across steps. With a CLIP model (``metrics_model``, or the task's own vision model) it
+    also logs ``val/style_sim/<collection>``, ``val/content_sim/<collection>`` and
+    ``val/ssim/<collection>`` for those stylized images.
 
     Args:
         content: folder of content images (default: validation exemplars of the other
@@ -39,6 +43,9 @@ class SampleGrid(Callback):
         strength: img2img strength.
         guidance_scale: classifier-free guidance scale.
         seed: base seed.
+        metrics_model: CLIP model for the validation metrics (a hub id, folder or ``tiny``);
+            default: the task's own vision model if it has one, else no metrics.
+        num_exemplars: validation images kept per collection as its style reference.
     """
 
     def __init__(
@@ -50,8 +57,13 @@ class SampleGrid(Callback):
         strength: float = 0.7,
         guidance_scale: float = 7.5,
         seed: int = 0,
+        metrics_model: str | None = None,
+        num_exemplars: int = 4,
     ) -> None:
         self.content = content
+        self.metrics_model = metrics_model
+        self.num_exemplars = num_exemplars
+        self.encoder: CLIPImageEncoder | None = None
         self.num_content = num_content
         self.max_collections = max_collections
         self.steps, self.strength, self.guidance_scale, self.seed = (
@@ -60,48 +72,75 @@ class SampleGrid(Callback):
             guidance_scale,
             seed,
         )
-        self.exemplars: dict[int, torch.Tensor] = {}
+        self.exemplars: dict[int, list[torch.Tensor]] = {}
         self.last_path: Path | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Check the content folder before any training step."""
         if self.content and not Path(self.content).is_dir():
             raise DataError(f"SampleGrid content folder {self.content} does not exist")
+        if self.metrics_model:
+            self.encoder = CLIPImageEncoder(load_vision_encoder(self.metrics_model))
+        elif hasattr(pl_module, "vision"):
+            self.encoder = CLIPImageEncoder(pl_module.vision)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ):
-        """Keep the first validation image of each collection as its style exemplar."""
+        """Keep the first validation images of each collection as its style exemplars."""
         for pixels, k in zip(batch["pixel_values"], batch["collection_idx"].tolist(), strict=True):
-            if k not in self.exemplars and len(self.exemplars) < self.max_collections:
-                self.exemplars[k] = pixels.detach().cpu()
+            if k not in self.exemplars and len(self.exemplars) >= self.max_collections:
+                continue
+            kept = self.exemplars.setdefault(k, [])
+            if len(kept) < self.num_exemplars:
+                kept.append(pixels.detach().cpu())
 
-    def _content(self, exemplars: dict[int, torch.Tensor]) -> torch.Tensor:
+    def _content(self, exemplars: dict[int, list[torch.Tensor]]) -> torch.Tensor:
         if not self.content:
-            return torch.stack(list(exemplars.values())[: self.num_content])
-        size = tuple(next(iter(exemplars.values())).shape[-2:])
+            return torch.stack([kept[0] for kept in exemplars.values()][: self.num_content])
+        size = tuple(next(iter(exemplars.values()))[0].shape[-2:])
         files = sorted(p for p in Path(self.content).iterdir() if p.is_file())
         images = [load_image(p) for p in files[: self.num_content]]
         return torch.cat([F.interpolate(x, size=size, mode="bilinear") for x in images])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Render and log the grid (rank 0, not during the sanity check)."""
+        """Render and log the grid and metrics (rank 0, not during the sanity check)."""
         exemplars, self.exemplars = self.exemplars, {}
         if trainer.sanity_checking or not trainer.is_global_zero or not exemplars:
             return
-        content = self._content(exemplars).to(pl_module.device)
+        device = pl_module.device
+        content = self._content(exemplars).to(device)
+        metrics = self._metrics(pl_module, exemplars, device)
         rows = []
-        for k, style in sorted(exemplars.items()):
+        for k, kept in sorted(exemplars.items()):
             results = pl_module.stylize(
-                content, k, style.to(pl_module.device), self.steps, self.strength,
-                self.guidance_scale, self.seed,
+                content, k, kept[0].to(device), self.steps, self.strength, self.guidance_scale,
+                self.seed,
             )  # fmt: skip
-            row = [to_pil(style, signed=True)]
+            if metrics is not None:
+                metrics.update(results, ((content + 1) / 2).clamp(0, 1), [k] * len(content))
+            row = [to_pil(kept[0], signed=True)]
             for c, r in zip(content, results, strict=True):
                 row += [to_pil(c, signed=True), to_pil(r, signed=False)]
             rows.append(row)
         labels = ["style"] + ["content", "result"] * len(content)
         self._log(trainer, tile(rows, labels, cell=96))
+        if metrics is not None:
+            for name, values in metrics.compute().items():
+                for collection, value in values.items():
+                    pl_module.log(f"val/{name}/{collection}", value, rank_zero_only=True)
+
+    def _metrics(self, pl_module, exemplars, device) -> StyleTransferMetrics | None:
+        if self.encoder is None:
+            return None
+        self.encoder.to(device)
+        # sync_on_compute is off: only rank 0 renders the samples
+        metrics = StyleTransferMetrics(self.encoder, pl_module.collections).to(device)
+        for metric in (metrics.style_sim, metrics.content_sim, metrics.ssim, metrics.outputs):
+            metric.sync_on_compute = False
+        for k, kept in exemplars.items():
+            metrics.set_exemplars(k, ((torch.stack(kept) + 1) / 2).clamp(0, 1).to(device))
+        return metrics
 
     def _log(self, trainer: Trainer, grid: Image.Image) -> None:
         logger, step = trainer.logger, trainer.global_step

@@ -33,8 +33,15 @@ def test_fit_help_shows_docstrings(capsys):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_parses(config, capsys):
     with pytest.raises(SystemExit) as info:
-        subcommand = "predict" if config.name.startswith("stylize") else "fit"
-        main([subcommand, "--config", str(config), "--print_config"])
+        subcommand = {"stylize": "predict", "evaluate": "test"}.get(
+            config.stem.split("-")[0], "fit"
+        )
+        base = (
+            ["--config", str(ROOT / "configs/quickstart.yaml")]
+            if config.parent.name == "trainer"
+            else []
+        )
+        main([subcommand, *base, "--config", str(config), "--print_config"])
     assert info.value.code == 0
     assert "class_path" in capsys.readouterr().out
 

@@ -174,7 +174,7 @@ def test_sample_grid_is_written_with_the_csv_logger(shard_dir, tmp_path, task_na
         task = PromptBankTask(collections=names, num_tokens=2, bank_heads=4)
     else:
         task = InverterTask(collections=names, vision_model="tiny", inverter_heads=4)
-    grid = SampleGrid(steps=4, num_content=2)
+    grid = SampleGrid(steps=4, num_content=2, metrics_model="tiny" if task_name == "bank" else None)
     fit = trainer(
         tmp_path, 2, logger=CSVLogger(tmp_path), callbacks=[grid], limit_val_batches=None,
         val_check_interval=2,
@@ -184,3 +184,7 @@ def test_sample_grid_is_written_with_the_csv_logger(shard_dir, tmp_path, task_na
     image = Image.open(grid.last_path)
     # 2 collections x (style + 2 x (content, result)) cells of 96 px, under an 18 px header
     assert image.size == (5 * 96, 18 + 2 * 96)
+    # the inverter scores with its own CLIP model, the bank with the named one
+    logged = (Path(fit.logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("style_sim", "content_sim", "ssim"):
+        assert {f"val/{name}/hokusai", f"val/{name}/monet"} <= set(logged)

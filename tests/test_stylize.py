@@ -240,3 +240,39 @@ def test_ddp_predict_on_two_cpu_processes_covers_each_input_once(
     pairs = [(r["key"], r["style"]) for r in records]
     assert len(pairs) == len(set(pairs)) == 12
     assert len(list(out.rglob("*.png"))) == 12
+
+
+def test_artbank_test_writes_metrics_and_a_report_for_a_sweep(bank_export, content_dir, tmp_path):
+    exemplars = tmp_path / "exemplars"
+    write_collections(exemplars, {"monet": 3, "ukiyo": 3}, size=(32, 32), seed=5)
+    task = stylizer(
+        bank_export, metrics_model="tiny", exemplars=str(exemplars),
+        report_dir=str(tmp_path / "report"), sweep_strengths=[0.4, 0.8], report_images=2,
+    )  # fmt: skip
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    data = ContentDataModule(str(content_dir), resolution=32, batch_size=3, num_workers=0)
+    logged = trainer.test(task, data)[0]
+    report = json.loads((tmp_path / "report/metrics.json").read_text())
+    assert list(report["results"]) == ["strength=0.4 guidance=3", "strength=0.8 guidance=3"]
+    for results in report["results"].values():
+        assert set(results) == {"style_sim", "content_sim", "ssim", "kid"}
+        assert set(results["style_sim"]) == {"monet", "ukiyo"}
+    first = report["results"]["strength=0.4 guidance=3"]
+    assert logged["test/style_sim/monet"] == pytest.approx(first["style_sim"]["monet"])
+    for name in ("metrics.png", "report.html", "grid-monet.png", "grid-ukiyo.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    from PIL import Image
+
+    # rows: content, then one per setting; two content images per row
+    assert Image.open(tmp_path / "report/grid-monet.png").size == (2 * 96, 18 + 3 * 96)
+
+
+def test_artbank_test_names_what_is_missing(bank_export, content_dir, tmp_path):
+    from artbank_pl.errors import ConfigError
+
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    data = ContentDataModule(str(content_dir), resolution=32, batch_size=3, num_workers=0)
+    with pytest.raises(ConfigError, match="model.metrics_model"):
+        trainer.test(stylizer(bank_export), data)
+    with pytest.raises(ConfigError, match="model.exemplars"):
+        trainer.test(stylizer(bank_export, metrics_model="tiny"), data)
