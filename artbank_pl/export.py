@@ -11,7 +11,6 @@ Per collection, two safetensors files:
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -118,8 +117,3 @@ def bank_embeddings_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]
     with torch.no_grad():
         table = bank.embeddings()
     return dict(zip(hparams["collections"], table, strict=True))
-
-
-def safe_name(text: str) -> str:
-    """Return ``text`` reduced to letters, digits, ``-``, ``_`` and ``.``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)
