@@ -354,15 +354,16 @@ def main(argv=None) -> None:
 
     rate = lambda times: args.batch_size / statistics.median(times)  # noqa: E731
     peer_times, peer_mem = time_peer(args, clock)
-    reset_memory(args.device)
-    bare_times = run_bare(bank(), data(), args, clock)
-    bare_mem = peak_memory_gib(args.device)
-    reset_memory(args.device)
-    task = bank()
-    light_times = run_lightning(task, data(), args, clock)
-    light_mem = peak_memory_gib(args.device)
-    second = run_bare(bank(), data(), args, clock)  # bracket b between two bare runs
-    bare_times += second
+    # b and e alternate, twice each, so that drift on a shared machine hits both alike
+    bare_times, light_times = [], []
+    for _ in range(2):
+        reset_memory(args.device)
+        bare_times += run_bare(bank(), data(), args, clock)
+        bare_mem = peak_memory_gib(args.device)
+        reset_memory(args.device)
+        task = bank()
+        light_times += run_lightning(task, data(), args, clock)
+        light_mem = peak_memory_gib(args.device)
     args.export = root / "export"
     from artbank_pl.export import write_embeddings
 

@@ -118,11 +118,17 @@ class StyleTask(FrozenDiffusionTask):
         loss = losses.mean()
         batch_size = losses.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        idx = batch["collection_idx"].to(losses.device)
-        for k in torch.unique(idx).tolist():
-            name = self.collections[k]
-            self.log(f"train/loss/{name}", losses[idx == k].mean(), batch_size=batch_size)
+        if self._is_logging_step():
+            # only on steps the logger writes: reading the indices back syncs the GPU
+            idx = batch["collection_idx"].to(losses.device)
+            for k in torch.unique(idx).tolist():
+                name = self.collections[k]
+                self.log(f"train/loss/{name}", losses[idx == k].mean(), batch_size=batch_size)
         return loss
+
+    def _is_logging_step(self) -> bool:
+        trainer = self._trainer
+        return trainer is None or (trainer.global_step + 1) % trainer.log_every_n_steps == 0
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Accumulate the deterministic per-collection loss (fixed noise per sample key)."""
