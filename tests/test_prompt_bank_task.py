@@ -188,3 +188,16 @@ def test_sample_grid_is_written_with_the_csv_logger(shard_dir, tmp_path, task_na
     logged = (Path(fit.logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
     for name in ("style_sim", "content_sim", "ssim"):
         assert {f"val/{name}/hokusai", f"val/{name}/monet"} <= set(logged)
+
+
+def test_per_collection_train_loss_is_logged_on_logging_steps(shard_dir, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    task = PromptBankTask(collections=["hokusai", "monet"], num_tokens=2, bank_heads=4)
+    fit = trainer(tmp_path, 4, logger=CSVLogger(tmp_path), log_every_n_steps=2)
+    fit.fit(task, datamodule(shard_dir))
+    rows = (Path(fit.logger.log_dir) / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"train/loss", "train/loss/hokusai", "train/loss/monet"} <= set(header)
+    steps = [int(r.split(",")[header.index("step")]) for r in rows[1:]]
+    assert steps == [1, 3]  # global steps 2 and 4, logged as 0-based step indices
