@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import webdataset as wds
@@ -65,6 +66,8 @@ class StylizedImageWriter(BasePredictionWriter):
         samples_per_shard: outputs per shard.
         manifest: manifest file name; SLURM array tasks that share ``output_dir`` each name
             their own (``slurm/stylize.sbatch`` uses ``manifest-<task>.jsonl``).
+        background: encode and write on a thread, overlapped with the next batch's GPU
+            work (batches are written in order; errors surface at the next batch).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class StylizedImageWriter(BasePredictionWriter):
         shards: bool = False,
         samples_per_shard: int = 1000,
         manifest: str = MANIFEST,
+        background: bool = True,
     ) -> None:
         super().__init__(write_interval="batch")
         if image_format not in IMAGE_FORMATS:
@@ -88,6 +92,8 @@ class StylizedImageWriter(BasePredictionWriter):
         self.written = 0
         self._done: set[tuple[str, str]] = set()
         self._buffer: list[tuple[dict, str]] = []
+        self._executor = ThreadPoolExecutor(1, "artbank-writer") if background else None
+        self._pending: list[Future] = []
 
     def path_for(self, key: str, style: str) -> Path:
         """Where the output of content ``key`` in ``style`` goes."""
@@ -121,30 +127,45 @@ class StylizedImageWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ) -> None:
-        """Write this batch's images, then append their manifest lines to the rank's part."""
+        """Hand this batch's images to the writer thread (or write them now)."""
         records = [
             self._record(pl_module.hparams, prediction, i) for i in range(len(prediction["images"]))
         ]
+        if self._executor is None:
+            self._write(trainer.global_rank, records, prediction["images"])
+            return
+        self._raise_failed()
+        job = self._executor.submit(self._write, trainer.global_rank, records, prediction["images"])
+        self._pending.append(job)
+
+    def _raise_failed(self) -> None:
+        """Surface an error of a finished background write; forget the finished ones."""
+        for job in [j for j in self._pending if j.done()]:
+            self._pending.remove(job)
+            job.result()
+
+    def _write(self, rank: int, records: list[dict], images: list) -> None:
+        """Encode and write one batch, then append its manifest lines to the rank's part."""
         if self.shards:
             for i, record in enumerate(records):
                 sample = {
                     "__key__": re.sub(
                         r"[^A-Za-z0-9_-]", "_", f"{record['key']}__{record['style']}"
                     ),
-                    self.image_format: self._encode(prediction["images"][i]),
+                    self.image_format: self._encode(images[i]),
                     "json": json.dumps(record).encode(),
                 }
                 self._buffer.append((sample, record))
             if len(self._buffer) >= self.samples_per_shard:
-                self._flush_shard(trainer.global_rank)
+                self._flush_shard(rank)
             return
         renames = []
         for i, record in enumerate(records):
             path = self.output_dir / record["file"]
-            renames.append((write_temp(path, self._encode(prediction["images"][i])), path))
+            renames.append((write_temp(path, self._encode(images[i])), path))
         # manifest lines first, renames second: an interruption leaves either a line whose
         # file is missing (dropped at merge, redone on rerun) or nothing, never an unlisted file
-        self._append_lines(trainer.global_rank, records)
+        self._append_lines(rank, records)
         for tmp, path in renames:
             os.replace(tmp, path)
 
@@ -184,7 +205,10 @@ class StylizedImageWriter(BasePredictionWriter):
         self._buffer = []
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Flush the last shard, then merge every rank's manifest lines on rank 0."""
+        """Finish the writes and the last shard, then merge every rank's manifest on rank 0."""
+        for job in self._pending:
+            job.result()
+        self._pending = []
         self._flush_shard(trainer.global_rank)
         trainer.strategy.barrier("artbank-writer")
         if trainer.is_global_zero:

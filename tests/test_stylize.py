@@ -152,7 +152,8 @@ def test_interrupted_run_is_finished_by_a_rerun_and_a_finished_run_does_nothing(
     task = stylizer(bank_export)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="simulated preemption"):
-        predict(task, content_dir, out, 2, callbacks=[Interrupt()])
+        # synchronous writes, so that what the first batch left is known exactly
+        predict(task, content_dir, out, 2, {"background": False}, callbacks=[Interrupt()])
     assert len(list(out.rglob("*.png"))) == 4  # first batch: 2 images x 2 styles
     (out / "monet" / ".stale.png.x.tmp").write_bytes(b"half")
     predict(task, content_dir, out, 2)
@@ -175,7 +176,7 @@ def test_shard_output_is_complete_after_an_interruption_and_a_rerun(
     import webdataset as wds
 
     task = stylizer(bank_export)
-    out, shards = tmp_path / "out", {"shards": True, "samples_per_shard": 4}
+    out, shards = tmp_path / "out", {"shards": True, "samples_per_shard": 4, "background": False}
     with pytest.raises(RuntimeError, match="simulated preemption"):
         predict(task, content_dir, out, 2, shards, callbacks=[Interrupt()])
     first = list(out.glob("shards/*.tar"))
