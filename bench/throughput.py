@@ -313,7 +313,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=PRESETS, default="tiny")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per row")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--stylize-images", type=int, default=8)
     parser.add_argument("--stylize-batch", type=int, default=4)
@@ -354,9 +354,9 @@ def main(argv=None) -> None:
 
     rate = lambda times: args.batch_size / statistics.median(times)  # noqa: E731
     peer_times, peer_mem = time_peer(args, clock)
-    # b and e alternate, twice each, so that drift on a shared machine hits both alike
+    # b and e alternate, three times each, so that drift on a shared machine hits both alike
     bare_times, light_times = [], []
-    for _ in range(2):
+    for _ in range(3):
         reset_memory(args.device)
         bare_times += run_bare(bank(), data(), args, clock)
         bare_mem = peak_memory_gib(args.device)
