@@ -319,13 +319,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stylize-batch", type=int, default=4)
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA, else 32")
     parser.add_argument("--workers", type=int, default=None, help="dataloader workers")
+    parser.add_argument("--resolution", type=int, default=None, help="override the preset's")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    args.pretrained, args.resolution, args.heads = (
-        preset["pretrained"],
-        preset["resolution"],
-        preset["heads"],
-    )
+    args.pretrained, args.heads = preset["pretrained"], preset["heads"]
+    args.resolution = args.resolution or preset["resolution"]
     args.precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
     args.workers = args.workers if args.workers is not None else (4 if args.device == "cuda" else 0)
     return args
