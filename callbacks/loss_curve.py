@@ -51,32 +51,46 @@ def plot_loss_curve(
 class LossCurve(Callback):
     """Record ``train/loss`` each step and plot it, with a CSV of the values, at fit end.
 
+    The curve is kept in checkpoints (so it survives resumes); past ``max_points`` it is
+    thinned to every second point, and from then on every second step is recorded, so a
+    50k-step run does not grow its checkpoints.
+
     Args:
         filename: PNG path; relative paths are under ``trainer.default_root_dir``.
-        window: moving-average window in steps.
+        window: moving-average window in points.
+        max_points: points kept at most.
     """
 
-    def __init__(self, filename: str = "loss.png", window: int = 25) -> None:
+    def __init__(
+        self, filename: str = "loss.png", window: int = 25, max_points: int = 4096
+    ) -> None:
         self.filename = filename
         self.window = window
+        self.max_points = max_points
+        self.stride = 1
         self.steps: list[int] = []
         self.losses: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Remember this step's loss."""
         loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None:
-            self.steps.append(trainer.global_step)
-            self.losses.append(float(loss))
+        if loss is None or trainer.global_step % self.stride:
+            return
+        self.steps.append(trainer.global_step)
+        self.losses.append(float(loss))
+        if len(self.steps) > self.max_points:
+            self.steps, self.losses = self.steps[::2], self.losses[::2]
+            self.stride *= 2
 
     def state_dict(self) -> dict:
         """Keep the curve across resumes."""
-        return {"steps": self.steps, "losses": self.losses}
+        return {"steps": self.steps, "losses": self.losses, "stride": self.stride}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore the curve recorded before a resume."""
         self.steps = list(state_dict["steps"])
         self.losses = list(state_dict["losses"])
+        self.stride = int(state_dict.get("stride", 1))
 
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

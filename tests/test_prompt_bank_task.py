@@ -201,3 +201,18 @@ def test_per_collection_train_loss_is_logged_on_logging_steps(shard_dir, tmp_pat
     assert {"train/loss", "train/loss/hokusai", "train/loss/monet"} <= set(header)
     steps = [int(r.split(",")[header.index("step")]) for r in rows[1:]]
     assert steps == [1, 3]  # global steps 2 and 4, logged as 0-based step indices
+
+
+def test_loss_curve_stays_bounded():
+    from types import SimpleNamespace
+
+    from callbacks import LossCurve
+
+    curve = LossCurve(max_points=8)
+    for step in range(1, 101):
+        trainer = SimpleNamespace(
+            callback_metrics={"train/loss": torch.tensor(1.0 / step)}, global_step=step
+        )
+        curve.on_train_batch_end(trainer, None, None, None, step)
+    assert len(curve.steps) <= 8 and curve.steps[-1] >= 90
+    assert curve.steps == sorted(curve.steps) and len(set(curve.steps)) == len(curve.steps)
