@@ -10,13 +10,12 @@ Per collection, two safetensors files:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from artbank_pl.atomic import atomic_write
 from artbank_pl.errors import ArtbankError
 from artbank_pl.modules import ImplicitStylePromptBank
 from artbank_pl.tokenizer import placeholder_token
@@ -31,17 +30,9 @@ class CheckpointError(ArtbankError, RuntimeError):
 def atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
 ) -> None:
-    """Write a safetensors file through a temporary file and a rename, never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; exports are meant to be shared
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a safetensors file atomically (never half-written)."""
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
 def file_stem(collection: str) -> str:

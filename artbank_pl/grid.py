@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from artbank_pl.atomic import atomic_write
 from artbank_pl.errors import DataError
 
 
@@ -58,9 +58,4 @@ def stylization_grid(manifests: list[str | Path], output: str | Path, cell: int 
         row += [Image.open(c[key]) if key in c else None for c in columns.values()]
         rows.append(row)
     grid = tile(rows, ["content", *columns], cell)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, output)
-    return output
+    return atomic_write(output, lambda tmp: grid.save(tmp, format="PNG"))

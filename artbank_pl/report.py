@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 from PIL import Image
+
+from artbank_pl.atomic import atomic_write, atomic_write_text
 
 METRIC_LABELS = {
     "style_sim": "style similarity (CLIP cos, higher is more stylized)",
@@ -16,12 +17,6 @@ METRIC_LABELS = {
     "kid": "KID to exemplars (lower is closer)",
     "fid": "FID to exemplars",
 }
-
-
-def _atomic_save(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def plot_metrics(results: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
@@ -59,7 +54,7 @@ def plot_metrics(results: dict[str, dict[str, dict[str, float]]], path: Path) ->
     ax.set(xlabel="content similarity", ylabel="style similarity", title="trade-off per setting")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    _atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
     return path
 
@@ -89,13 +84,13 @@ def write_report(
         "html": out / "report.html",
     }
     payload = json.dumps({"info": info, "results": results}, indent=2)
-    _atomic_save(paths["metrics"], lambda tmp: tmp.write_text(payload))
+    atomic_write_text(paths["metrics"], payload)
     plot_metrics(results, paths["plot"])
     for style, grid in grids.items():
         path = out / f"grid-{style}.png"
-        _atomic_save(path, lambda tmp, g=grid: g.save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp, g=grid: g.save(tmp, format="PNG"))
         paths[f"grid-{style}"] = path
-    _atomic_save(paths["html"], lambda tmp: tmp.write_text(_html(results, grids, info)))
+    atomic_write_text(paths["html"], _html(results, grids, info))
     return paths
 
 

@@ -23,6 +23,8 @@ from artbank_pl.export import (
 )
 from artbank_pl.modules.inverter import AttentionInverter
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
 
 def _read_embedding_file(path: Path) -> torch.Tensor:
     if path.suffix != ".safetensors":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+
+from artbank_pl.atomic import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,8 @@ def plot_loss_curve(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -101,8 +98,6 @@ class LossCurve(Callback):
         if not path.is_absolute():
             path = Path(trainer.default_root_dir) / path
         plot_loss_curve(self.steps, self.losses, path, self.window)
-        with open(path.with_suffix(".csv"), "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", "loss"])
-            writer.writerows(zip(self.steps, self.losses, strict=True))
+        rows = "".join(f"{s},{v}\n" for s, v in zip(self.steps, self.losses, strict=True))
+        atomic_write_text(path.with_suffix(".csv"), "step,loss\n" + rows)
         log.info("loss curve: %s", path)

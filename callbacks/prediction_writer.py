@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -17,30 +16,11 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from artbank_pl.atomic import TEMP_GLOB, atomic_write_bytes, write_temp
+
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
-
-
-def write_temp(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a hidden temporary file beside ``path``, synced; return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    os.replace(write_temp(path, data), path)
 
 
 class StylizedImageWriter(BasePredictionWriter):
@@ -162,7 +142,8 @@ class StylizedImageWriter(BasePredictionWriter):
         renames = []
         for i, record in enumerate(records):
             path = self.output_dir / record["file"]
-            renames.append((write_temp(path, self._encode(images[i])), path))
+            data = self._encode(images[i])
+            renames.append((write_temp(path, lambda tmp, d=data: tmp.write_bytes(d)), path))
         # manifest lines first, renames second: an interruption leaves either a line whose
         # file is missing (dropped at merge, redone on rerun) or nothing, never an unlisted file
         self._append_lines(rank, records)
@@ -193,10 +174,13 @@ class StylizedImageWriter(BasePredictionWriter):
             return
         path = self.output_dir / "shards" / f"{rank:03d}-{uuid.uuid4().hex[:12]}.tar"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with wds.TarWriter(str(tmp)) as sink:
-            for sample, _ in self._buffer:
-                sink.write(sample)
+
+        def write_tar(tmp: Path) -> None:
+            with wds.TarWriter(str(tmp)) as sink:
+                for sample, _ in self._buffer:
+                    sink.write(sample)
+
+        tmp = write_temp(path, write_tar)
         records = [
             dict(r, file=path.relative_to(self.output_dir).as_posix()) for _, r in self._buffer
         ]
@@ -242,6 +226,6 @@ def merge_manifest(output_dir: Path, manifest: str = MANIFEST) -> Path:
     if manifest == MANIFEST:
         # temporary files of an interrupted run; every rank is done. (Array tasks that share
         # the folder and name their own manifests may still be writing: they are left.)
-        for tmp in output_dir.rglob(".*.tmp"):
+        for tmp in output_dir.rglob(TEMP_GLOB):
             tmp.unlink()
     return path

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
 from artbank_pl.errors import ConfigError, DataError
-from datamodules.shards import read_manifest, resize_shorter_side
+from datamodules.shards import manifest_collections, read_manifest, resize_shorter_side
 from datamodules.stream import ShardStream, decode_image, from_npy
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,9 @@ class ArtworkDataModule(LightningDataModule):
         self.rank, self.world_size = 0, 1
 
     def _collection_names(self, collections: list[str] | None) -> list[str]:
-        names = self.collection_names(self.hparams.manifest, collections)
+        names = list(collections or []) or (
+            manifest_collections(self._manifest) if self._manifest else None
+        )
         if not names:
             raise ConfigError("ArtworkDataModule needs `manifest`, or `collections` with shards")
         return names
@@ -206,8 +208,7 @@ class ArtworkDataModule(LightningDataModule):
             return list(collections)
         if not manifest:
             return None
-        ordered = sorted(read_manifest(manifest)["collections"], key=lambda c: c["index"])
-        return [c["name"] for c in ordered]
+        return manifest_collections(read_manifest(manifest))
 
     @staticmethod
     def check_model_args(model_args: dict, manifest: str | None = None, **_: object) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from artbank_pl.atomic import atomic_write_text
 from artbank_pl.sd import load_parts
 from artbank_pl.vision import clip_preprocess, load_vision_encoder
 from datamodules.artwork import crop_square, to_tensor
@@ -131,10 +131,7 @@ def cache_shards(
         "pretrained": pretrained, "resolution": resolution, "vision_model": vision_model,
         "image_features": image_features if vision_model else None,
     }  # fmt: skip
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(new, indent=2))
-    os.replace(tmp, out / MANIFEST)
-    return out / MANIFEST
+    return atomic_write_text(out / MANIFEST, json.dumps(new, indent=2))
 
 
 def main(argv: list[str]) -> int:

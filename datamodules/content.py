@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from artbank_pl.errors import DataError
+from artbank_pl.styles import IMAGE_SUFFIXES
 from datamodules.artwork import crop_square, expand_urls, to_tensor
-from datamodules.shards import IMAGE_SUFFIXES, read_manifest, resize_shorter_side
+from datamodules.shards import load_rgb, read_manifest, resize_shorter_side
 from datamodules.stream import ShardStream, StreamPart, decode_image
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,8 @@ class FolderStream(IterableDataset):
         part = StreamPart.current(self.rank, self.world_size)
         for path in self.files[part.index :: part.count]:
             try:
-                with Image.open(path) as img:
-                    image = ImageOps.exif_transpose(img).convert("RGB")
-            except OSError as err:
+                image = load_rgb(path, self.resolution, crop=True)
+            except (OSError, ValueError) as err:
                 self.skipped += 1
                 log.warning(
                     "skipping unreadable content image %s: %s (%d skipped)", path, err, self.skipped
@@ -69,7 +69,7 @@ class FolderStream(IterableDataset):
                 continue
             caption_file = path.with_suffix(".txt")
             yield {
-                "pixel_values": to_tensor(prepare(image, self.resolution)),
+                "pixel_values": to_tensor(image),
                 "__key__": folder_key(self.root, path),
                 "caption": caption_file.read_text().strip() if caption_file.is_file() else "",
                 "source": str(path),

@@ -23,11 +23,12 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image, ImageOps
 
+from artbank_pl.atomic import atomic_write_text
 from artbank_pl.errors import DataError
+from artbank_pl.styles import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -262,9 +263,12 @@ def _write_manifest(report: BuildReport, names: list[str], splits: dict, opts: d
         "image": {"size": opts["size"], "crop": opts["crop"], "format": opts["format"]},
         "skipped": report.skipped,
     }
-    tmp = report.manifest.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, report.manifest)
+    atomic_write_text(report.manifest, json.dumps(manifest, indent=2))
+
+
+def manifest_collections(manifest: dict) -> list[str]:
+    """Return the collection names of a manifest, in bank-index order."""
+    return [c["name"] for c in sorted(manifest["collections"], key=lambda c: c["index"])]
 
 
 def read_manifest(path: str | Path) -> dict:

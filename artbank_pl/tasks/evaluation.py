@@ -14,11 +14,10 @@ from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
 from artbank_pl.report import write_report
-from artbank_pl.styles import load_image
+from artbank_pl.styles import IMAGE_SUFFIXES, load_image
 from artbank_pl.vision import load_vision_encoder
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MAX_EXEMPLARS = 32
 
 
@@ -89,13 +88,12 @@ class StyleEvaluation:
         keys, n = batch["__key__"], len(batch["__key__"])
         captions = batch.get("caption") or [""] * n
         contents = ((batch["pixel_values"] + 1) / 2).clamp(0, 1)
+        z0 = task.content_latents(batch["pixel_values"])  # once for every setting and style
         for strength, scale in self.settings:
             label = setting_label(strength, scale)
             for k, style in enumerate(task.style_names):
                 seeds = [task.seed_for(key, style) for key in keys]
-                images = task._render(
-                    style, batch["pixel_values"], captions, seeds, strength, scale
-                )
+                images = task._render(style, z0, captions, seeds, strength, scale)
                 outputs = images.permute(0, 3, 1, 2).float().div(255).to(task.device)
                 self.metrics[label].update(outputs, contents.to(task.device), [k] * n)
                 self._keep(style, label, contents, images, hp.report_images)

@@ -174,25 +174,41 @@ class StylizeTask(FrozenDiffusionTask):
         return sample_seed(f"{key}/{style}", self.hparams.seed)
 
     # ------------------------------------------------------------------ predict
+    def content_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """VAE posterior means of content pixels, encoded once for every style.
+
+        With ``batch_invariant`` each image is encoded on its own, so that its latent does
+        not depend on the batch it came in.
+        """
+        if self.hparams.batch_invariant:
+            return torch.cat([self.encode_latents(p[None], sample=False) for p in pixels])
+        return self.encode_latents(pixels, sample=False)
+
+    def negative_conditioning(self) -> torch.Tensor:
+        """Return the negative prompt's encoding, computed once per device and dtype."""
+        key = (self.device, self.text_encoder.dtype)
+        if getattr(self, "_negative", (None, None))[0] != key:
+            self._negative = (key, self.encode([self.hparams.negative_prompt]))
+        return self._negative[1]
+
     def _render(
         self,
         style: str,
-        pixels: torch.Tensor,
+        z0: torch.Tensor,
         captions: list[str],
         seeds: list[int],
         strength: float | None = None,
         guidance_scale: float | None = None,
     ) -> torch.Tensor:
+        """Stylize content latents ``z0`` in ``style``; ``[B, H, W, 3]`` uint8 on the CPU."""
         hp = self.hparams
-        z0 = self.encode_latents(pixels, sample=False)
         if hp.adain:
             z0 = diffusion.adain(z0, self.style_latent(style))
         cond = self.encode([self.prompt_for(style, c) for c in captions])
-        uncond = self.encode([hp.negative_prompt])
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         z = self.img2img(
-            z0, cond, uncond, generators, strength or hp.strength, hp.steps,
-            guidance_scale or hp.guidance_scale, hp.eta, hp.inversion,
+            z0, cond, self.negative_conditioning(), generators, strength or hp.strength,
+            hp.steps, guidance_scale or hp.guidance_scale, hp.eta, hp.inversion,
         )  # fmt: skip
         images = self.decode_latents(z)
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
@@ -206,18 +222,17 @@ class StylizeTask(FrozenDiffusionTask):
         keys, n = batch["__key__"], len(batch["__key__"])
         captions = batch.get("caption") or [""] * n
         sources = batch.get("source") or [""] * n
+        exists = self.output_exists or (lambda key, style: False)
+        todo = {s: [i for i in range(n) if not exists(keys[i], s)] for s in self.style_names}
         out = {"images": [], "keys": [], "styles": [], "seeds": [], "sources": []}
-        for style in self.style_names:
-            todo = [
-                i
-                for i in range(n)
-                if not (self.output_exists and self.output_exists(keys[i], style))
-            ]
-            groups = [[i] for i in todo] if self.hparams.batch_invariant else [todo] if todo else []
-            for group in groups:
+        if not any(todo.values()):
+            return out  # a finished batch costs no VAE or UNet work
+        z0 = self.content_latents(batch["pixel_values"])
+        for style, indices in todo.items():
+            groups = [[i] for i in indices] if self.hparams.batch_invariant else [indices]
+            for group in filter(None, groups):
                 seeds = [self.seed_for(keys[i], style) for i in group]
-                pixels = batch["pixel_values"][group]
-                images = self._render(style, pixels, [captions[i] for i in group], seeds)
+                images = self._render(style, z0[group], [captions[i] for i in group], seeds)
                 out["images"] += list(images)
                 out["keys"] += [keys[i] for i in group]
                 out["styles"] += [style] * len(group)
