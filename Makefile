@@ -13,14 +13,14 @@ export TOKENIZERS_PARALLELISM ?= false
 venv: $(STAMP)
 
 # torch is pinned in the same pip command so that the CPU wheel on disk is used
-# (an unpinned torch pulls several GB of CUDA packages). open-clip-torch (tokenizer
-# vocabulary) and unraphael (demo paintings) go in with --no-deps: their own
-# requirements pull torchvision and a CUDA torch.
+# (an unpinned torch pulls several GB of CUDA packages). The demo's paintings come from
+# unraphael, installed with --no-deps: its own requirements pull rembg and onnxruntime,
+# none of which the demo uses.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 -e ".[dev]"
-	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0 unraphael==0.2.1
+	$(PY) -m pip install -q --no-deps unraphael==0.2.1
 	touch $@
 
 demo: $(STAMP)

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from artbank_pl.config_files import configs_main, resolve_config_args
 from artbank_pl.errors import ArtbankError, ConfigError
 
 TOOLS_HELP = """data tools (not LightningCLI):
@@ -26,6 +27,7 @@ TOOLS_HELP = """data tools (not LightningCLI):
                                                    cache VAE latents / CLIP features
   artbank export --ckpt FILE --output DIR          write per-collection embedding files
   artbank grid MANIFEST... --output PNG            content | stylized grid
+  artbank configs list | show NAME                 the shipped configs (--config NAME)
   artbank demo-images --output DIR                 gather bundled demo images"""
 
 
@@ -142,6 +144,7 @@ def _grid(argv: Sequence[str]) -> int:
 
 
 TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
+    "configs": configs_main,
     "export": _export,
     "demo-images": _demo_images,
     "grid": _grid,
@@ -164,10 +167,10 @@ def main(args: Sequence[str] | None = None) -> int | None:
         if argv[:2] in (["shards", "build"], ["shards", "cache"]):
             # the shard tools live with the datamodules; core code does not import them
             module = "shards" if argv[1] == "build" else "cache"
-            return import_object(f"datamodules.{module}.main")(argv[2:])
+            return import_object(f"artbank_pl.datamodules.{module}.main")(argv[2:])
         if argv and argv[0] in TOOLS:
             return TOOLS[argv[0]](argv[1:])
-        run_lightning_cli(args)
+        run_lightning_cli(resolve_config_args(argv))
     except Exception as err:
         cause = user_error(err)
         if cause is None:

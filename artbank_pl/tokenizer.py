@@ -1,20 +1,15 @@
 """The CLIP tokenizer, built offline, and the placeholder tokens of style collections.
 
-The 49,408-token CLIP vocabulary is derived from the BPE file that ``open-clip-torch``
-ships (``bpe_simple_vocab_16e6.txt.gz``), following OpenAI's ``simple_tokenizer``. The
-conversion runs once and is cached as a ``vocab.json`` + ``merges.txt`` folder that
-``CLIPTokenizer.from_pretrained`` reads. The package is located without importing it,
-because importing ``open_clip`` needs torchvision.
+The 49,408-token CLIP vocabulary is built from OpenAI's BPE file
+(``bpe_simple_vocab_16e6.txt.gz``, MIT licence, see ``assets/NOTICE``), shipped as package
+data, following OpenAI's ``simple_tokenizer``: byte characters, their end-of-word forms,
+the merges, then the two special tokens. Nothing is downloaded or written to disk.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
-import json
-import os
 import re
-import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -23,7 +18,7 @@ from transformers import CLIPTokenizer
 from artbank_pl.errors import ArtbankError
 
 CLIP_VOCAB_SIZE = 49408
-_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+BPE_FILE = Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 _NUM_MERGES = 49152 - 256 - 2
 
 
@@ -45,67 +40,26 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
 
 
-def _find_bpe_file() -> Path:
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise TokenizerError(
-            "The CLIP vocabulary comes from the open-clip-torch package, which is not installed. "
-            "Install it without its dependencies: pip install --no-deps open-clip-torch"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / _BPE_FILE
-    if not path.is_file():
-        raise TokenizerError(f"open-clip-torch is installed but {path} is missing")
-    return path
-
-
-def _convert_bpe(bpe_path: Path, out_dir: Path) -> None:
-    """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` into ``out_dir``."""
-    lines = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
+def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Read the shipped BPE file into CLIP's token-to-id map and its merge list."""
+    if not BPE_FILE.is_file():
+        raise TokenizerError(f"the package data file {BPE_FILE} is missing; reinstall artbank-pl")
+    with gzip.open(BPE_FILE, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
     byte_chars = _bytes_to_unicode()
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     if len(vocab) != CLIP_VOCAB_SIZE:
-        raise TokenizerError(f"{bpe_path} gave {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE}")
-    (out_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    merges_text = "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
-    (out_dir / "merges.txt").write_text(merges_text, encoding="utf-8")
-    config = {"model_max_length": 77, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
-    config |= {"unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config))
-
-
-def cache_dir() -> Path:
-    """Return the folder where artbank caches derived files (``$ARTBANK_CACHE`` overrides)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "artbank"
-    return Path(os.environ.get("ARTBANK_CACHE", default))
-
-
-def clip_tokenizer_dir() -> Path:
-    """Return a folder holding the CLIP tokenizer files, converting them on first use.
-
-    The conversion writes into a temporary folder that is renamed into place, so that
-    concurrent processes (DDP ranks, SLURM tasks) never read a half-written vocabulary.
-    """
-    target = cache_dir() / "clip-vit-tokenizer"
-    if (target / "merges.txt").is_file():
-        return target
-    bpe_path = _find_bpe_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".clip-tokenizer-", dir=target.parent))
-    _convert_bpe(bpe_path, tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process won the race: its copy is identical
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
-    return target
+        raise TokenizerError(f"{BPE_FILE} gave {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE}")
+    return {token: i for i, token in enumerate(vocab)}, merges
 
 
 @cache
 def _load_clip_tokenizer() -> CLIPTokenizer:
-    return CLIPTokenizer.from_pretrained(clip_tokenizer_dir())
+    vocab, merges = _clip_vocab_and_merges()
+    # transformers 5 ignores vocab_file=...: the vocabulary must be passed as objects
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 def build_clip_tokenizer() -> CLIPTokenizer:

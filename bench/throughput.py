@@ -37,11 +37,11 @@ from lightning.pytorch import Callback, Trainer
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+from artbank_pl.callbacks import StylizedImageWriter
+from artbank_pl.datamodules import ArtworkDataModule, ContentDataModule, build_shards
 from artbank_pl.sd import half_dtype, load_parts
 from artbank_pl.tasks import InverterTask, PromptBankTask, StylizeTask
 from artbank_pl.tokenizer import add_placeholder_tokens
-from callbacks import StylizedImageWriter
-from datamodules import ArtworkDataModule, ContentDataModule, build_shards
 
 PRESETS = {
     "tiny": {"pretrained": "tiny", "resolution": 64, "heads": 4},

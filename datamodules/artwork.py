@@ -15,9 +15,9 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
+from artbank_pl.datamodules.shards import manifest_collections, read_manifest, resize_shorter_side
+from artbank_pl.datamodules.stream import ShardStream, decode_image, from_npy
 from artbank_pl.errors import ConfigError, DataError
-from datamodules.shards import manifest_collections, read_manifest, resize_shorter_side
-from datamodules.stream import ShardStream, decode_image, from_npy
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,16 @@ import numpy as np
 import torch
 
 from artbank_pl.atomic import atomic_write_text
+from artbank_pl.datamodules.artwork import crop_square, to_tensor
+from artbank_pl.datamodules.shards import (
+    MANIFEST,
+    AtomicShardWriter,
+    read_manifest,
+    resize_shorter_side,
+)
+from artbank_pl.datamodules.stream import decode_image, iter_tar_samples
 from artbank_pl.sd import load_parts
 from artbank_pl.vision import clip_preprocess, load_vision_encoder
-from datamodules.artwork import crop_square, to_tensor
-from datamodules.shards import MANIFEST, AtomicShardWriter, read_manifest, resize_shorter_side
-from datamodules.stream import decode_image, iter_tar_samples
 
 
 def to_npy(array: torch.Tensor) -> bytes:

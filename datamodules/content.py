@@ -14,11 +14,11 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from artbank_pl.datamodules.artwork import crop_square, expand_urls, to_tensor
+from artbank_pl.datamodules.shards import load_rgb, read_manifest, resize_shorter_side
+from artbank_pl.datamodules.stream import ShardStream, StreamPart, decode_image
 from artbank_pl.errors import DataError
 from artbank_pl.styles import IMAGE_SUFFIXES
-from datamodules.artwork import crop_square, expand_urls, to_tensor
-from datamodules.shards import load_rgb, read_manifest, resize_shorter_side
-from datamodules.stream import ShardStream, StreamPart, decode_image
 
 log = logging.getLogger(__name__)
 

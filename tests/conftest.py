@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from datamodules.shards import build_shards  # noqa: E402
+from artbank_pl.datamodules.shards import build_shards  # noqa: E402
 
 COLLECTIONS = {"monet": 6, "hokusai": 5}
 

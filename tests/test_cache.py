@@ -3,12 +3,12 @@ import torch
 from PIL import ImageOps
 
 from artbank_pl.cli import main
+from artbank_pl.datamodules import ArtworkDataModule
+from artbank_pl.datamodules.artwork import crop_square, to_tensor
+from artbank_pl.datamodules.cache import cache_shards
+from artbank_pl.datamodules.shards import read_manifest, resize_shorter_side
+from artbank_pl.datamodules.stream import decode_image, from_npy, iter_tar_samples
 from artbank_pl.tasks import InverterTask, PromptBankTask
-from datamodules import ArtworkDataModule
-from datamodules.artwork import crop_square, to_tensor
-from datamodules.cache import cache_shards
-from datamodules.shards import read_manifest, resize_shorter_side
-from datamodules.stream import decode_image, from_npy, iter_tar_samples
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def test_cache_of_another_resolution_or_model_is_refused(cached, capsys):
         main([
             "fit", "--model", "artbank_pl.tasks.PromptBankTask",
             "--model.init_args.bank_heads", "4", "--model.init_args.pretrained", "random-sd15",
-            "--data", "datamodules.ArtworkDataModule", "--data.init_args.manifest", str(cached),
+            "--data", "artbank_pl.datamodules.ArtworkDataModule",
+            "--data.init_args.manifest", str(cached),
             "--data.init_args.resolution", "32", "--trainer.max_steps", "1",
         ])  # fmt: skip
     assert "pretrained='tiny'" in str(info.value.code)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from artbank_pl.cli import main
-from datamodules.shards import build_shards
+from artbank_pl.datamodules.shards import build_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -104,3 +104,35 @@ def test_console_module_runs():
         [sys.executable, "-m", "artbank_pl", "--help"], capture_output=True, text=True, check=True
     )
     assert "fit" in result.stdout
+
+
+def test_a_shipped_config_is_named_without_a_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "quickstart", "--config", "trainer/ddp", "--print_config"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "artbank_pl.datamodules.ArtworkDataModule" in out and "DDPStrategy" in out
+    # a file that exists wins over the shipped config of the same name
+    (tmp_path / "quickstart").write_text("trainer:\n  max_steps: 11\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "quickstart", "--print_config"])
+    assert "max_steps: 11" in capsys.readouterr().out
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "quikstart"])
+    message = str(info.value.code)
+    assert "--config quikstart" in message and "quickstart-inst" in message
+
+
+def test_configs_list_and_show(capsys):
+    assert main(["configs", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == sorted(
+        p.relative_to(ROOT / "configs").with_suffix("").as_posix() for p in CONFIGS
+    )
+    assert main(["configs", "show", "trainer/ddp"]) == 0
+    assert capsys.readouterr().out == (ROOT / "configs/trainer/ddp.yaml").read_text()

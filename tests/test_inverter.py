@@ -5,10 +5,10 @@ from lightning.pytorch import Trainer
 from PIL import Image
 from transformers import CLIPImageProcessor
 
+from artbank_pl.datamodules import ArtworkDataModule
 from artbank_pl.styles import load_inverter
 from artbank_pl.tasks import InverterTask
 from artbank_pl.vision import clip_preprocess
-from datamodules import ArtworkDataModule
 from tests.conftest import make_batch
 
 
@@ -30,8 +30,20 @@ def test_only_the_inverter_trains_at_any_batch_size(features, batch_size):
             assert p.grad is None and not p.requires_grad, name
 
 
+def test_the_inverter_starts_at_its_initializer_for_any_image():
+    task = inverter_task(num_tokens=2).eval()
+    batch = make_batch([0, 0, 1], size=64)
+    batch["pixel_values"][1] = -batch["pixel_values"][1]
+    word = task.text_encoder.get_input_embeddings().weight[
+        task.tokenizer(task.hparams.initializer_token, add_special_tokens=False).input_ids[0]
+    ]
+    vectors = task.style_vectors(batch["pixel_values"])
+    assert (vectors - word).abs().max() == 0
+
+
 def test_each_sample_gets_its_own_inverted_embedding():
     task = inverter_task(num_tokens=2).eval()
+    torch.nn.init.normal_(task.inverter.output.weight, std=0.02)  # as after some training
     batch = make_batch([0, 0], size=64)
     batch["pixel_values"][1] = -batch["pixel_values"][1]
     vectors = task.style_vectors(batch["pixel_values"])

@@ -7,9 +7,9 @@ import torch
 from lightning.pytorch import Trainer
 
 from artbank_pl.cli import main
+from artbank_pl.datamodules import ArtworkDataModule
 from artbank_pl.sd import half_dtype
 from artbank_pl.tasks import PromptBankTask
-from datamodules import ArtworkDataModule
 from tests.conftest import make_batch
 from tests.ddp_helpers import RankRecorder
 
@@ -101,6 +101,7 @@ def test_each_precision_trains_on_cuda(shard_dir, tmp_path, precision):
 
 @pytest.mark.gpu
 def test_deepspeed_stage_2_trains_on_cuda(shard_dir, tmp_path):
+    pytest.importorskip("deepspeed", reason="install the extra: pip install artbank-pl[deepspeed]")
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     strategy = DeepSpeedStrategy(stage=2, exclude_frozen_parameters=True)

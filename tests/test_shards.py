@@ -3,8 +3,8 @@ import tarfile
 
 import pytest
 
+from artbank_pl.datamodules.shards import build_shards, read_manifest
 from artbank_pl.errors import DataError
-from datamodules.shards import build_shards, read_manifest
 from tests.conftest import write_collections
 
 

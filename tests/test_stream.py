@@ -4,8 +4,8 @@ import pytest
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
-from datamodules import ArtworkDataModule
-from datamodules.stream import ShardStream
+from artbank_pl.datamodules import ArtworkDataModule
+from artbank_pl.datamodules.stream import ShardStream
 from tests.conftest import write_collections
 
 
@@ -94,7 +94,7 @@ def test_datamodule_without_manifest_needs_collections(shard_dir):
 
 
 def test_content_folder_is_split_once_over_ranks(tmp_path):
-    from datamodules.content import FolderStream
+    from artbank_pl.datamodules.content import FolderStream
 
     write_collections(tmp_path, {"photos": 5}, size=(20, 30))
     (tmp_path / "photos" / "broken.png").write_bytes(b"no image")

@@ -9,11 +9,11 @@ import torch
 from diffusers import DDIMScheduler
 from lightning.pytorch import Callback, Trainer
 
+from artbank_pl.callbacks import StylizedImageWriter
+from artbank_pl.datamodules import ContentDataModule
 from artbank_pl.export import CheckpointError, write_embeddings
 from artbank_pl.tasks import StylizeTask
 from artbank_pl.tasks.base import sample_seed
-from callbacks import StylizedImageWriter
-from datamodules import ContentDataModule
 from tests.conftest import write_collections
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,10 @@ pooled embedding, so every softmax is over a single key and the module collapses
 linear map. Here ``n`` learned queries :math:`v_0` attend over the CLIP patch tokens
 (``image_features: patch``); ``pooled`` keeps the paper's single-embedding input. Each layer
 is pre-norm cross-attention followed by an MLP, both residual (Vaswani et al. 2017); the
-output is projected to the text encoder's width and added to a learned base embedding
-(started from a word embedding), so training starts at an ordinary word.
+output is projected to the text encoder's width by a zero-initialised projection and added
+to a learned base embedding (started from a word embedding), so the inverter's output for
+any image is exactly that word at the start of training; the projection gets a gradient from
+the first step and the attention layers from the second.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class AttentionInverter(nn.Module):
         self.norm = nn.LayerNorm(hidden_dim)
         self.output = nn.Linear(hidden_dim, embed_dim)
         self.base = nn.Parameter(torch.zeros(num_tokens, embed_dim))
-        nn.init.normal_(self.output.weight, std=0.01)
+        nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
     @property

@@ -18,7 +18,6 @@ class ImplicitStylePromptBank(nn.Module):
         attention: ``ssam``, ``self`` or ``none`` (see :mod:`artbank_pl.modules.ssam`).
         num_heads: row-attention heads.
         dropout: attention dropout in training.
-        layer_scale_init: initial residual scale of the attention.
     """
 
     def __init__(
@@ -29,7 +28,6 @@ class ImplicitStylePromptBank(nn.Module):
         attention: BankAttention = "ssam",
         num_heads: int = 8,
         dropout: float = 0.0,
-        layer_scale_init: float = 0.1,
     ) -> None:
         super().__init__()
         if num_collections < 1 or num_tokens < 1:
@@ -38,7 +36,7 @@ class ImplicitStylePromptBank(nn.Module):
             )
         self.prompts = nn.Parameter(torch.randn(num_collections, num_tokens, dim) * 0.02)
         self.attention = build_bank_attention(
-            attention, dim, num_tokens, num_heads, dropout, layer_scale_init
+            attention, dim, num_tokens, num_heads, dropout
         )
 
     @property
@@ -52,19 +50,13 @@ class ImplicitStylePromptBank(nn.Module):
         return self.prompts.shape[1]
 
     @torch.no_grad()
-    def init_from_embedding(
-        self, embedding: torch.Tensor, noise: float = 0.1, generator: torch.Generator | None = None
-    ) -> None:
-        """Start every token at one word embedding plus a little noise to break symmetry.
+    def init_from_embedding(self, embedding: torch.Tensor) -> None:
+        """Start every token of every collection at one word embedding ``[d]``.
 
-        Args:
-            embedding: a ``[d]`` vector, e.g. the embedding of "painting".
-            noise: noise std relative to the embedding's own std.
-            generator: random generator for the noise.
+        No noise is added (as diffusers' textual inversion does): the tokens sit at
+        different prompt positions, so their gradients differ from the first step.
         """
-        jitter = torch.randn(self.prompts.shape, generator=generator, dtype=self.prompts.dtype)
-        scale = noise * embedding.float().std()
-        self.prompts.copy_(embedding.to(self.prompts.dtype) + scale * jitter)
+        self.prompts.copy_(embedding.to(self.prompts.dtype).expand_as(self.prompts))
 
     def forward(self, collection_idx: torch.Tensor) -> torch.Tensor:
         """Return the token embeddings ``[B, n, d]`` for a batch of collection indices ``[B]``.

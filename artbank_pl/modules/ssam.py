@@ -4,7 +4,9 @@ ArtBank (Zhang et al., AAAI 2024, arXiv 2312.06135) reparameterises each Implici
 Prompt Bank matrix through SSAM "to accelerate training". Its code was never released;
 the maintainer describes it as "AdaAttN + row-wise and column-wise attention". This module
 is our reading of that sentence. For one collection with prompt matrix
-:math:`P \in \mathbb{R}^{n \times d}` (n tokens, d channels) and :math:`X = \mathrm{LN}(P)`:
+:math:`P \in \mathbb{R}^{n \times d}` (n tokens, d channels), all three branches read the
+same unit-scale input :math:`X = \mathrm{LN}(P)`, so their outputs and gradients are of one
+order of magnitude (word embeddings are ~0.014 per channel at d = 768; LN lifts them to 1).
 
 Row (spatial) attention mixes tokens, multi-head (Vaswani et al. 2017, Eq. 1):
 
@@ -18,21 +20,29 @@ n values, :math:`X^\top \in \mathbb{R}^{d \times n}`, with :math:`A_q, A_k, A_v 
           X^\top A_v\Big)^\top
 
 Statistical attention is AdaAttN (Liu et al., ICCV 2021, Eqs. 2-4) applied to the bank
-itself: attention from mean-variance normalised tokens :math:`\bar P` gives a per-token
-weighted mean and standard deviation of :math:`V = P W_s`, which re-style the normalised
-tokens:
+itself: attention between the tokens gives a per-token weighted mean and standard
+deviation of :math:`V = X U_v`, which re-style the normalised tokens :math:`\bar X`:
 
-.. math:: A = \mathrm{softmax}\big(\bar P U_q (\bar P U_k)^\top / \sqrt{d}\big),\quad
+.. math:: A = \mathrm{softmax}\big(\bar X U_q (\bar X U_k)^\top / \sqrt{d}\big),\quad
           M = A V,\quad S = \sqrt{\mathrm{ReLU}(A (V \odot V) - M \odot M) + \epsilon}
 
-.. math:: T = S \odot \bar P + M
+.. math:: T = S \odot \bar X + M
 
-The branches are summed, projected and added back with a learned per-channel scale
-:math:`\gamma` (LayerScale, Touvron et al. 2021, Eq. 3) initialised small, so that training
-starts close to the initial prompt matrix and the vectors stay on the scale of the
-vocabulary that the text encoder was trained on:
+The branches are summed, projected by a zero-initialised :math:`W_o` (as ControlNet's zero
+convolutions and DiT's adaLN-zero) and added back at the prompt's own scale, the per-token
+RMS :math:`\rho(P) = \sqrt{\mathrm{mean}_j P_{ij}^2}` (a constant in the backward pass):
 
-.. math:: \mathrm{SSAM}(P) = P + \gamma \odot (R + C + T) W_o
+.. math:: \mathrm{SSAM}(P) = P + \rho(P) \odot (R + C + T) W_o
+
+So training starts exactly at the initial prompt matrix (the initializer word's embedding),
+:math:`W_o` gets a gradient from the first step, and every branch from the second, once
+:math:`W_o \neq 0`; an update moves the output on the scale of the vocabulary the text
+encoder was trained on, not on LN's unit scale.
+
+With a single token (n = 1) two branches degenerate: the row softmax is over one key, so
+:math:`R = X W_v` (a linear map), and the statistical attention has weight 1 on the token
+itself, so :math:`S = \sqrt{\epsilon}` and :math:`T \approx X U_v`. Only the column branch
+still mixes anything (channels). Use ``num_tokens >= 2`` with ``ssam``.
 
 ``self`` keeps only the row branch (the plain attention the released ArtBank weights used),
 and ``none`` is the identity (a multi-vector textual inversion), so the paper's "faster
@@ -101,27 +111,34 @@ class StatisticalAttention(nn.Module):
         self.key = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, prompts: torch.Tensor) -> torch.Tensor:
-        """Map ``[B, n, d]`` to ``T = S * norm(P) + M``, also ``[B, n, d]``."""
-        normed = _normalise_tokens(prompts)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map layer-normed tokens ``[B, n, d]`` to ``T = S * norm(X) + M``, also ``[B, n, d]``."""
+        normed = _normalise_tokens(x)
         scores = self.query(normed) @ self.key(normed).transpose(1, 2)
-        weights = torch.softmax(scores / prompts.shape[-1] ** 0.5, dim=-1)
-        values = self.value(prompts)
+        weights = torch.softmax(scores / x.shape[-1] ** 0.5, dim=-1)
+        values = self.value(x)
         mean = weights @ values
         var = weights @ (values * values) - mean * mean
         std = torch.sqrt(F.relu(var) + _STD_EPS)
         return std * normed + mean
 
 
+def token_rms(prompts: torch.Tensor) -> torch.Tensor:
+    """Per-token RMS over channels, ``[B, n, 1]``, without gradient (a scale, not a path)."""
+    return prompts.detach().float().pow(2).mean(dim=-1, keepdim=True).sqrt().to(prompts.dtype)
+
+
 class SpatialStatisticalSelfAttention(nn.Module):
     """SSAM: row, column and statistical attention over a batch of prompt matrices.
 
+    Starts as the identity (zero-initialised output projection); see the module docstring.
+
     Args:
         dim: embedding size d of the text encoder.
-        num_tokens: tokens n per prompt matrix.
+        num_tokens: tokens n per prompt matrix (with n = 1 the row and statistical
+            branches degenerate to linear maps).
         num_heads: heads of the row attention; must divide ``dim``.
         dropout: attention dropout in training.
-        layer_scale_init: initial value of the residual scale gamma.
         branches: ``ssam`` for all three branches, ``self`` for row attention only.
     """
 
@@ -131,7 +148,6 @@ class SpatialStatisticalSelfAttention(nn.Module):
         num_tokens: int,
         num_heads: int = 8,
         dropout: float = 0.0,
-        layer_scale_init: float = 0.1,
         branches: Literal["ssam", "self"] = "ssam",
     ) -> None:
         super().__init__()
@@ -141,17 +157,23 @@ class SpatialStatisticalSelfAttention(nn.Module):
         self.columns = ColumnAttention(num_tokens, dropout) if full else None
         self.statistics = StatisticalAttention(dim) if full else None
         self.proj = nn.Linear(dim, dim)
-        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def branches(self, prompts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return each branch's output ``R``, ``C``, ``T`` on ``X = LN(P)``, ``[B, n, d]``."""
+        x = self.norm(prompts)
+        out = {"rows": self.rows(x)}
+        if self.columns is not None:
+            out["columns"] = self.columns(x)
+        if self.statistics is not None:
+            out["statistics"] = self.statistics(x)
+        return out
 
     def forward(self, prompts: torch.Tensor) -> torch.Tensor:
         """Reparameterise prompt matrices ``[B, n, d]`` into token embeddings ``[B, n, d]``."""
-        x = self.norm(prompts)
-        mixed = self.rows(x)
-        if self.columns is not None:
-            mixed = mixed + self.columns(x)
-        if self.statistics is not None:
-            mixed = mixed + self.statistics(prompts)
-        return prompts + self.gamma * self.proj(mixed)
+        mixed = sum(self.branches(prompts).values())
+        return prompts + token_rms(prompts) * self.proj(mixed)
 
 
 def build_bank_attention(
@@ -160,7 +182,6 @@ def build_bank_attention(
     num_tokens: int,
     num_heads: int = 8,
     dropout: float = 0.0,
-    layer_scale_init: float = 0.1,
 ) -> nn.Module:
     """Build the module that reparameterises the prompt bank.
 
@@ -170,7 +191,6 @@ def build_bank_attention(
         num_tokens: tokens per collection.
         num_heads: row-attention heads.
         dropout: attention dropout.
-        layer_scale_init: initial residual scale.
 
     Raises:
         ValueError: ``kind`` is not one of the three.
@@ -179,6 +199,4 @@ def build_bank_attention(
         return nn.Identity()
     if kind not in ("ssam", "self"):
         raise ValueError(f"bank_attention must be ssam, self or none, got {kind!r}")
-    return SpatialStatisticalSelfAttention(
-        dim, num_tokens, num_heads, dropout, layer_scale_init, branches=kind
-    )
+    return SpatialStatisticalSelfAttention(dim, num_tokens, num_heads, dropout, branches=kind)

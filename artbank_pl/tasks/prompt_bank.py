@@ -30,10 +30,11 @@ class PromptBankTask(StyleTask):
         collections: collection names in bank order; linked from the datamodule's manifest.
         num_tokens: token vectors per collection.
         bank_attention: ``ssam`` (ArtBank), ``self`` (plain self-attention, as in the
-            released ArtBank weights) or ``none`` (multi-vector textual inversion).
+            released ArtBank weights) or ``none`` (multi-vector textual inversion). Every
+            mode starts exactly at the initializer's embedding. With ``num_tokens: 1`` the
+            row and statistical branches of ``ssam`` degenerate to linear maps.
         bank_heads: heads of the bank's row attention.
         bank_dropout: attention dropout in the bank.
-        layer_scale_init: initial residual scale of the bank attention.
         initializer_token: a one-token word whose embedding starts every prompt vector;
             ``None`` starts from small random vectors.
         templates: prompt templates with one ``{}`` for the placeholder.
@@ -62,7 +63,6 @@ class PromptBankTask(StyleTask):
         bank_attention: BankAttention = "ssam",
         bank_heads: int = 8,
         bank_dropout: float = 0.0,
-        layer_scale_init: float = 0.1,
         initializer_token: str | None = "painting",
         templates: list[str] | None = None,
         use_captions: bool = True,
@@ -92,13 +92,12 @@ class PromptBankTask(StyleTask):
         self.first_placeholder_id = token_ids[0][0]
         dim = self.text_encoder.get_input_embeddings().embedding_dim
         self.bank = ImplicitStylePromptBank(
-            len(self.collections), num_tokens, dim, bank_attention, bank_heads, bank_dropout,
-            layer_scale_init,
-        )  # fmt: skip
+            len(self.collections), num_tokens, dim, bank_attention, bank_heads, bank_dropout
+        )
         if initializer_token:
             init_id = single_token_id(self.tokenizer, initializer_token)
             init = self.text_encoder.get_input_embeddings().weight[init_id]
-            self.bank.init_from_embedding(init, generator=torch.Generator().manual_seed(val_seed))
+            self.bank.init_from_embedding(init)
 
     def placeholder_text(self, collection: int) -> str:
         """Return the collection's placeholder expanded to its tokens: ``<x> <x>_1 ...``."""

@@ -1,0 +1,98 @@
+"""The configs shipped with the package, and ``--config NAME`` resolution.
+
+The repository's ``configs/`` folder installs as ``artbank_pl/configs`` (see
+``pyproject.toml``), so ``artbank fit --config quickstart`` works wherever the wheel is
+installed. In a checkout (editable install) the folder is found beside the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from artbank_pl.errors import ConfigError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def shipped_configs_dir() -> Path:
+    """Return the folder of the shipped YAML configs (installed wheel or checkout)."""
+    for candidate in (_PACKAGE_DIR / "configs", _PACKAGE_DIR.parent / "configs"):
+        if (candidate / "quickstart.yaml").is_file():
+            return candidate
+    raise ConfigError(f"no shipped configs found under {_PACKAGE_DIR}; reinstall artbank-pl")
+
+
+def shipped_config_names() -> list[str]:
+    """Return the names of the shipped configs, e.g. ``quickstart``, ``trainer/ddp``."""
+    root = shipped_configs_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def shipped_config_path(name: str) -> Path:
+    """Return the file of a shipped config by name (``quickstart`` or ``quickstart.yaml``).
+
+    Raises:
+        ConfigError: no shipped config has that name; the message lists the names.
+    """
+    stem = name.removesuffix(".yaml").removeprefix("configs/")
+    path = shipped_configs_dir() / f"{stem}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"--config {name}: no such file, and no shipped config of that name "
+            f"(shipped: {', '.join(shipped_config_names())})"
+        )
+    return path
+
+
+def describe(path: Path) -> str:
+    """Return the first comment line of a config file, without the ``#``."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    """Replace ``--config NAME`` by the shipped file when ``NAME`` is not an existing path.
+
+    A path that exists always wins, so a user's own ``quickstart.yaml`` in the working
+    directory is read rather than the shipped one.
+    """
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = _resolve_one(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + _resolve_one(arg.split("=", 1)[1])
+    return out
+
+
+def _resolve_one(value: str) -> str:
+    if Path(value).is_file() or ":" in value or "\n" in value:
+        return value  # a file, or an inline YAML/JSON config that jsonargparse parses itself
+    return str(shipped_config_path(value))
+
+
+def configs_main(argv: list[str]) -> int:
+    """``artbank configs list`` and ``artbank configs show NAME``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="artbank configs",
+        description="List or print the configs shipped with artbank-pl "
+        "(use them as --config NAME, or copy one: artbank configs show NAME > my.yaml).",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="one line per shipped config")
+    show = sub.add_parser("show", help="print a shipped config")
+    show.add_argument("name", help="e.g. quickstart or trainer/ddp")
+    opts = parser.parse_args(argv)
+    if opts.action == "list":
+        root = shipped_configs_dir()
+        for name in shipped_config_names():
+            print(f"{name:24s} {describe(root / f'{name}.yaml')}")
+    else:
+        print(shipped_config_path(opts.name).read_text(encoding="utf-8"), end="")
+    return 0
