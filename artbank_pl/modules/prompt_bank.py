@@ -35,9 +35,7 @@ class ImplicitStylePromptBank(nn.Module):
                 f"need at least one collection and one token, got {num_collections}, {num_tokens}"
             )
         self.prompts = nn.Parameter(torch.randn(num_collections, num_tokens, dim) * 0.02)
-        self.attention = build_bank_attention(
-            attention, dim, num_tokens, num_heads, dropout
-        )
+        self.attention = build_bank_attention(attention, dim, num_tokens, num_heads, dropout)
 
     @property
     def num_collections(self) -> int:
