@@ -49,12 +49,14 @@ def min_snr_weights(abar: torch.Tensor, gamma: float, prediction_type: str) -> t
 
     With ``snr = abar / (1 - abar)``, the weight on an epsilon loss is
     ``min(snr, gamma) / snr``, on a v loss ``min(snr, gamma) / (snr + 1)``, and on an x0 loss
-    ``min(snr, gamma)``.
+    ``min(snr, gamma)``. A zero-SNR timestep (``rescale_betas_zero_snr``) gets weight 1 on
+    an epsilon loss, its limit, instead of 0 / 0.
     """
     snr = abar / (1 - abar)
     clipped = snr.clamp(max=gamma)
     if prediction_type == "epsilon":
-        return clipped / snr
+        # at a zero-SNR timestep (abar = 0) the limit of min(snr, gamma) / snr is 1
+        return torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(snr.dtype).tiny), 1.0)
     if prediction_type == "v_prediction":
         return clipped / (snr + 1)
     return clipped
@@ -71,77 +73,23 @@ def offset_noise(
 
 
 # ---------------------------------------------------------------------------- sampling
-def ddim_timesteps(num_train_timesteps: int, steps: int, offset: int = 1) -> list[int]:
-    """Return the descending DDIM timesteps, spaced as SD's schedulers do ("leading").
-
-    For 1000 training steps, 50 steps and offset 1: ``[981, 961, ..., 21, 1]``.
-    """
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
-    ratio = num_train_timesteps // steps
-    return [i * ratio + offset for i in reversed(range(steps))]
-
-
-def start_index(steps: int, strength: float) -> int:
-    """Index in the DDIM timesteps where img2img starts (diffusers' convention).
-
-    ``int(steps * strength)`` steps are run, so strength 1 starts at the noisiest step.
-    """
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    return steps - max(1, min(steps, int(steps * strength)))
-
-
-def predict_eps_x0(
+def eps_from_output(
     model_output: torch.Tensor, sample: torch.Tensor, abar: float, prediction_type: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a UNet output into (eps, x0) at a sample with cumulative alpha ``abar``.
+) -> torch.Tensor:
+    """Turn a UNet output at a sample with cumulative alpha ``abar`` into its noise estimate.
 
-    epsilon: ``x0 = (z - sqrt(1 - abar) eps) / sqrt(abar)`` (DDIM Eq. 9); v: ``eps =
-    sqrt(abar) v + sqrt(1 - abar) z`` and ``x0 = sqrt(abar) z - sqrt(1 - abar) v``.
-    ``abar`` is a Python float, so the arithmetic does not depend on the device.
+    epsilon: the output itself; v (Salimans & Ho 2022, Sec. 4): ``eps = sqrt(abar) v +
+    sqrt(1 - abar) z``; sample: ``eps = (z - sqrt(abar) x0) / sqrt(1 - abar)``. No division
+    by ``sqrt(abar)``, so a zero-SNR timestep (``abar = 0``) gives no NaN.
     """
     a, b = abar**0.5, (1 - abar) ** 0.5
     if prediction_type == "epsilon":
-        return model_output, (sample - b * model_output) / a
+        return model_output
     if prediction_type == "v_prediction":
-        return a * model_output + b * sample, a * sample - b * model_output
+        return a * model_output + b * sample
     if prediction_type == "sample":
-        return (sample - a * model_output) / b, model_output
+        return (sample - a * model_output) / b
     raise ValueError(f"unsupported prediction_type {prediction_type!r} in the scheduler config")
-
-
-def ddim_step(
-    eps: torch.Tensor,
-    x0: torch.Tensor,
-    abar_t: float,
-    abar_prev: float,
-    eta: float = 0.0,
-    noise: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One DDIM update from t to the previous timestep (Song et al. 2021, Eq. 12).
-
-    ``z_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma noise`` with
-    ``sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)``
-    (Eq. 16); ``eta = 0`` is deterministic.
-    """
-    sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) ** 0.5
-    out = abar_prev**0.5 * x0 + max(0.0, 1 - abar_prev - sigma**2) ** 0.5 * eps
-    if sigma > 0:
-        if noise is None:
-            raise ValueError("eta > 0 needs noise")
-        out = out + sigma * noise
-    return out
-
-
-def noise_to(z0: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
-    """``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps`` with a scalar ``abar_t`` (DDPM Eq. 4).
-
-    InST's stochastic inversion (Zhang et al. 2023, Sec. 3.3) calls it with ``eps`` the
-    conditional UNet's prediction of the noise that was added to ``z0``, in place of the
-    random noise of plain img2img.
-    """
-    return abar_t**0.5 * z0 + (1 - abar_t) ** 0.5 * eps
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

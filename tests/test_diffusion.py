@@ -47,3 +47,21 @@ def test_warmup_cosine_schedule():
     assert warmup_schedule_factor(35, 10, 110, "cosine") == pytest.approx(
         0.5 * (1 + math.cos(math.pi * 0.25))
     )
+
+
+def test_min_snr_weights_at_zero_snr_are_finite():
+    abar = torch.tensor([0.0, 0.5])
+    torch.testing.assert_close(
+        diffusion.min_snr_weights(abar, 5.0, "epsilon"), torch.tensor([1.0, 1.0])
+    )
+    assert torch.isfinite(diffusion.min_snr_weights(abar, 5.0, "v_prediction")).all()
+
+
+def test_eps_from_output_inverts_each_prediction_type(scheduler):
+    z0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for abar in (0.0, 0.3, 0.9):
+        a = torch.tensor([abar, abar])
+        z = diffusion.add_noise(z0, eps, a)
+        for kind in ("epsilon", "v_prediction", "sample"):
+            target = diffusion.training_target(kind, z0, eps, a)
+            torch.testing.assert_close(diffusion.eps_from_output(target, z, abar, kind), eps)

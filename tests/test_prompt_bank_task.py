@@ -220,3 +220,20 @@ def test_loss_curve_stays_bounded():
         curve.on_train_batch_end(trainer, None, None, None, step)
     assert len(curve.steps) <= 8 and curve.steps[-1] >= 90
     assert curve.steps == sorted(curve.steps) and len(set(curve.steps)) == len(curve.steps)
+
+
+def test_a_zero_snr_v_prediction_model_trains_without_nan(monkeypatch):
+    from diffusers import DDPMScheduler
+
+    task = PromptBankTask(collections=["a", "b"], num_tokens=2, bank_heads=4, min_snr_gamma=5.0)
+    config = {k: v for k, v in task.noise_scheduler.config.items() if k != "_use_default_values"}
+    task.noise_scheduler = DDPMScheduler.from_config(
+        config | {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}
+    )
+    last = task.noise_scheduler.config.num_train_timesteps - 1
+    assert task.noise_scheduler.alphas_cumprod[last] == 0
+    # every sample at the zero-SNR timestep
+    monkeypatch.setattr(torch, "randint", lambda low, high, size, **kw: torch.full(size, last))
+    loss = task._batch_losses(make_batch([0, 1]), deterministic=False).mean()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(task.bank.prompts.grad).all()

@@ -1,31 +1,93 @@
-"""Sampling on the frozen UNet: guidance, DDIM inversion and img2img with stochastic inversion."""
+"""Sampling on the frozen UNet with diffusers' schedulers: img2img with stochastic inversion.
+
+The denoising loop is the one of diffusers' ``StableDiffusionImg2ImgPipeline`` (same
+timesteps for every ``timestep_spacing``, same ``add_noise``, ``scale_model_input`` and
+``step``), built from the model's own scheduler config, so ``rescale_betas_zero_snr``,
+``clip_sample``, ``thresholding`` and v-prediction behave as in diffusers. What it adds:
+per-sample generators (an output does not depend on its batch) and InST's stochastic
+inversion as the first step.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from diffusers import (
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
 
+Sampler = Literal["ddim", "dpmsolver++", "euler", "unipc"]
+SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
+    "ddim": (DDIMScheduler, {}),
+    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
+INVERSIONS = ("stochastic", "noise", "ddim")
+
+
+def make_sampler(config: dict, name: str) -> SchedulerMixin:
+    """Build a fresh sampler of kind ``name`` from a model's scheduler config.
+
+    Raises:
+        ConfigError: unknown sampler name.
+    """
+    if name not in SAMPLERS:
+        raise ConfigError(f"scheduler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    cls, overrides = SAMPLERS[name]
+    return cls.from_config(config, **overrides)
+
+
+def img2img_timesteps(
+    sampler: SchedulerMixin, steps: int, strength: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Set the sampler's schedule and return the timesteps img2img runs, as diffusers does.
+
+    ``min(int(steps * strength), steps)`` steps of the full ``steps``-step schedule are run
+    (``StableDiffusionImg2ImgPipeline.get_timesteps``).
+
+    Raises:
+        ConfigError: ``steps * strength`` rounds down to no step at all.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"strength must be in (0, 1], got {strength}")
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise ConfigError(f"steps={steps} x strength={strength} leaves no denoising step")
+    sampler.set_timesteps(steps, device=device)
+    begin = (steps - run) * sampler.order
+    if hasattr(sampler, "set_begin_index"):
+        sampler.set_begin_index(begin)
+    return sampler.timesteps[begin:]
+
+
+def _abar_at(sampler: SchedulerMixin, timestep: torch.Tensor) -> float:
+    """``abar_t`` at the sampler's current start (from its sigma where it has one)."""
+    sigmas = getattr(sampler, "sigmas", None)
+    begin = getattr(sampler, "begin_index", None)
+    if sigmas is not None and begin is not None:
+        # sigma = sqrt((1 - abar) / abar) in every sigma-based diffusers scheduler
+        return float(1.0 / (1.0 + sigmas[begin].double() ** 2))
+    return float(sampler.alphas_cumprod[int(timestep)])
+
 
 class SamplingMixin:
-    """DDIM sampling for a task that has ``unet``, ``noise_scheduler`` and ``prediction_type``."""
-
-    def _abar(self, timestep: int | None) -> float:
-        """``abar_t``; ``None`` is the step after the last one (the scheduler's final alpha)."""
-        table = self.noise_scheduler.alphas_cumprod
-        if timestep is not None:
-            return float(table[timestep])
-        return (
-            1.0 if self.noise_scheduler.config.get("set_alpha_to_one", False) else float(table[0])
-        )
+    """Sampling for a task that has ``unet``, ``noise_scheduler`` and ``prediction_type``."""
 
     def model_output(
         self,
         latents: torch.Tensor,
-        timestep: int,
+        timestep: torch.Tensor,
         cond: torch.Tensor,
         uncond: torch.Tensor | None = None,
         guidance_scale: float = 1.0,
@@ -33,11 +95,12 @@ class SamplingMixin:
         """UNet output at one timestep, with classifier-free guidance when ``uncond`` is given.
 
         Guidance (Ho & Salimans 2022, Eq. 6): ``out_u + s (out_c - out_u)``, with the
-        unconditional and conditional halves run as one batch.
+        unconditional and conditional halves run as one batch (diffusers guides only when
+        ``s > 1``; so do we).
         """
         dtype = self.unet.dtype
-        t = torch.full((latents.shape[0],), timestep, device=latents.device)
-        if uncond is None or guidance_scale == 1.0:
+        t = timestep.to(latents.device).expand(latents.shape[0])
+        if uncond is None or guidance_scale <= 1.0:
             return self.unet(latents.to(dtype), t, cond.to(dtype)).sample.float()
         both = torch.cat([latents, latents]).to(dtype)
         context = torch.cat([uncond.expand_as(cond), cond]).to(dtype)
@@ -45,21 +108,47 @@ class SamplingMixin:
         return out_u + guidance_scale * (out_c - out_u)
 
     def ddim_invert(
-        self, z0: torch.Tensor, timesteps: list[int], cond: torch.Tensor
-    ) -> torch.Tensor:
-        """Deterministic DDIM inversion of ``z0`` up to ``timesteps[-1]`` (ascending list).
+        self, z0: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, steps: int
+    ):
+        """Deterministic DDIM inversion of ``z0`` up to ``timesteps[0]`` (a descending list).
 
-        Runs DDIM Eq. 12 with ``eta = 0`` backwards, using the conditional noise prediction
-        at each next timestep (Song et al. 2021, Sec. 4.3; Mokady et al. 2023, Eq. 3).
+        diffusers' ``DDIMInverseScheduler`` (Song et al. 2021, Sec. 4.3; Mokady et al. 2023,
+        Eq. 3): the conditional prediction at each next timestep drives DDIM backwards.
         """
-        z, abar_cur = z0, self._abar(None)
-        for t in timesteps:
-            eps, _ = diffusion.predict_eps_x0(
-                self.model_output(z, t, cond), z, self._abar(t), self.prediction_type
-            )
-            x0 = (z - (1 - abar_cur) ** 0.5 * eps) / abar_cur**0.5
-            abar_cur = self._abar(t)
-            z = diffusion.noise_to(x0, eps, abar_cur)
+        config = dict(self.noise_scheduler.config)
+        if config.get("timestep_spacing") not in ("leading", "trailing"):
+            config["timestep_spacing"] = "leading"  # the inverse scheduler's only other spacing
+        inverse = DDIMInverseScheduler.from_config(config)
+        inverse.set_timesteps(steps, device=z0.device)
+        z = z0
+        for t in timesteps.flip(0):
+            z = inverse.step(self.model_output(z, t, cond), t, z).prev_sample
+        return z
+
+    def _start_latents(
+        self,
+        sampler: SchedulerMixin,
+        z0: torch.Tensor,
+        start: torch.Tensor,
+        cond: torch.Tensor,
+        noise: torch.Tensor,
+        inversion: str,
+    ) -> torch.Tensor:
+        """Noise ``z0`` to ``start``; ``stochastic`` swaps the noise for the UNet's estimate.
+
+        InST's stochastic inversion (Zhang et al. 2023, Sec. 3.3): ``z_t = sqrt(abar_t) z0 +
+        sqrt(1 - abar_t) eps``, the conditional UNet predicts ``eps_hat`` from ``z_t`` (no
+        guidance), and ``sqrt(abar_t) z0 + sqrt(1 - abar_t) eps_hat`` starts the loop at the
+        same ``t`` (the official code started one sub-step lower).
+        """
+        t = start.expand(z0.shape[0])
+        z = sampler.add_noise(z0, noise, t)
+        if inversion == "stochastic":
+            model_in = sampler.scale_model_input(z, start)  # the variance-preserving z_t
+            out = self.model_output(model_in, start, cond)
+            abar = _abar_at(sampler, start)
+            eps_hat = diffusion.eps_from_output(out, model_in, abar, self.prediction_type)
+            z = sampler.add_noise(z0, eps_hat, t)
         return z
 
     @torch.no_grad()
@@ -74,49 +163,41 @@ class SamplingMixin:
         guidance_scale: float = 10.0,
         eta: float = 0.0,
         inversion: str = "stochastic",
+        scheduler: Sampler = "ddim",
     ) -> torch.Tensor:
-        """Re-render latents ``z0`` under ``cond`` with DDIM, starting part-way (img2img).
+        """Re-render latents ``z0`` under ``cond``, starting part-way down the schedule.
 
-        With ``T = timesteps[start]`` the first DDIM step for ``strength``:
+        With ``T`` the first of the img2img timesteps for ``strength``:
 
-        - ``noise``: ``z_T = sqrt(abar_T) z0 + sqrt(1 - abar_T) eps`` (plain img2img);
-        - ``stochastic`` (InST): noise ``z0`` to ``T`` with fresh noise, let the conditional
-          UNet predict that noise (no guidance), and use the prediction in its place;
-        - ``ddim``: deterministic DDIM inversion of ``z0`` up to ``T``.
+        - ``noise``: ``z_T`` = the sampler's ``add_noise(z0, eps, T)`` (plain img2img);
+        - ``stochastic`` (InST): as ``noise``, then the conditional UNet's estimate of the
+          noise replaces ``eps`` (see :meth:`_start_latents`);
+        - ``ddim``: deterministic DDIM inversion of ``z0`` up to ``T`` (``ddim`` sampler only).
 
-        Then DDIM runs from ``T`` itself (not one step below, as the official InST code
-        did) down to 0, with guidance. Every random draw comes from the per-sample
-        ``generators`` (CPU), so results do not depend on batch composition.
+        Then ``scheduler`` runs from ``T`` down with guidance. Every random draw comes from
+        the per-sample CPU ``generators``, so results do not depend on batch composition.
 
         Returns:
             The final latents, float32.
         """
-        config = self.noise_scheduler.config
-        schedule = diffusion.ddim_timesteps(
-            config.num_train_timesteps, steps, config.get("steps_offset", 0)
-        )
-        timesteps = schedule[diffusion.start_index(steps, strength) :]
+        if inversion not in INVERSIONS:
+            raise ConfigError(f"inversion must be stochastic, noise or ddim, got {inversion!r}")
+        if inversion == "ddim" and scheduler != "ddim":
+            raise ConfigError("inversion=ddim needs scheduler=ddim (DDIM inversion is DDIM's)")
+        sampler = make_sampler(self.noise_scheduler.config, scheduler)
+        timesteps = img2img_timesteps(sampler, steps, strength, z0.device)
         shape = z0.shape[1:]
 
         def draw() -> torch.Tensor:
-            noise = [torch.randn(shape, generator=g) for g in generators]
-            return torch.stack(noise).to(z0.device)
+            return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(z0)
 
-        start = timesteps[0]
-        abar_start = self._abar(start)
         if inversion == "ddim":
-            z = self.ddim_invert(z0, timesteps[::-1], cond)
-        elif inversion in ("noise", "stochastic"):
-            z = diffusion.noise_to(z0, draw(), abar_start)
-            if inversion == "stochastic":
-                out = self.model_output(z, start, cond)
-                eps_hat, _ = diffusion.predict_eps_x0(out, z, abar_start, self.prediction_type)
-                z = diffusion.noise_to(z0, eps_hat, abar_start)
+            z = self.ddim_invert(z0, timesteps, cond, steps)
         else:
-            raise ConfigError(f"inversion must be stochastic, noise or ddim, got {inversion!r}")
-        for i, t in enumerate(timesteps):
-            abar_prev = self._abar(timesteps[i + 1] if i + 1 < len(timesteps) else None)
-            out = self.model_output(z, t, cond, uncond, guidance_scale)
-            eps, x0 = diffusion.predict_eps_x0(out, z, self._abar(t), self.prediction_type)
-            z = diffusion.ddim_step(eps, x0, self._abar(t), abar_prev, eta, draw() if eta else None)
-        return z
+            z = self._start_latents(sampler, z0, timesteps[0], cond, draw(), inversion)
+        step_kwargs = {"eta": eta, "generator": list(generators)} if scheduler == "ddim" else {}
+        for t in timesteps:
+            model_in = sampler.scale_model_input(z, t)
+            out = self.model_output(model_in, t, cond, uncond, guidance_scale)
+            z = sampler.step(out, t, z, **step_kwargs).prev_sample
+        return z.float()

@@ -14,6 +14,7 @@ from artbank_pl.sd import freeze
 from artbank_pl.styles import check_width, load_bank_styles, load_image, load_inverter
 from artbank_pl.tasks.base import FrozenDiffusionTask, sample_seed
 from artbank_pl.tasks.evaluation import StyleEvaluation
+from artbank_pl.tasks.sampling import SAMPLERS, Sampler
 from artbank_pl.tokenizer import add_placeholder_tokens, expand_placeholder, placeholder_token
 from artbank_pl.vision import clip_preprocess, load_vision_encoder
 
@@ -37,11 +38,15 @@ class StylizeTask(FrozenDiffusionTask):
         vision_model: CLIP vision model for the inverter (default: the one it was trained with).
         prompt: prompt with ``*`` for the style, e.g. ``a photo of {caption} in the style of *``.
         negative_prompt: prompt of the unconditional branch of guidance.
-        inversion: ``stochastic`` (InST), ``noise`` (plain img2img) or ``ddim`` (DDIM inversion).
-        strength: fraction of the DDIM schedule re-run (0-1]; higher is more stylized.
-        steps: DDIM steps of the full schedule.
-        guidance_scale: classifier-free guidance scale (1 turns it off).
-        eta: DDIM eta (0 is deterministic).
+        inversion: ``stochastic`` (InST), ``noise`` (plain img2img) or ``ddim`` (DDIM
+            inversion; needs ``scheduler: ddim``).
+        scheduler: the sampler, a diffusers scheduler built from the model's scheduler
+            config: ``ddim``, ``dpmsolver++`` (multistep; 15-20 steps suffice), ``euler``
+            or ``unipc``.
+        strength: fraction of the schedule re-run (0-1]; higher is more stylized.
+        steps: sampler steps of the full schedule (``int(steps * strength)`` are run).
+        guidance_scale: classifier-free guidance scale (1 or less turns it off).
+        eta: DDIM eta (0 is deterministic; ``ddim`` only).
         adain: match the content latent's channel statistics to the style image's first.
         adain_reference: image whose latent statistics AdaIN uses with bank styles.
         seed: global seed; each output's seed derives from it, the content key and the style.
@@ -76,6 +81,7 @@ class StylizeTask(FrozenDiffusionTask):
         prompt: str = STYLE_MARK,
         negative_prompt: str = "",
         inversion: Inversion = "stochastic",
+        scheduler: Sampler = "ddim",
         strength: float = 0.7,
         steps: int = 50,
         guidance_scale: float = 10.0,
@@ -100,6 +106,9 @@ class StylizeTask(FrozenDiffusionTask):
         _check_options(
             bank, inverter, style_images, prompt, strength, steps, adain, adain_reference
         )
+        for swept_strength in sweep_strengths or [strength]:
+            for swept_scale in sweep_guidance_scales or [guidance_scale]:
+                _check_sampling(inversion, scheduler, swept_strength, steps, swept_scale)
         super().__init__(
             pretrained, revision, variant, vae_fp32, compile_unet=compile_unet,
             channels_last=channels_last,
@@ -206,9 +215,11 @@ class StylizeTask(FrozenDiffusionTask):
             z0 = diffusion.adain(z0, self.style_latent(style))
         cond = self.encode([self.prompt_for(style, c) for c in captions])
         generators = [torch.Generator().manual_seed(s) for s in seeds]
+        strength = hp.strength if strength is None else strength
+        guidance_scale = hp.guidance_scale if guidance_scale is None else guidance_scale
         z = self.img2img(
-            z0, cond, self.negative_conditioning(), generators, strength or hp.strength,
-            hp.steps, guidance_scale or hp.guidance_scale, hp.eta, hp.inversion,
+            z0, cond, self.negative_conditioning(), generators, strength, hp.steps,
+            guidance_scale, hp.eta, hp.inversion, hp.scheduler,
         )  # fmt: skip
         images = self.decode_latents(z)
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
@@ -275,3 +286,14 @@ def _check_options(bank, inverter, style_images, prompt, strength, steps, adain,
         raise ConfigError(f"steps must be at least 1, got {steps}")
     if adain and bank and not reference:
         raise ConfigError("adain with a bank needs model.adain_reference (an image)")
+
+
+def _check_sampling(inversion, scheduler, strength, steps, guidance_scale) -> None:
+    if scheduler not in SAMPLERS:
+        raise ConfigError(f"scheduler must be one of {', '.join(SAMPLERS)}, got {scheduler!r}")
+    if inversion == "ddim" and scheduler != "ddim":
+        raise ConfigError("inversion: ddim needs scheduler: ddim (DDIM inversion is DDIM's)")
+    if int(steps * strength) < 1:
+        raise ConfigError(f"steps={steps} x strength={strength} leaves no denoising step")
+    if guidance_scale < 0:
+        raise ConfigError(f"guidance_scale must be >= 0, got {guidance_scale}")
