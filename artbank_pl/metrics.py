@@ -38,11 +38,21 @@ class PerCollectionMean(Metric):
         self.count.index_add_(0, collection_idx, torch.ones_like(values))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Return ``{"mean": [K] (nan where no sample), "count": [K], "overall": scalar}``."""
+        """Return ``{"mean": [K] (nan where no sample), "count": [K], "overall": scalar}``.
+
+        Use :meth:`per_collection` to read it: torchmetrics squeezes one-element results,
+        so with K = 1 the ``[K]`` tensors come back 0-dim from ``compute()``.
+        """
         mean = self.total / self.count.clamp(min=1)
         mean = torch.where(self.count > 0, mean, torch.nan)
         overall = self.total.sum() / self.count.sum().clamp(min=1)
         return {"mean": mean.float(), "count": self.count, "overall": overall.float()}
+
+    def per_collection(self) -> dict[str, torch.Tensor]:
+        """``compute()`` (synced across ranks) with ``mean`` and ``count`` shaped ``[K]``."""
+        result = self.compute()
+        k = self.total.shape[0]
+        return result | {"mean": result["mean"].reshape(k), "count": result["count"].reshape(k)}
 
 
 class CLIPImageEncoder(nn.Module):
@@ -92,6 +102,11 @@ class LabeledFeatures(Metric):
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return all features ``[N, d]`` and labels ``[N]``."""
         return dim_zero_cat(self.features), dim_zero_cat(self.labels)
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``compute()`` with labels shaped ``[N]`` (torchmetrics squeezes N = 1 to 0-dim)."""
+        features, labels = self.compute()
+        return features.reshape(-1, features.shape[-1]), labels.reshape(-1)
 
 
 class _Identity(nn.Module):
@@ -185,11 +200,11 @@ class StyleTransferMetrics(nn.Module):
     def compute(self) -> dict[str, dict[str, float]]:
         """Return ``{metric: {collection: value}}`` for the collections that have outputs."""
         result: dict[str, dict[str, float]] = {}
-        counts = self.style_sim.compute()["count"]
+        counts = self.style_sim.per_collection()["count"]
         for name in ("style_sim", "content_sim", "ssim"):
-            means = getattr(self, name).compute()["mean"]
+            means = getattr(self, name).per_collection()["mean"]
             result[name] = {c: float(means[k]) for k, c in enumerate(self.collections) if counts[k]}
-        features, labels = self.outputs.compute()
+        features, labels = self.outputs.gathered()
         for k, c in enumerate(self.collections):
             fake, real = features[labels == k], self.exemplars.get(k)
             if real is None or min(len(fake), len(real)) < 2:

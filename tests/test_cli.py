@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 import sys
@@ -136,3 +137,26 @@ def test_configs_list_and_show(capsys):
     )
     assert main(["configs", "show", "trainer/ddp"]) == 0
     assert capsys.readouterr().out == (ROOT / "configs/trainer/ddp.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_one_collection_fits_with_validation_and_tests_with_one_style(tmp_path, monkeypatch):
+    """One bank per painter (ArtBank's released setup) is K = 1 everywhere."""
+    from conftest import write_collections
+
+    images = write_collections(tmp_path / "outputs/demo/images", {"monet": 5})
+    build_shards(images, tmp_path / "outputs/demo/shards", size=64, maxcount=2,
+                 val_per_collection=1)  # fmt: skip
+    shutil.copytree(images / "monet", images / "photographs")
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "quickstart", "--trainer.max_steps", "2", *QUICK])
+    out = tmp_path / "outputs/demo"
+    metrics = (next((out / "logs").glob("version_*")) / "metrics.csv").read_text()
+    assert "val/loss/monet" in metrics and "val/style_sim/monet" in metrics
+    main(["test", "--config", "evaluate-quickstart", "--model.init_args.steps", "4",
+          "--data.init_args.resolution", "32"])  # fmt: skip
+    report = json.loads((out / "report/metrics.json").read_text())
+    assert set(report["results"][next(iter(report["results"]))]["style_sim"]) == {"monet"}
+    main(["predict", "--config", "stylize-quickstart", "--model.init_args.steps", "4",
+          "--data.init_args.resolution", "32"])  # fmt: skip
+    assert len(list((out / "stylized/monet").glob("*.png"))) == 5

@@ -137,7 +137,7 @@ class StyleTask(FrozenDiffusionTask):
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/loss`` and ``val/loss/<collection>``, reduced across ranks."""
-        result = self.val_loss.compute()
+        result = self.val_loss.per_collection()
         self.val_loss.reset()
         self.log("val/loss", result["overall"], prog_bar=True, sync_dist=False)
         for k, name in enumerate(self.collections):
