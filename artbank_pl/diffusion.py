@@ -63,12 +63,20 @@ def min_snr_weights(abar: torch.Tensor, gamma: float, prediction_type: str) -> t
 
 
 def offset_noise(
-    shape: torch.Size, offset: float, generator: torch.Generator | None = None
+    shape: torch.Size,
+    offset: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Draw Gaussian noise plus ``offset`` times per-channel constants (Guttenberg 2023)."""
-    noise = torch.randn(shape, generator=generator)
+    """Draw Gaussian noise plus ``offset`` times per-channel constants (Guttenberg 2023).
+
+    ``device`` defaults to the generator's (so a CUDA generator draws on the GPU).
+    """
+    device = device if device is not None else (generator.device if generator else None)
+    noise = torch.randn(shape, generator=generator, device=device)
     if offset:
-        noise = noise + offset * torch.randn(shape[0], shape[1], 1, 1, generator=generator)
+        per_channel = torch.randn(shape[0], shape[1], 1, 1, generator=generator, device=device)
+        noise = noise + offset * per_channel
     return noise
 
 

@@ -199,7 +199,7 @@ def test_per_collection_train_loss_is_logged_on_logging_steps(shard_dir, tmp_pat
 
     task = PromptBankTask(collections=["hokusai", "monet"], num_tokens=2, bank_heads=4)
     fit = trainer(tmp_path, 4, logger=CSVLogger(tmp_path), log_every_n_steps=2)
-    fit.fit(task, datamodule(shard_dir))
+    fit.fit(task, datamodule(shard_dir, batch_size=6))  # both collections in each batch
     rows = (Path(fit.logger.log_dir) / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert {"train/loss", "train/loss/hokusai", "train/loss/monet"} <= set(header)
@@ -233,7 +233,60 @@ def test_a_zero_snr_v_prediction_model_trains_without_nan(monkeypatch):
     last = task.noise_scheduler.config.num_train_timesteps - 1
     assert task.noise_scheduler.alphas_cumprod[last] == 0
     # every sample at the zero-SNR timestep
-    monkeypatch.setattr(torch, "randint", lambda low, high, size, **kw: torch.full(size, last))
+    randint = torch.randint
+
+    def timesteps_at_last(*args, **kwargs):  # (low, high, size) is the timestep draw
+        return torch.full(args[2], last) if len(args) == 3 else randint(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randint", timesteps_at_last)
     loss = task._batch_losses(make_batch([0, 1]), deterministic=False).mean()
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(task.bank.prompts.grad).all()
+
+
+class RecordingTask(PromptBankTask):
+    """Records the timesteps and noise each training batch draws."""
+
+    def _noise_and_timesteps(self, latents, keys, generator=None):
+        noise, t = super()._noise_and_timesteps(latents, keys, generator)
+        if keys is None:
+            self.draws.append((t.tolist(), noise.sum().item()))
+        return noise, t
+
+
+def recorded_fit(shard_dir, tmp_path, max_steps, ckpt_path=None):
+    task = RecordingTask(collections=["hokusai", "monet"], num_tokens=2, bank_heads=4,
+                         lr_schedule="constant")  # fmt: skip
+    task.draws = []
+    data = ArtworkDataModule(manifest=str(shard_dir / "manifest.json"), resolution=32,
+                             batch_size=2, num_workers=0, samples_per_epoch=8)  # fmt: skip
+    trainer = Trainer(accelerator="cpu", max_steps=max_steps, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(task, data, ckpt_path=ckpt_path)
+    return task, trainer
+
+
+def test_training_draws_depend_on_seed_rank_and_batch_not_on_history(shard_dir, tmp_path):
+    from artbank_pl.tasks.base import training_draw_seed
+
+    assert len({training_draw_seed(0, r, i) for r in range(4) for i in range(50)}) == 200
+    whole, _ = recorded_fit(shard_dir, tmp_path / "whole", 4)
+    first, trainer = recorded_fit(shard_dir, tmp_path / "part", 2)
+    ckpt = tmp_path / "part.ckpt"
+    trainer.save_checkpoint(ckpt)
+    torch.manual_seed(1234)  # a resumed process starts from another global RNG state
+    resumed, _ = recorded_fit(shard_dir, tmp_path / "part", 4, ckpt_path=str(ckpt))
+    assert first.draws == whole.draws[:2]
+    assert resumed.draws == whole.draws[2:]
+    assert whole.draws[0] != whole.draws[1]
+
+
+def test_per_key_seeds_change_what_a_cpu_generator_draws():
+    from artbank_pl.tasks.base import sample_seed
+
+    def first_draw(key):
+        gen = torch.Generator().manual_seed(sample_seed(key, 0))
+        return torch.randint(0, 2**62, (1,), generator=gen).item()
+
+    assert len({first_draw(f"sample-{i}") for i in range(200)}) == 200

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import zlib
+import hashlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -22,8 +23,22 @@ VectorLookup = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sample_seed(key: str, seed: int) -> int:
-    """Return a 63-bit seed derived from a sample key and a global seed."""
-    return (zlib.crc32(key.encode("utf-8")) << 31 ^ seed) & ((1 << 63) - 1)
+    """Return a 63-bit seed derived from a sample key and a global seed.
+
+    A hash of both, so that every bit varies: torch's CPU generator keeps only the low 32
+    bits of a seed, so a key placed in the high bits would not change the draws at all.
+    """
+    digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def training_draw_seed(seed: int, rank: int, draw_index: int) -> int:
+    """Seed of the random draws of one training batch: from (seed, global rank, batch index).
+
+    Ranks draw differently, and a resumed run draws what the uninterrupted run would have
+    drawn at the same batch, because nothing depends on the global RNG's history.
+    """
+    return sample_seed(f"train/rank{rank}/batch{draw_index}", seed)
 
 
 @contextmanager
@@ -219,17 +234,26 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         return latents.float() * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def batch_latents(self, batch: dict, sample: bool = True) -> torch.Tensor:
+    def batch_latents(
+        self, batch: dict, sample: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Latents of a batch: from cached VAE moments when the batch has them, else encoded.
 
         Cached ``moments`` are the posterior's mean and log-variance, so sampling them is
         the same draw as encoding the pixels (``artbank shards cache``).
+
+        Args:
+            batch: a training batch (``pixel_values`` or ``moments``).
+            sample: draw from the posterior (training); else take its mean.
+            generator: generator of the posterior draw (on this module's device).
         """
-        if "moments" not in batch:
-            return self.encode_latents(batch["pixel_values"], sample)
-        posterior = DiagonalGaussianDistribution(batch["moments"].to(self.device).float())
-        latents = posterior.sample() if sample else posterior.mode()
-        return latents * self.vae.config.scaling_factor
+        if "moments" in batch:
+            posterior = DiagonalGaussianDistribution(batch["moments"].to(self.device).float())
+        else:
+            pixels = batch["pixel_values"].to(device=self.device, dtype=self.vae.dtype)
+            posterior = self.vae.encode(pixels).latent_dist
+        latents = posterior.sample(generator) if sample else posterior.mode()
+        return latents.float() * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -238,15 +262,33 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         return ((self.vae.decode(scaled).sample.float() + 1) / 2).clamp(0, 1)
 
     # ------------------------------------------------------------------ loss
+    def training_generators(self) -> tuple[torch.Generator, torch.Generator]:
+        """Fresh (device, CPU) generators for this training batch's random draws.
+
+        Seeded from ``seed_everything``'s seed (``PL_GLOBAL_SEED``, else ``val_seed``), the
+        global rank and the count of training batches so far, which Lightning restores on
+        resume: see :func:`training_draw_seed`.
+        """
+        seed = int(os.environ.get("PL_GLOBAL_SEED", self.hparams.val_seed))
+        trainer = self._trainer
+        index = trainer.fit_loop.epoch_loop.batch_progress.total.ready if trainer else 0
+        value = training_draw_seed(seed, self.global_rank, index)
+        device_gen = torch.Generator(device=self.device).manual_seed(value)
+        return device_gen, torch.Generator().manual_seed(value)
+
     def _noise_and_timesteps(
-        self, latents: torch.Tensor, keys: Sequence[str] | None
+        self,
+        latents: torch.Tensor,
+        keys: Sequence[str] | None,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw noise and timesteps: random in training, fixed per sample key otherwise."""
+        """Draw noise and timesteps: from ``generator`` in training, fixed per key otherwise."""
         num_steps = self.noise_scheduler.config.num_train_timesteps
         offset = self.hparams.noise_offset
         if keys is None:
-            t = torch.randint(0, num_steps, (latents.shape[0],), device=self.device)
-            noise = diffusion.offset_noise(latents.shape, offset).to(self.device)
+            n, device = latents.shape[0], self.device
+            t = torch.randint(0, num_steps, (n,), device=device, generator=generator)
+            noise = diffusion.offset_noise(latents.shape, offset, generator, device)
             return noise, t
         noises, steps = [], []
         for key in keys:
@@ -260,6 +302,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         latents: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         keys: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Per-sample denoising loss against the scheduler's prediction type.
 
@@ -268,11 +311,12 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             encoder_hidden_states: text conditioning ``[B, L, d]``.
             keys: sample keys; when given, noise and timesteps are fixed per key
                 (deterministic validation), otherwise drawn at random.
+            generator: generator of the random draws (on this module's device).
 
         Returns:
             ``[B]`` losses, min-SNR weighted when ``min_snr_gamma`` is set.
         """
-        noise, timesteps = self._noise_and_timesteps(latents, keys)
+        noise, timesteps = self._noise_and_timesteps(latents, keys, generator)
         abar = diffusion.alphas_cumprod(self.noise_scheduler, timesteps)
         noisy = diffusion.add_noise(latents, noise, abar)
         dtype = self.unet.dtype

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import zlib
 
 import torch
@@ -93,24 +92,33 @@ class StyleTask(FrozenDiffusionTask):
             text = f"{text}, {caption}"
         return text
 
-    def build_prompts(self, batch: dict, deterministic: bool = False) -> list[str]:
-        """Prompts for a batch: random templates in training, fixed per sample key otherwise."""
-        captions = batch.get("caption") or [None] * len(batch["collection_idx"])
-        prompts = []
-        for i, collection in enumerate(batch["collection_idx"].tolist()):
-            if deterministic:
-                index = zlib.crc32(batch["__key__"][i].encode()) % len(self.templates)
-            else:
-                index = random.randrange(len(self.templates))
-            prompts.append(self.prompt_for(collection, self.templates[index], captions[i]))
-        return prompts
+    def build_prompts(
+        self, batch: dict, deterministic: bool = False, generator: torch.Generator | None = None
+    ) -> list[str]:
+        """Prompts for a batch: templates drawn from ``generator`` (CPU) in training, fixed
+        per sample key otherwise.
+        """
+        collections = batch["collection_idx"].tolist()
+        captions = batch.get("caption") or [None] * len(collections)
+        if deterministic:
+            picks = [zlib.crc32(key.encode()) % len(self.templates) for key in batch["__key__"]]
+        else:
+            picks = torch.randint(len(self.templates), (len(collections),), generator=generator)
+            picks = picks.tolist()
+        return [
+            self.prompt_for(collection, self.templates[pick], caption)
+            for collection, pick, caption in zip(collections, picks, captions, strict=True)
+        ]
 
     def _batch_losses(self, batch: dict, deterministic: bool) -> torch.Tensor:
-        # validation takes the posterior mean, so that its loss depends on nothing random
-        latents = self.batch_latents(batch, sample=not deterministic)
-        cond = self.conditioning(batch, self.build_prompts(batch, deterministic))
-        keys = batch["__key__"] if deterministic else None
-        return self.diffusion_loss(latents, cond, keys)
+        if deterministic:  # validation: the posterior mean and fixed noise per sample key
+            latents = self.batch_latents(batch, sample=False)
+            cond = self.conditioning(batch, self.build_prompts(batch, deterministic=True))
+            return self.diffusion_loss(latents, cond, batch["__key__"])
+        device_gen, cpu_gen = self.training_generators()
+        latents = self.batch_latents(batch, sample=True, generator=device_gen)
+        cond = self.conditioning(batch, self.build_prompts(batch, generator=cpu_gen))
+        return self.diffusion_loss(latents, cond, generator=device_gen)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """One denoising step; logs ``train/loss`` and ``train/loss/<collection>``."""
