@@ -95,9 +95,7 @@ class StyleTask(FrozenDiffusionTask):
     def build_prompts(
         self, batch: dict, deterministic: bool = False, generator: torch.Generator | None = None
     ) -> list[str]:
-        """Prompts for a batch: templates drawn from ``generator`` (CPU) in training, fixed
-        per sample key otherwise.
-        """
+        """Prompts for a batch: templates drawn from a CPU ``generator``, or fixed per key."""
         collections = batch["collection_idx"].tolist()
         captions = batch.get("caption") or [None] * len(collections)
         if deterministic:
