@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from artbank_pl.sd import RANDOM_PRESETS, PretrainedLoadError, freeze, preset_config
@@ -44,21 +45,52 @@ def load_vision_encoder(name: str) -> CLIPVisionModelWithProjection:
     return freeze(model)
 
 
-def clip_preprocess(pixels: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Turn ``[-1, 1]`` pixels ``[B, 3, H, W]`` into CLIP's input.
+def clip_resize_size(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """``(h, w)`` after CLIP's shorter-side resize: the long side is truncated, not rounded."""
+    if height <= width:
+        return image_size, int(image_size * width / height)
+    return int(image_size * height / width), image_size
 
-    Rescale to ``[0, 1]``, resize the shorter side to ``image_size`` (bicubic, antialiased),
-    centre-crop a square and normalise with CLIP's mean and std, as ``CLIPImageProcessor``
-    does. (The official InST code cast ``[-1, 1]`` floats straight to uint8, which feeds
-    CLIP an almost black image.)
+
+def clip_resize_crop(pixels: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Resize ``[-1, 1]`` pixels ``[B, 3, H, W]`` as ``CLIPImageProcessor`` does; ``[0, 1]``.
+
+    The shorter side becomes ``image_size`` and the longer ``int(image_size * long /
+    short)`` (transformers truncates, it does not round), bicubic with antialiasing, then a
+    centred ``image_size`` square is cropped.
     """
     x = (pixels.float().clamp(-1, 1) + 1) / 2
     h, w = x.shape[-2:]
-    scale = image_size / min(h, w)
-    size = (max(image_size, round(h * scale)), max(image_size, round(w * scale)))
-    x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    size = clip_resize_size(h, w, image_size)
+    if size != (h, w):
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
     top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-    x = x[..., top : top + image_size, left : left + image_size].clamp(0, 1)
+    return x[..., top : top + image_size, left : left + image_size].clamp(0, 1)
+
+
+def clip_preprocess(pixels: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Turn ``[-1, 1]`` pixels ``[B, 3, H, W]`` into CLIP's input.
+
+    :func:`clip_resize_crop`, then normalise with CLIP's mean and std, as
+    ``CLIPImageProcessor`` does. (The official InST code cast ``[-1, 1]`` floats straight
+    to uint8, which feeds CLIP an almost black image.)
+    """
+    x = clip_resize_crop(pixels, image_size)
     mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+@torch.no_grad()
+def image_features(vision: nn.Module, pixels: torch.Tensor, kind: str) -> torch.Tensor:
+    """InST's input features ``[B, S, c]`` of ``[-1, 1]`` pixels from a frozen CLIP.
+
+    ``patch``: the post-layernorm patch tokens; ``pooled``: the L2-normalised projected
+    image embedding (``S = 1``), as the official InST code feeds its inverter.
+    """
+    device, dtype = next(vision.parameters()).device, next(vision.parameters()).dtype
+    inputs = clip_preprocess(pixels.to(device), vision.config.image_size).to(dtype)
+    out = vision(pixel_values=inputs)
+    if kind == "pooled":
+        return F.normalize(out.image_embeds.float(), dim=-1).unsqueeze(1)
+    return vision.vision_model.post_layernorm(out.last_hidden_state).float()

@@ -91,3 +91,38 @@ def test_checkpoint_round_trip_rebuilds_the_inverter(shard_dir, tmp_path):
     assert hparams["vision_model"] == "tiny"
     features = torch.randn(2, 65, 32)
     torch.testing.assert_close(inverter(features), task.inverter.eval()(features))
+
+
+@pytest.mark.parametrize(("height", "width"), [(60, 80), (50, 97), (97, 50), (33, 33), (224, 300)])
+def test_clip_resize_size_matches_transformers(height, width):
+    from transformers.image_transforms import get_resize_output_image_size
+
+    from artbank_pl.vision import clip_resize_size
+
+    expected = get_resize_output_image_size(
+        np.zeros((height, width, 3)), size=32, default_to_square=False
+    )
+    assert clip_resize_size(height, width, 32) == tuple(expected)
+
+
+def test_exemplars_outputs_and_contents_share_one_preprocessing(tmp_path):
+    from artbank_pl.metrics import CLIPImageEncoder
+    from artbank_pl.styles import load_image
+    from artbank_pl.tasks.evaluation import exemplar_images
+    from artbank_pl.vision import load_vision_encoder
+
+    yy, xx = np.mgrid[0:50, 0:97] / 9.0
+    pixels = np.stack([np.sin(xx + c) * np.cos(yy) for c in range(3)], -1)
+    Image.fromarray(((pixels + 1) * 127.5).astype(np.uint8)).save(tmp_path / "wide.png")
+    encoder = CLIPImageEncoder(load_vision_encoder("tiny"))
+    size = encoder.vision.config.image_size
+    as_exemplar = encoder(exemplar_images([tmp_path / "wide.png"], size))
+    as_output = encoder((load_image(tmp_path / "wide.png") + 1) / 2)  # outputs go in whole
+    torch.testing.assert_close(as_exemplar, as_output, rtol=1e-5, atol=1e-5)
+
+
+def test_pooled_features_are_unit_norm_image_embeddings():
+    task = inverter_task(image_features="pooled")
+    features = task.image_features(make_batch([0, 1], size=64)["pixel_values"])
+    assert features.shape[1] == 1
+    torch.testing.assert_close(features.norm(dim=-1), torch.ones(2, 1))

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from artbank_pl.errors import ConfigError, DataError
@@ -15,7 +14,7 @@ from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
 from artbank_pl.report import write_report
 from artbank_pl.styles import IMAGE_SUFFIXES, load_image
-from artbank_pl.vision import load_vision_encoder
+from artbank_pl.vision import clip_resize_crop, load_vision_encoder
 
 log = logging.getLogger(__name__)
 MAX_EXEMPLARS = 32
@@ -27,9 +26,12 @@ def setting_label(strength: float, guidance_scale: float) -> str:
 
 
 def exemplar_images(paths: list[Path], size: int) -> torch.Tensor:
-    """Load images as one ``[N, 3, size, size]`` batch in ``[0, 1]``."""
-    batch = [F.interpolate(load_image(p), size=(size, size), mode="bilinear") for p in paths]
-    return ((torch.cat(batch) + 1) / 2).clamp(0, 1)
+    """Load images as one ``[N, 3, size, size]`` batch in ``[0, 1]``.
+
+    Each goes through CLIP's own resize and centre crop, as outputs and contents do in the
+    metrics' encoder (which then leaves a ``size`` square as it is).
+    """
+    return torch.cat([clip_resize_crop(load_image(p), size) for p in paths])
 
 
 class StyleEvaluation:

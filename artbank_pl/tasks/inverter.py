@@ -14,7 +14,7 @@ from artbank_pl.tokenizer import (
     expand_placeholder,
     single_token_id,
 )
-from artbank_pl.vision import clip_preprocess, load_vision_encoder
+from artbank_pl.vision import image_features, load_vision_encoder
 
 ImageFeatures = Literal["patch", "pooled"]
 
@@ -112,13 +112,7 @@ class InverterTask(StyleTask):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frozen CLIP features ``[B, S, c]`` of ``[-1, 1]`` pixels (patch tokens or pooled)."""
-        pixels = clip_preprocess(pixel_values.to(self.device), self.vision.config.image_size)
-        with torch.no_grad():
-            out = self.vision(pixel_values=pixels.to(self.vision.dtype))
-        if self.hparams.image_features == "pooled":
-            return out.image_embeds.float().unsqueeze(1)
-        hidden = self.vision.vision_model.post_layernorm(out.last_hidden_state)
-        return hidden.float()
+        return image_features(self.vision, pixel_values, self.hparams.image_features)
 
     def style_vectors(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``[B, n, d]`` for style images given as ``[-1, 1]`` pixels."""

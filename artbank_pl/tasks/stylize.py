@@ -16,7 +16,7 @@ from artbank_pl.tasks.base import FrozenDiffusionTask, sample_seed
 from artbank_pl.tasks.evaluation import StyleEvaluation
 from artbank_pl.tasks.sampling import SAMPLERS, Sampler
 from artbank_pl.tokenizer import add_placeholder_tokens, expand_placeholder, placeholder_token
-from artbank_pl.vision import clip_preprocess, load_vision_encoder
+from artbank_pl.vision import image_features, load_vision_encoder
 
 Inversion = Literal["stochastic", "noise", "ddim"]
 STYLE_MARK = "*"
@@ -133,14 +133,10 @@ class StylizeTask(FrozenDiffusionTask):
         self.inverter_vision_model = vision_model or hparams.get("vision_model", "tiny")
         vision = freeze(load_vision_encoder(self.inverter_vision_model))
         styles = {}
+        kind = hparams.get("image_features", "patch")
         for path in images:
-            pixels = clip_preprocess(load_image(path), vision.config.image_size)
             with torch.no_grad():
-                out = vision(pixel_values=pixels)
-                if hparams.get("image_features", "patch") == "pooled":
-                    features = out.image_embeds.unsqueeze(1)
-                else:
-                    features = vision.vision_model.post_layernorm(out.last_hidden_state)
+                features = image_features(vision, load_image(path), kind)
                 styles[_style_name(path)] = inverter(features)[0]
         return styles
 
