@@ -114,9 +114,19 @@ def _looks_like_path(pretrained: str) -> bool:
     return pretrained.startswith((".", "/", "~")) or pretrained.count("/") > 1
 
 
-def _load_tokenizer(pretrained: str, revision: str | None) -> CLIPTokenizer:
+def _load_tokenizer(
+    pretrained: str, revision: str | None, text_encoder: CLIPTextModel
+) -> CLIPTokenizer:
+    """The folder's tokenizer, or the offline CLIP one padded as the text encoder was trained.
+
+    OpenAI's CLIP text encoders (``quick_gelu``; SD 1.x) were trained with ``<|endoftext|>``
+    padding; OpenCLIP's (``gelu``; SD 2.x) with id 0 (``!``), as SD 2.x tokenizers say.
+    """
     if _is_local(pretrained) and not (Path(pretrained).expanduser() / "tokenizer").is_dir():
-        return build_clip_tokenizer()
+        tokenizer = build_clip_tokenizer()
+        if text_encoder.config.hidden_act == "gelu":
+            tokenizer.pad_token = "!"
+        return tokenizer
     return CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)
 
 
@@ -126,15 +136,16 @@ def _load_pretrained_parts(
     if _is_local(pretrained):
         pretrained = str(Path(pretrained).expanduser())
     kwargs = {"revision": revision}
+    text_encoder = CLIPTextModel.from_pretrained(
+        pretrained, subfolder="text_encoder", variant=variant, **kwargs
+    )
     return StableDiffusionParts(
         unet=UNet2DConditionModel.from_pretrained(
             pretrained, subfolder="unet", variant=variant, **kwargs
         ),
         vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, **kwargs),
-        text_encoder=CLIPTextModel.from_pretrained(
-            pretrained, subfolder="text_encoder", variant=variant, **kwargs
-        ),
-        tokenizer=_load_tokenizer(pretrained, revision),
+        text_encoder=text_encoder,
+        tokenizer=_load_tokenizer(pretrained, revision, text_encoder),
         noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kwargs),
     )
 

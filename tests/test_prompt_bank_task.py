@@ -290,3 +290,28 @@ def test_per_key_seeds_change_what_a_cpu_generator_draws():
         return torch.randint(0, 2**62, (1,), generator=gen).item()
 
     assert len({first_draw(f"sample-{i}") for i in range(200)}) == 200
+
+
+def test_tokenize_pads_and_truncates_as_the_tokenizer_does(tiny_task):
+    prompts = ["a cat", "word " * 100]
+    expected = tiny_task.tokenizer(
+        prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    assert torch.equal(tiny_task.tokenize(prompts), expected)
+
+
+def test_a_placeholder_cut_off_by_truncation_is_an_error(tiny_task):
+    placeholder = tiny_task.placeholder_text(0)
+    ok = "word " * 60 + placeholder
+    assert tiny_task.encode_prompts([ok]).shape == (1, 77, 32)
+    with pytest.raises(ConfigError, match=r"prompt 'word word .* past CLIP's 77-token limit"):
+        tiny_task.encode_prompts(["word " * 80 + placeholder])
+
+
+def test_clip_skip_conditions_on_the_final_normed_penultimate_layer():
+    task = PromptBankTask(collections=["a"], num_tokens=2, bank_heads=4, clip_skip=1)
+    ids = task.tokenize(["a painting"])
+    hidden = task.text_encoder(ids, output_hidden_states=True).hidden_states
+    expected = task.text_encoder.final_layer_norm(hidden[-2])
+    torch.testing.assert_close(task.encode_prompts(["a painting"]), expected)
+    assert not torch.allclose(expected, task.text_encoder(ids).last_hidden_state)

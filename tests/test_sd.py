@@ -60,3 +60,21 @@ def test_missing_local_folder_is_named():
 )
 def test_half_dtype(precision, dtype):
     assert half_dtype(precision) == dtype
+
+
+@pytest.mark.parametrize(("hidden_act", "pad_id"), [("quick_gelu", 49407), ("gelu", 0)])
+def test_a_folder_without_tokenizer_pads_as_its_text_encoder_was_trained(
+    tmp_path, hidden_act, pad_id
+):
+    from transformers import CLIPTextModel
+
+    parts = build_tiny_parts()
+    parts.unet.save_pretrained(tmp_path / "unet")
+    parts.vae.save_pretrained(tmp_path / "vae")
+    config = parts.text_encoder.config
+    config.hidden_act = hidden_act
+    CLIPTextModel(config).save_pretrained(tmp_path / "text_encoder")  # SD 2.x: OpenCLIP, gelu
+    parts.noise_scheduler.save_pretrained(tmp_path / "scheduler")
+    tokenizer = load_parts(str(tmp_path)).tokenizer
+    ids = tokenizer("a cat", padding="max_length", max_length=8).input_ids
+    assert ids[:4] == [49406, 320, 2368, 49407] and ids[4:] == [pad_id] * 4

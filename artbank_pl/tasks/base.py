@@ -82,6 +82,9 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             compiles for minutes; shapes stay fixed, so it does not recompile).
         channels_last: run the UNet and VAE in channels-last memory format (faster convs
             on recent GPUs).
+        clip_skip: condition on the output of the text encoder's ``clip_skip``-th layer from
+            the end (1: the penultimate, for models trained that way), final-normed as
+            diffusers does; 0 is the last layer.
     """
 
     frozen_names: tuple[str, ...] = ("unet", "vae", "text_encoder")
@@ -103,9 +106,12 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         val_seed: int = 0,
         compile_unet: bool = False,
         channels_last: bool = False,
+        clip_skip: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if clip_skip < 0:
+            raise ConfigError(f"clip_skip must be >= 0, got {clip_skip}")
         parts = load_parts(pretrained, revision, variant)
         self.unet = parts.unet
         self.vae = parts.vae
@@ -182,16 +188,35 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         return result
 
     # ------------------------------------------------------------------ conditioning
-    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Tokenize prompts to ``[B, 77]`` ids, padded and truncated, on this device."""
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return ids.to(self.device)
+    def tokenize(
+        self, prompts: Sequence[str], first_placeholder_id: int | None = None
+    ) -> torch.Tensor:
+        """Tokenize prompts to ``[B, 77]`` ids, padded and truncated, on this device.
+
+        Raises:
+            ConfigError: truncation would cut a placeholder (style) token off a prompt.
+        """
+        length = self.tokenizer.model_max_length
+        rows = self.tokenizer(list(prompts)).input_ids
+        if first_placeholder_id is not None:
+            for prompt, ids in zip(prompts, rows, strict=True):
+                if any(i >= first_placeholder_id for i in ids[length - 1 :]):
+                    raise ConfigError(
+                        f"prompt {prompt!r} is {len(ids)} tokens: its style tokens fall past "
+                        f"CLIP's {length}-token limit; shorten the prompt or its caption"
+                    )
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        fitted = [ids[: length - 1] + [eos] if len(ids) > length else ids for ids in rows]
+        padded = [ids + [pad] * (length - len(ids)) for ids in fitted]
+        return torch.tensor(padded, device=self.device)
+
+    def text_hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The text encoder's conditioning for ids: its last layer, or ``clip_skip`` back."""
+        skip = self.hparams.get("clip_skip", 0)
+        if not skip:
+            return self.text_encoder(input_ids).last_hidden_state
+        out = self.text_encoder(input_ids, output_hidden_states=True)
+        return self.text_encoder.final_layer_norm(out.hidden_states[-(skip + 1)])
 
     def encode_text(
         self, input_ids: torch.Tensor, first_placeholder_id: int, lookup: VectorLookup
@@ -214,11 +239,11 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         """
         mask = input_ids >= first_placeholder_id
         if not mask.any():
-            return self.text_encoder(input_ids).last_hidden_state
+            return self.text_hidden_states(input_ids)
         vectors = lookup(input_ids, mask)
         safe_ids = input_ids.masked_fill(mask, 0)  # any in-vocabulary id; it is replaced
         with _spliced_embeddings(self.text_encoder.get_input_embeddings(), mask, vectors):
-            return self.text_encoder(safe_ids).last_hidden_state
+            return self.text_hidden_states(safe_ids)
 
     @torch.no_grad()
     def encode_latents(self, pixel_values: torch.Tensor, sample: bool = True) -> torch.Tensor:

@@ -55,6 +55,9 @@ class InverterTask(StyleTask):
         val_seed: seed of the fixed validation noise.
         compile_unet: ``torch.compile`` the UNet (long runs; minutes of warm-up).
         channels_last: channels-last memory format for the UNet and VAE.
+        clip_skip: condition on the output of the text encoder's ``clip_skip``-th layer from
+            the end (1: the penultimate, for models trained that way), final-normed as
+            diffusers does; 0 is the last layer.
     """
 
     frozen_names = ("unet", "vae", "text_encoder", "vision")
@@ -88,11 +91,12 @@ class InverterTask(StyleTask):
         val_seed: int = 0,
         compile_unet: bool = False,
         channels_last: bool = False,
+        clip_skip: int = 0,
     ) -> None:
         super().__init__(
             collections, templates or ["{}"], use_captions, pretrained, revision, variant,
             vae_fp32, lr, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio,
-            min_snr_gamma, noise_offset, val_seed, compile_unet, channels_last,
+            min_snr_gamma, noise_offset, val_seed, compile_unet, channels_last, clip_skip,
         )  # fmt: skip
         self.vision = load_vision_encoder(vision_model)
         self.first_placeholder_id = add_placeholder_tokens(
@@ -132,8 +136,8 @@ class InverterTask(StyleTask):
             vectors = self.inverter(batch["clip"].to(self.device))
         else:
             vectors = self.style_vectors(batch["pixel_values"])
-        ids = self.tokenize(prompts)
         first = self.first_placeholder_id
+        ids = self.tokenize(prompts, first)
         return self.encode_text(ids, first, per_sample_lookup(vectors, first))
 
 

@@ -54,6 +54,9 @@ class PromptBankTask(StyleTask):
         val_seed: seed of the fixed validation noise.
         compile_unet: ``torch.compile`` the UNet (long runs; minutes of warm-up).
         channels_last: channels-last memory format for the UNet and VAE.
+        clip_skip: condition on the output of the text encoder's ``clip_skip``-th layer from
+            the end (1: the penultimate, for models trained that way), final-normed as
+            diffusers does; 0 is the last layer.
     """
 
     def __init__(
@@ -81,11 +84,12 @@ class PromptBankTask(StyleTask):
         val_seed: int = 0,
         compile_unet: bool = False,
         channels_last: bool = False,
+        clip_skip: int = 0,
     ) -> None:
         super().__init__(
             collections, templates, use_captions, pretrained, revision, variant, vae_fp32, lr,
             weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio, min_snr_gamma,
-            noise_offset, val_seed, compile_unet, channels_last,
+            noise_offset, val_seed, compile_unet, channels_last, clip_skip,
         )  # fmt: skip
         self.placeholders = [placeholder_token(name) for name in self.collections]
         token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)
@@ -114,7 +118,7 @@ class PromptBankTask(StyleTask):
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text conditioning ``[B, 77, d]`` with the bank spliced into the prompts."""
-        ids = self.tokenize(prompts)
+        ids = self.tokenize(prompts, self.first_placeholder_id)
         return self.encode_text(ids, self.first_placeholder_id, self.placeholder_vectors)
 
     def conditioning(self, batch: dict, prompts: list[str]) -> torch.Tensor:

@@ -58,6 +58,7 @@ class StyleTask(FrozenDiffusionTask):
         val_seed: int,
         compile_unet: bool = False,
         channels_last: bool = False,
+        clip_skip: int = 0,
     ) -> None:
         name = type(self).__name__
         if not collections:
@@ -71,7 +72,7 @@ class StyleTask(FrozenDiffusionTask):
         super().__init__(
             pretrained, revision, variant, vae_fp32, lr, weight_decay, betas, warmup_steps,
             lr_schedule, min_lr_ratio, min_snr_gamma, noise_offset, val_seed, compile_unet,
-            channels_last,
+            channels_last, clip_skip,
         )  # fmt: skip
         self.collections = list(collections)
         self.templates = list(templates or STYLE_TEMPLATES)
@@ -178,7 +179,7 @@ class StyleTask(FrozenDiffusionTask):
         prompts = [self.prompt_for(collection, "{}", None)]
         style = {"pixel_values": style_pixels[None], "collection_idx": torch.tensor([collection])}
         cond = self.conditioning(style, prompts).expand(len(content), -1, -1)
-        uncond = self.text_encoder(self.tokenize([""])).last_hidden_state
+        uncond = self.text_hidden_states(self.tokenize([""]))
         z0 = self.encode_latents(content, sample=False)
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(content))]
         z = self.img2img(z0, cond, uncond, generators, strength, steps, guidance_scale)

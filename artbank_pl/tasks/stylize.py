@@ -59,6 +59,9 @@ class StylizeTask(FrozenDiffusionTask):
         vae_fp32: keep the VAE in float32 under half precision.
         compile_unet: ``torch.compile`` the UNet (large runs; minutes of warm-up).
         channels_last: channels-last memory format for the UNet and VAE.
+        clip_skip: condition on the output of the text encoder's ``clip_skip``-th layer from
+            the end (1: the penultimate, for models trained that way), final-normed as
+            diffusers does; 0 is the last layer.
         metrics_model: CLIP model that scores outputs in ``artbank test`` (default: the
             inverter's own vision model).
         exemplars: folder with one sub-folder of images per bank collection, the style
@@ -96,6 +99,7 @@ class StylizeTask(FrozenDiffusionTask):
         vae_fp32: bool = False,
         compile_unet: bool = False,
         channels_last: bool = False,
+        clip_skip: int = 0,
         metrics_model: str | None = None,
         exemplars: str | None = None,
         report_dir: str = "report",
@@ -111,7 +115,7 @@ class StylizeTask(FrozenDiffusionTask):
                 _check_sampling(inversion, scheduler, swept_strength, steps, swept_scale)
         super().__init__(
             pretrained, revision, variant, vae_fp32, compile_unet=compile_unet,
-            channels_last=channels_last,
+            channels_last=channels_last, clip_skip=clip_skip,
         )  # fmt: skip
         width = self.text_encoder.get_input_embeddings().embedding_dim
         styles = (
@@ -163,7 +167,7 @@ class StylizeTask(FrozenDiffusionTask):
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Text conditioning of prompts, with style tokens spliced in."""
-        ids = self.tokenize(prompts)
+        ids = self.tokenize(prompts, self.first_placeholder_id)
         return self.encode_text(ids, self.first_placeholder_id, self.style_lookup)
 
     def style_latent(self, style: str) -> torch.Tensor:
