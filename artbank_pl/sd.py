@@ -117,7 +117,7 @@ def _looks_like_path(pretrained: str) -> bool:
 def _load_tokenizer(
     pretrained: str, revision: str | None, text_encoder: CLIPTextModel
 ) -> CLIPTokenizer:
-    """The folder's tokenizer, or the offline CLIP one padded as the text encoder was trained.
+    """Load the folder's tokenizer, or the offline CLIP one padded as its text encoder wants.
 
     OpenAI's CLIP text encoders (``quick_gelu``; SD 1.x) were trained with ``<|endoftext|>``
     padding; OpenCLIP's (``gelu``; SD 2.x) with id 0 (``!``), as SD 2.x tokenizers say.

@@ -211,7 +211,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         return torch.tensor(padded, device=self.device)
 
     def text_hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The text encoder's conditioning for ids: its last layer, or ``clip_skip`` back."""
+        """Return the text conditioning of ids: the last layer, or ``clip_skip`` layers back."""
         skip = self.hparams.get("clip_skip", 0)
         if not skip:
             return self.text_encoder(input_ids).last_hidden_state
