@@ -315,3 +315,16 @@ def test_clip_skip_conditions_on_the_final_normed_penultimate_layer():
     expected = task.text_encoder.final_layer_norm(hidden[-2])
     torch.testing.assert_close(task.encode_prompts(["a painting"]), expected)
     assert not torch.allclose(expected, task.text_encoder(ids).last_hidden_state)
+
+
+def test_after_one_step_at_lr_0_every_bank_mode_exports_the_initializer(shard_dir, tmp_path):
+    exported = {}
+    for mode in ("ssam", "self", "none"):
+        task = PromptBankTask(collections=["hokusai", "monet"], num_tokens=3, bank_heads=4,
+                              bank_attention=mode, lr=0.0, lr_schedule="constant")  # fmt: skip
+        trainer(tmp_path / mode, 1).fit(task, datamodule(shard_dir))
+        exported[mode] = torch.stack(list(task.embeddings().values()))
+    word_id = task.tokenizer("painting", add_special_tokens=False).input_ids[0]
+    word = task.text_encoder.get_input_embeddings().weight[word_id].float()
+    for mode, table in exported.items():
+        assert (table - word).abs().max() <= 1e-6, mode

@@ -51,8 +51,9 @@ class StylizeTask(FrozenDiffusionTask):
         adain_reference: image whose latent statistics AdaIN uses with bank styles.
         seed: global seed; each output's seed derives from it, the content key and the style.
         batch_invariant: run each content image on its own through the UNet and VAE, so its
-            output is bit-identical whatever the batch size, rank or order (off: whole
-            batches at once, faster on GPUs, equal to about 1e-5).
+            output is bit-identical whatever the batch size or order, and across ranks that
+            use the same number of threads (off: whole batches at once, faster on GPUs,
+            equal to float rounding, except after ``inversion: ddim``, which amplifies it).
         pretrained: ``tiny``, a local diffusers folder, or a hub id.
         revision: hub revision of ``pretrained``.
         variant: weight variant of ``pretrained``.
