@@ -332,3 +332,27 @@ def test_artbank_test_names_what_is_missing(bank_export, content_dir, tmp_path):
         trainer.test(stylizer(bank_export), data)
     with pytest.raises(ConfigError, match="model.exemplars"):
         trainer.test(stylizer(bank_export, metrics_model="tiny"), data)
+
+
+def test_a_swept_guidance_of_0_and_strength_are_used_as_given(bank_export, monkeypatch):
+    task = stylizer(bank_export, guidance_scale=7.0)
+    seen = []
+
+    def record(z0, cond, uncond, generators, strength, steps, scale, *args):
+        seen.append((strength, scale))
+        return z0
+
+    monkeypatch.setattr(task, "img2img", record)
+    z0 = torch.zeros(1, 4, 4, 4)
+    task._render("monet", z0, [""], [0], strength=0.3, guidance_scale=0.0)
+    task._render("monet", z0, [""], [0])
+    assert seen == [(0.3, 0.0), (0.6, 7.0)]
+
+
+def test_sampling_options_are_checked_before_anything_runs(bank_export):
+    with pytest.raises(Exception, match="inversion: ddim needs scheduler: ddim"):
+        stylizer(bank_export, inversion="ddim", scheduler="euler")
+    with pytest.raises(Exception, match="steps=10 x strength=0.05 leaves no denoising step"):
+        stylizer(bank_export, strength=0.05)
+    with pytest.raises(Exception, match="guidance_scale must be >= 0"):
+        stylizer(bank_export, sweep_guidance_scales=[5.0, -1.0])

@@ -38,7 +38,7 @@ wait_job() {  # job id, timeout s: wait until it has left the queue
 job_field() { scontrol show job "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
 
 # --- training, preempted once ----------------------------------------------------------
-job=$(ARTBANK_HOME=$repo ARTBANK_JOB_CONFIG=$repo/tests/conf/slurm-train.yaml \
+job=$(ARTBANK_JOB_CONFIG=$repo/tests/conf/slurm-train.yaml \
     ARTBANK_RUN_DIR=$run/train ARTBANK="${artbank[*]}" \
     sbatch --parsable --ntasks-per-node=2 --cpus-per-task=1 --chdir="$run" \
     --output="$run/train-%j.out" "$repo/slurm/train.sbatch")
@@ -77,7 +77,7 @@ PY
 grep -q "Requeued SLURM job\|requeue" "$run"/train-"$job".out || fail "no requeue in the job log"
 
 # --- stylization as a 2-task job array -------------------------------------------------
-array=$(ARTBANK_HOME=$repo ARTBANK_JOB_CONFIG=$repo/configs/stylize-quickstart.yaml \
+array=$(ARTBANK_JOB_CONFIG=stylize-quickstart \
     ARTBANK="${artbank[*]}" sbatch --parsable --array=0-1 --ntasks-per-node=1 \
     --chdir="$run" --output="$run/stylize-%A_%a.out" "$repo/slurm/stylize.sbatch" \
     --model.init_args.bank "$run/train/checkpoints/last.ckpt" --model.init_args.steps 4 \
