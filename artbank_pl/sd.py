@@ -18,6 +18,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from artbank_pl.errors import ArtbankError
 from artbank_pl.tokenizer import build_clip_tokenizer
+from artbank_pl.world import WORLD
+from artbank_pl.world import model_dir as world_model_dir
 
 TINY = "tiny"
 # random-weight models built from configs in the package: "tiny" for tests and the demo,
@@ -156,7 +158,8 @@ def load_parts(
     """Build the frozen Stable Diffusion parts named by ``pretrained``.
 
     Args:
-        pretrained: ``tiny`` or ``random-sd15`` (random weights), a local diffusers folder,
+        pretrained: ``tiny`` or ``random-sd15`` (random weights), ``world`` (the shipped
+            miniature SD pretrained on the planted style world), a local diffusers folder,
             or a hub id.
         revision: hub revision (branch, tag or commit).
         variant: weight variant, e.g. ``fp16``.
@@ -167,6 +170,8 @@ def load_parts(
     Raises:
         PretrainedLoadError: the model cannot be found (offline, typo, missing folder).
     """
+    if pretrained == WORLD:
+        pretrained = str(world_model_dir())
     if pretrained in RANDOM_PRESETS:
         parts = build_tiny_parts(pretrained)
     elif _looks_like_path(pretrained) and not _is_local(pretrained):
@@ -183,6 +188,16 @@ def load_parts(
     for module in (parts.unet, parts.vae, parts.text_encoder):
         freeze(module)
     return parts
+
+
+def outside_autocast(device: torch.device | str):
+    """A context that turns autocast off for the frozen parts, which hold the half type.
+
+    Under autocast, GroupNorm and LayerNorm run in float32 on CUDA, so a half-precision
+    frozen UNet would move ~1.7 GB more per SD-1.5 image; the trainables still run (and
+    keep their float32 weights) under the trainer's autocast outside this context.
+    """
+    return torch.autocast(torch.device(device).type, enabled=False)
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from artbank_pl.sd import RANDOM_PRESETS, PretrainedLoadError, freeze, preset_config
+from artbank_pl.sd import (
+    RANDOM_PRESETS,
+    PretrainedLoadError,
+    freeze,
+    outside_autocast,
+    preset_config,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -90,7 +96,8 @@ def image_features(vision: nn.Module, pixels: torch.Tensor, kind: str) -> torch.
     """
     device, dtype = next(vision.parameters()).device, next(vision.parameters()).dtype
     inputs = clip_preprocess(pixels.to(device), vision.config.image_size).to(dtype)
-    out = vision(pixel_values=inputs)
+    with outside_autocast(device):
+        out = vision(pixel_values=inputs)
     if kind == "pooled":
         return F.normalize(out.image_embeds.float(), dim=-1).unsqueeze(1)
     return vision.vision_model.post_layernorm(out.last_hidden_state).float()

@@ -126,3 +126,13 @@ def test_pooled_features_are_unit_norm_image_embeddings():
     features = task.image_features(make_batch([0, 1], size=64)["pixel_values"])
     assert features.shape[1] == 1
     torch.testing.assert_close(features.norm(dim=-1), torch.ones(2, 1))
+
+
+def test_the_vision_encoder_takes_the_half_type_once_and_the_inverter_stays_fp32():
+    task = inverter_task(num_tokens=2)
+    task.cast_frozen(torch.bfloat16)
+    assert task.vision.dtype == torch.bfloat16 and task.unet.dtype == torch.bfloat16
+    loss = task._batch_losses(make_batch([0, 1], size=64), deterministic=False).mean()
+    loss.backward()
+    for p in task.inverter.parameters():
+        assert p.dtype == torch.float32 and (p.grad is None or torch.isfinite(p.grad).all())

@@ -143,3 +143,25 @@ def test_slurm_scripts_are_valid_bash():
     assert len(scripts) >= 3
     for script in scripts:
         subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_frozen_parts_run_outside_autocast_and_the_bank_inside():
+    task = PromptBankTask(collections=["a", "b"], num_tokens=2, bank_heads=4)
+    task.cast_frozen(torch.bfloat16)
+    seen = {}
+
+    def spy(name):
+        def hook(module, args):
+            seen[name] = torch.is_autocast_enabled("cpu")
+
+        return hook
+
+    for name in ("unet", "text_encoder"):
+        getattr(task, name).register_forward_pre_hook(spy(name))
+    task.vae.encoder.register_forward_pre_hook(spy("vae"))  # vae.encode skips vae.forward
+    task.bank.register_forward_pre_hook(spy("bank"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = task._batch_losses(make_batch([0, 1]), deterministic=False).mean()
+    loss.backward()
+    assert seen == {"unet": False, "vae": False, "text_encoder": False, "bank": True}
+    assert torch.isfinite(task.bank.prompts.grad).all()

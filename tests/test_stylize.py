@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, StableDiffusionImg2ImgPipeline
@@ -356,3 +357,20 @@ def test_sampling_options_are_checked_before_anything_runs(bank_export):
         stylizer(bank_export, strength=0.05)
     with pytest.raises(Exception, match="guidance_scale must be >= 0"):
         stylizer(bank_export, sweep_guidance_scales=[5.0, -1.0])
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpg", "webp"])
+def test_the_writer_encodes_each_format_and_png_fast_by_default(tmp_path, image_format):
+    from PIL import Image
+
+    writer = StylizedImageWriter(str(tmp_path), image_format=image_format)
+    gen = torch.Generator().manual_seed(0)
+    image = (torch.rand(64, 64, 3, generator=gen) * 255).byte()
+    data = writer._encode(image)
+    (tmp_path / f"x.{image_format}").write_bytes(data)
+    decoded = Image.open(tmp_path / f"x.{image_format}")
+    assert decoded.format == {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[image_format]
+    if image_format == "png":  # lossless, and level 1 is not level 9
+        assert torch.equal(torch.from_numpy(np.asarray(decoded)), image)
+        slow = StylizedImageWriter(str(tmp_path), png_compress_level=9)._encode(image)
+        assert slow != data

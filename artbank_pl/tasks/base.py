@@ -16,7 +16,13 @@ from torch import nn
 from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
 from artbank_pl.optim import LRSchedule, warmup_schedule_factor
-from artbank_pl.sd import StableDiffusionParts, freeze, half_dtype, load_parts
+from artbank_pl.sd import (
+    StableDiffusionParts,
+    freeze,
+    half_dtype,
+    load_parts,
+    outside_autocast,
+)
 from artbank_pl.tasks.sampling import SamplingMixin
 
 VectorLookup = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -213,10 +219,11 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
     def text_hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Return the text conditioning of ids: the last layer, or ``clip_skip`` layers back."""
         skip = self.hparams.get("clip_skip", 0)
-        if not skip:
-            return self.text_encoder(input_ids).last_hidden_state
-        out = self.text_encoder(input_ids, output_hidden_states=True)
-        return self.text_encoder.final_layer_norm(out.hidden_states[-(skip + 1)])
+        with outside_autocast(self.device):
+            if not skip:
+                return self.text_encoder(input_ids).last_hidden_state
+            out = self.text_encoder(input_ids, output_hidden_states=True)
+            return self.text_encoder.final_layer_norm(out.hidden_states[-(skip + 1)])
 
     def encode_text(
         self, input_ids: torch.Tensor, first_placeholder_id: int, lookup: VectorLookup
@@ -254,7 +261,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             sample: draw from the VAE posterior (training); else take its mean.
         """
         pixels = pixel_values.to(device=self.device, dtype=self.vae.dtype)
-        dist = self.vae.encode(pixels).latent_dist
+        with outside_autocast(self.device):
+            dist = self.vae.encode(pixels).latent_dist
         latents = dist.sample() if sample else dist.mode()
         return latents.float() * self.vae.config.scaling_factor
 
@@ -276,7 +284,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             posterior = DiagonalGaussianDistribution(batch["moments"].to(self.device).float())
         else:
             pixels = batch["pixel_values"].to(device=self.device, dtype=self.vae.dtype)
-            posterior = self.vae.encode(pixels).latent_dist
+            with outside_autocast(self.device):
+                posterior = self.vae.encode(pixels).latent_dist
         latents = posterior.sample(generator) if sample else posterior.mode()
         return latents.float() * self.vae.config.scaling_factor
 
@@ -284,7 +293,9 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode scaled latents to ``[0, 1]`` float32 pixels ``[B, 3, H, W]``."""
         scaled = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
-        return ((self.vae.decode(scaled).sample.float() + 1) / 2).clamp(0, 1)
+        with outside_autocast(self.device):
+            decoded = self.vae.decode(scaled).sample.float()
+        return ((decoded + 1) / 2).clamp(0, 1)
 
     # ------------------------------------------------------------------ loss
     def training_generators(self) -> tuple[torch.Generator, torch.Generator]:
@@ -345,7 +356,9 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         abar = diffusion.alphas_cumprod(self.noise_scheduler, timesteps)
         noisy = diffusion.add_noise(latents, noise, abar)
         dtype = self.unet.dtype
-        pred = self.unet(noisy.to(dtype), timesteps, encoder_hidden_states.to(dtype)).sample.float()
+        with outside_autocast(self.device):
+            pred = self.unet(noisy.to(dtype), timesteps, encoder_hidden_states.to(dtype)).sample
+        pred = pred.float()
         target = diffusion.training_target(self.prediction_type, latents, noise, abar)
         losses = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         gamma = self.hparams.min_snr_gamma

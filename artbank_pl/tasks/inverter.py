@@ -114,6 +114,12 @@ class InverterTask(StyleTask):
             init_id = single_token_id(self.tokenizer, initializer_token)
             self.inverter.init_base(self.text_encoder.get_input_embeddings().weight[init_id])
 
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Cast the frozen SD parts and, once, the frozen CLIP vision model to ``dtype``."""
+        super().cast_frozen(dtype)
+        if self.vision.dtype != dtype:
+            self.vision.to(dtype)
+
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frozen CLIP features ``[B, S, c]`` of ``[-1, 1]`` pixels (patch tokens or pooled)."""
         return image_features(self.vision, pixel_values, self.hparams.image_features)

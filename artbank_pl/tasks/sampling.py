@@ -25,6 +25,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
+from artbank_pl.sd import outside_autocast
 
 Sampler = Literal["ddim", "dpmsolver++", "euler", "unipc"]
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
@@ -101,10 +102,13 @@ class SamplingMixin:
         dtype = self.unet.dtype
         t = timestep.to(latents.device).expand(latents.shape[0])
         if uncond is None or guidance_scale <= 1.0:
-            return self.unet(latents.to(dtype), t, cond.to(dtype)).sample.float()
+            with outside_autocast(latents.device):
+                return self.unet(latents.to(dtype), t, cond.to(dtype)).sample.float()
         both = torch.cat([latents, latents]).to(dtype)
         context = torch.cat([uncond.expand_as(cond), cond]).to(dtype)
-        out_u, out_c = self.unet(both, torch.cat([t, t]), context).sample.float().chunk(2)
+        with outside_autocast(latents.device):
+            out = self.unet(both, torch.cat([t, t]), context).sample.float()
+        out_u, out_c = out.chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
 
     def ddim_invert(

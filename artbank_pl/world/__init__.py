@@ -1,0 +1,28 @@
+"""The planted style world: procedural scenes, a miniature SD pretrained on them, judges.
+
+``pretrained: world`` loads the shipped model folder; ``judges: world`` its judges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from artbank_pl.errors import ConfigError
+
+WORLD = "world"
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+
+
+def model_dir() -> Path:
+    """The shipped world model folder (a diffusers folder plus ``judges/``)."""
+    if not (MODEL_DIR / "unet").is_dir():
+        raise ConfigError(
+            f"the world model is missing from {MODEL_DIR}; rebuild it with "
+            "`artbank world pretrain --output <folder>` and point pretrained at the folder"
+        )
+    return MODEL_DIR
+
+
+def judges_dir(name: str) -> Path:
+    """Resolve ``judges``: ``world`` (the shipped judges) or a folder holding judges.json."""
+    return model_dir() / "judges" if name == WORLD else Path(name).expanduser()
