@@ -191,7 +191,7 @@ def load_parts(
 
 
 def outside_autocast(device: torch.device | str):
-    """A context that turns autocast off for the frozen parts, which hold the half type.
+    """Turn autocast off for the frozen parts, which already hold the half type.
 
     Under autocast, GroupNorm and LayerNorm run in float32 on CUDA, so a half-precision
     frozen UNet would move ~1.7 GB more per SD-1.5 image; the trainables still run (and
