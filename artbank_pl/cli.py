@@ -1,8 +1,8 @@
 """The ``artbank`` command: LightningCLI (fit, validate, test, predict) plus data tools.
 
 ``artbank fit --config configs/quickstart.yaml`` trains; ``artbank shards build`` writes
-shards; ``artbank export`` writes embedding files from a checkpoint; ``artbank
-demo-images`` gathers the images bundled in installed packages into collection folders.
+shards; ``artbank export`` writes embedding files from a checkpoint; ``artbank world``
+writes the planted style world's images and pretrains its model and judges.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ TOOLS_HELP = """data tools (not LightningCLI):
   artbank export --ckpt FILE --output DIR          write per-collection embedding files
   artbank grid MANIFEST... --output PNG            content | stylized grid
   artbank configs list | show NAME                 the shipped configs (--config NAME)
-  artbank demo-images --output DIR                 gather bundled demo images"""
+  artbank world images | pretrain | judges         the planted style world"""
 
 
 class ArtbankCLI(LightningCLI):
@@ -111,23 +111,6 @@ def _export(argv: Sequence[str]) -> int:
     return 0
 
 
-def _demo_images(argv: Sequence[str]) -> int:
-    from artbank_pl.demo import gather_demo_images
-
-    parser = argparse.ArgumentParser(
-        prog="artbank demo-images",
-        description="Copy images bundled in installed packages into collection folders.",
-    )
-    parser.add_argument("--output", required=True, help="folder to fill")
-    parser.add_argument(
-        "--paintings", type=int, default=0, help="only this many paintings, no photos (0: all)"
-    )
-    opts = parser.parse_args(argv)
-    for name, paths in gather_demo_images(opts.output, opts.paintings).items():
-        print(f"{name}: {len(paths)} images")
-    return 0
-
-
 def _grid(argv: Sequence[str]) -> int:
     from artbank_pl.grid import stylization_grid
 
@@ -143,10 +126,16 @@ def _grid(argv: Sequence[str]) -> int:
     return 0
 
 
+def _world(argv: Sequence[str]) -> int:
+    from artbank_pl.world.cli import main as world_main
+
+    return world_main(argv)
+
+
 TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
     "configs": configs_main,
+    "world": _world,
     "export": _export,
-    "demo-images": _demo_images,
     "grid": _grid,
 }
 
@@ -159,6 +148,7 @@ def main(args: Sequence[str] | None = None) -> int | None:
     """
     argv = list(sys.argv[1:] if args is None else args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_console()
     # the frozen Stable Diffusion parts are in eval mode on purpose
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # content streams are iterable datasets: outputs are named by sample key instead
@@ -168,6 +158,9 @@ def main(args: Sequence[str] | None = None) -> int | None:
             # the shard tools live with the datamodules; core code does not import them
             module = "shards" if argv[1] == "build" else "cache"
             return import_object(f"artbank_pl.datamodules.{module}.main")(argv[2:])
+        if argv[:1] == ["shards"]:
+            print("usage: artbank shards {build,cache} ... (--help on each)")
+            return 0 if argv[1:2] in (["-h"], ["--help"]) else 2
         if argv and argv[0] in TOOLS:
             return TOOLS[argv[0]](argv[1:])
         run_lightning_cli(resolve_config_args(argv))
@@ -177,6 +170,27 @@ def main(args: Sequence[str] | None = None) -> int | None:
             raise
         sys.exit(f"artbank: error: {cause}")
     return None
+
+
+class _DropAdverts(logging.Filter):
+    """Drop Lightning's product tips (litlogger, litmodels): they ask nothing of the user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Tip:" in message and ("litlogger" in message or "litmodels" in message))
+
+
+def quiet_console() -> None:
+    """Silence console lines that ask nothing of the user; real warnings stay."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropAdverts())
+    # the SLURM environment is used by the slurm overlay; outside it the hint is noise
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+    # KID keeps every feature: a warning for huge sets, not for an evaluation report
+    warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save")
+    # third-party deprecations the user cannot act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)")
 
 
 def user_error(err: BaseException) -> ArtbankError | None:

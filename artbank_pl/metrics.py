@@ -155,15 +155,27 @@ class StyleTransferMetrics(nn.Module):
     Exemplars are given to every rank alike; outputs are gathered from all ranks, so the
     values do not depend on the number of processes.
 
+    With ``judges`` (the planted world's classifiers, :mod:`artbank_pl.world.judges`):
+
+    - ``style_accuracy``: the fraction of outputs the style judge assigns to the style its
+      exemplars are judged to have (their majority vote);
+    - ``content_accuracy``: the fraction of outputs whose shape the content judge reads as
+      the shape it reads in the content image.
+
     Args:
         encoder: the CLIP feature model.
         collections: collection (style) names, in index order.
         fid_min_samples: samples per set below which FID is not reported (default: the
             feature width, under which the covariance is singular).
+        judges: the world's judges, or ``None``.
     """
 
     def __init__(
-        self, encoder: CLIPImageEncoder, collections: list[str], fid_min_samples: int | None = None
+        self,
+        encoder: CLIPImageEncoder,
+        collections: list[str],
+        fid_min_samples: int | None = None,
+        judges=None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -172,14 +184,31 @@ class StyleTransferMetrics(nn.Module):
         self.style_sim = PerCollectionMean(k)
         self.content_sim = PerCollectionMean(k)
         self.ssim = PerCollectionMean(k)
+        self.style_accuracy = PerCollectionMean(k)
+        self.content_accuracy = PerCollectionMean(k)
         self.outputs = LabeledFeatures()
         self.exemplars: dict[int, torch.Tensor] = {}
+        self.judges = judges
+        self.intended_styles: dict[int, str] = {}
         self.fid_min_samples = fid_min_samples or encoder.num_features
 
     @torch.no_grad()
     def set_exemplars(self, collection: int, images: torch.Tensor) -> None:
         """Record a collection's exemplar images ``[N, 3, H, W]`` in ``[0, 1]``."""
         self.exemplars[collection] = self.encoder(images)
+        if self.judges is not None:
+            votes = self.judges.predict("style", images)
+            self.intended_styles[collection] = max(set(votes), key=votes.count)
+
+    def _update_judged(self, outputs, contents, idx: torch.Tensor) -> None:
+        styles = self.judges.predict("style", outputs)
+        intended = [self.intended_styles[k] for k in idx.tolist()]
+        hits = [float(a == b) for a, b in zip(styles, intended, strict=True)]
+        self.style_accuracy.update(torch.tensor(hits, device=idx.device), idx)
+        shapes = self.judges.predict("content", outputs)
+        expected = self.judges.predict("content", contents)
+        hits = [float(a == b) for a, b in zip(shapes, expected, strict=True)]
+        self.content_accuracy.update(torch.tensor(hits, device=idx.device), idx)
 
     @torch.no_grad()
     def update(self, outputs: torch.Tensor, contents: torch.Tensor, collection_idx) -> None:
@@ -196,12 +225,16 @@ class StyleTransferMetrics(nn.Module):
         )
         self.ssim.update(ssim.to(idx.device), idx)
         self.outputs.update(out_f, idx)
+        if self.judges is not None:
+            self._update_judged(outputs, contents, idx)
 
     def compute(self) -> dict[str, dict[str, float]]:
         """Return ``{metric: {collection: value}}`` for the collections that have outputs."""
         result: dict[str, dict[str, float]] = {}
         counts = self.style_sim.per_collection()["count"]
-        for name in ("style_sim", "content_sim", "ssim"):
+        names = ["style_sim", "content_sim", "ssim"]
+        names += ["style_accuracy", "content_accuracy"] if self.judges is not None else []
+        for name in names:
             means = getattr(self, name).per_collection()["mean"]
             result[name] = {c: float(means[k]) for k, c in enumerate(self.collections) if counts[k]}
         features, labels = self.outputs.gathered()
@@ -216,5 +249,12 @@ class StyleTransferMetrics(nn.Module):
 
     def reset(self) -> None:
         """Forget the outputs (exemplars stay)."""
-        for metric in (self.style_sim, self.content_sim, self.ssim, self.outputs):
+        for metric in self.tracked():
             metric.reset()
+
+    def tracked(self) -> tuple[Metric, ...]:
+        """Return the torchmetrics states that accumulate outputs."""
+        return (
+            self.style_sim, self.content_sim, self.ssim, self.style_accuracy,
+            self.content_accuracy, self.outputs,
+        )  # fmt: skip

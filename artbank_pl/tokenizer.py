@@ -9,6 +9,7 @@ the merges, then the two special tokens. Nothing is downloaded or written to dis
 from __future__ import annotations
 
 import gzip
+import json
 import re
 from functools import cache
 from pathlib import Path
@@ -53,6 +54,25 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     if len(vocab) != CLIP_VOCAB_SIZE:
         raise TokenizerError(f"{BPE_FILE} gave {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE}")
     return {token: i for i, token in enumerate(vocab)}, merges
+
+
+def save_clip_vocabulary(folder: str | Path) -> None:
+    """Write the CLIP tokenizer as ``vocab.json`` + ``merges.txt`` + ``tokenizer_config.json``.
+
+    ``CLIPTokenizer.from_pretrained`` reads them: 2 MB, against 3.6 MB for ``tokenizer.json``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _clip_vocab_and_merges()
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    text = "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
+    (folder / "merges.txt").write_text(text, encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+    }  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 @cache

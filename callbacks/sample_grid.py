@@ -15,6 +15,7 @@ from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
 from artbank_pl.styles import load_image
 from artbank_pl.vision import load_vision_encoder
+from artbank_pl.world.judges import load_judges
 
 
 def to_pil(pixels: torch.Tensor, signed: bool) -> Image.Image:
@@ -46,6 +47,8 @@ class SampleGrid(Callback):
         metrics_model: CLIP model for the validation metrics (a hub id, folder or ``tiny``);
             default: the task's own vision model if it has one, else no metrics.
         num_exemplars: validation images kept per collection as its style reference.
+        judges: the planted world's judges (``world`` or a folder): also log
+            ``val/style_accuracy/<collection>`` and ``val/content_accuracy/<collection>``.
     """
 
     def __init__(
@@ -59,8 +62,10 @@ class SampleGrid(Callback):
         seed: int = 0,
         metrics_model: str | None = None,
         num_exemplars: int = 4,
+        judges: str | None = None,
     ) -> None:
         self.content = content
+        self.judges = load_judges(judges) if judges else None
         self.metrics_model = metrics_model
         self.num_exemplars = num_exemplars
         self.encoder: CLIPImageEncoder | None = None
@@ -135,8 +140,12 @@ class SampleGrid(Callback):
             return None
         self.encoder.to(device)
         # sync_on_compute is off: only rank 0 renders the samples
-        metrics = StyleTransferMetrics(self.encoder, pl_module.collections).to(device)
-        for metric in (metrics.style_sim, metrics.content_sim, metrics.ssim, metrics.outputs):
+        if self.judges is not None:
+            self.judges.to(device)
+        metrics = StyleTransferMetrics(self.encoder, pl_module.collections, judges=self.judges).to(
+            device
+        )
+        for metric in metrics.tracked():
             metric.sync_on_compute = False
         for k, kept in exemplars.items():
             metrics.set_exemplars(k, ((torch.stack(kept) + 1) / 2).clamp(0, 1).to(device))

@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -27,3 +28,21 @@ def test_bench_runs_every_row_and_ends_with_the_ratio():
     ):
         assert any(line.startswith(row) for line in lines), row
     assert re.fullmatch(r"ratio lightning/bare: \d+\.\d{3}", lines[-1])
+
+
+@pytest.mark.slow
+def test_study_runs_every_arm_and_writes_its_files(tmp_path):
+    cmd = [
+        sys.executable, str(ROOT / "bench/study.py"), "--seeds", "0", "--steps", "2",
+        "--inst-steps", "2", "--every", "1", "--output", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert set(study["summary"]) == {"ssam", "self", "none", "patch", "pooled", "embedding"}
+    assert [row["step"] for row in study["curves"]["ssam"][0]] == [0, 1, 2]
+    assert {"stochastic 0.7", "noise 0.7", "ddim 0.7", "adain on", "dpmsolver++ 20"} <= set(
+        study["sampling"]
+    )
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0

@@ -144,10 +144,10 @@ def test_one_collection_fits_with_validation_and_tests_with_one_style(tmp_path, 
     """One bank per painter (ArtBank's released setup) is K = 1 everywhere."""
     from conftest import write_collections
 
-    images = write_collections(tmp_path / "outputs/demo/images", {"monet": 5})
+    images = write_collections(tmp_path / "outputs/demo/images/collections", {"monet": 5})
     build_shards(images, tmp_path / "outputs/demo/shards", size=64, maxcount=2,
                  val_per_collection=1)  # fmt: skip
-    shutil.copytree(images / "monet", images / "photographs")
+    shutil.copytree(images / "monet", images.parent / "photographs")
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", "quickstart", "--trainer.max_steps", "2", *QUICK])
     out = tmp_path / "outputs/demo"

@@ -176,7 +176,7 @@ def predict(task, content_dir, out, batch_size, writer_kwargs=None, **trainer_kw
 
 
 def test_outputs_do_not_depend_on_batch_size(bank_export, content_dir, tmp_path):
-    task = stylizer(bank_export)
+    task = stylizer(bank_export, batch_invariant=True)
     predict(task, content_dir, tmp_path / "b1", 1)
     predict(task, content_dir, tmp_path / "b4", 4)
     files = sorted(p.relative_to(tmp_path / "b1") for p in (tmp_path / "b1").rglob("*.png"))

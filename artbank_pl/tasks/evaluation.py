@@ -15,6 +15,7 @@ from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
 from artbank_pl.report import write_report
 from artbank_pl.styles import IMAGE_SUFFIXES, load_image
 from artbank_pl.vision import clip_resize_crop, load_vision_encoder
+from artbank_pl.world.judges import load_judges
 
 log = logging.getLogger(__name__)
 MAX_EXEMPLARS = 32
@@ -48,8 +49,11 @@ class StyleEvaluation:
         scales = hp.sweep_guidance_scales or [hp.guidance_scale]
         self.settings = list(itertools.product(strengths, scales))
         encoder = CLIPImageEncoder(load_vision_encoder(self._metrics_model())).to(task.device)
+        judges = load_judges(hp.judges).to(task.device) if hp.judges else None
         self.metrics = {
-            setting_label(*s): StyleTransferMetrics(encoder, task.style_names).to(task.device)
+            setting_label(*s): StyleTransferMetrics(encoder, task.style_names, judges=judges).to(
+                task.device
+            )
             for s in self.settings
         }
         size = encoder.vision.config.image_size

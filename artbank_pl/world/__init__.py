@@ -14,7 +14,7 @@ MODEL_DIR = Path(__file__).resolve().parent / "model"
 
 
 def model_dir() -> Path:
-    """The shipped world model folder (a diffusers folder plus ``judges/``)."""
+    """Return the shipped world model folder (a diffusers folder plus ``judges/``)."""
     if not (MODEL_DIR / "unet").is_dir():
         raise ConfigError(
             f"the world model is missing from {MODEL_DIR}; rebuild it with "

@@ -24,8 +24,8 @@ rm -rf "$run" && mkdir -p "$run"
 cd "$run"
 export PYTHONPATH=$repo HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 artbank=("$python" -m artbank_pl)
-"${artbank[@]}" demo-images --output images >/dev/null
-"${artbank[@]}" shards build --input images --output shards --size 48 --maxcount 2 >/dev/null
+"${artbank[@]}" world images --output images --per-style 4 --photos 6 >/dev/null
+"${artbank[@]}" shards build --input images/collections --output shards --size 48 --maxcount 2 >/dev/null
 
 wait_job() {  # job id, timeout s: wait until it has left the queue
     local id=$1 limit=$2 t=0
@@ -93,7 +93,7 @@ manifests = sorted((run / "stylized").glob("manifest-*.jsonl"))
 assert len(manifests) == 2, manifests
 records = [json.loads(l) for m in manifests for l in m.read_text().splitlines()]
 pairs = [(r["key"], r["style"]) for r in records]
-styles = {"photographs", "raphael"}
+styles = {"striped", "dotted", "neon"}
 assert sorted(pairs) == sorted((k, s) for k in inputs for s in styles), pairs
 files = sorted(p for p in (run / "stylized").rglob("*.png"))
 assert len(files) == len(inputs) * len(styles)

@@ -1,0 +1,133 @@
+"""``artbank world images | pretrain | judges``: the planted style world's tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from artbank_pl.errors import ConfigError
+from artbank_pl.world.scenes import PHOTO, SHAPES, STYLES, render
+
+DEFAULT_STYLES = ("striped", "dotted", "neon")
+
+
+def style_slug(style: str) -> str:
+    """Folder name of a style: ``neon striped`` -> ``neon-striped``."""
+    return style.replace(" ", "-")
+
+
+def write_images(
+    output: str | Path,
+    styles: Sequence[str] = DEFAULT_STYLES,
+    per_style: int = 24,
+    photos: int = 8,
+    seed: int = 0,
+) -> dict[str, list[Path]]:
+    """Write ``output/collections/<style>/`` folders and ``output/photographs/``.
+
+    Collections hold ``per_style`` images of random shapes; photographs cycle through the
+    shapes and are named after them (``circle-000.png``), so a person can check the content
+    of a stylized output at a glance. ``artbank shards build --input output/collections``
+    and ``artbank predict`` (content ``output/photographs``) take them as they are.
+
+    Raises:
+        ConfigError: an unknown style, or ``photo`` given as a style.
+    """
+    for style in styles:
+        if style not in STYLES or style == PHOTO:
+            choices = ", ".join(s for s in STYLES if s != PHOTO)
+            raise ConfigError(f"--styles: unknown style {style!r}; choose from {choices}")
+    output = Path(output)
+    rng = np.random.default_rng(seed)
+    written: dict[str, list[Path]] = {}
+    for style in styles:
+        folder = output / "collections" / style_slug(style)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in range(per_style):
+            path = folder / f"{i:04d}.png"
+            Image.fromarray(render(SHAPES[rng.integers(len(SHAPES))], style, rng)).save(path)
+            paths.append(path)
+        written[style_slug(style)] = paths
+    if not photos:
+        return written
+    folder = output / "photographs"
+    folder.mkdir(parents=True, exist_ok=True)
+    written["photographs"] = []
+    for i in range(photos):
+        shape = SHAPES[i % len(SHAPES)]
+        path = folder / f"{shape}-{i:03d}.png"
+        Image.fromarray(render(shape, PHOTO, rng)).save(path)
+        written["photographs"].append(path)
+    return written
+
+
+def _images(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="artbank world images",
+        description="Write world collections (OUTPUT/collections/<style>/) and world "
+        "photographs (OUTPUT/photographs/).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output", required=True, help="folder to fill")
+    choices = ", ".join(s for s in STYLES if s != PHOTO)
+    parser.add_argument("--styles", nargs="+", default=list(DEFAULT_STYLES),
+                        help=f"styles, from: {choices}")  # fmt: skip
+    parser.add_argument("--per-style", "--per_style", type=int, default=24)
+    parser.add_argument("--photos", type=int, default=8, help="content photographs")
+    parser.add_argument("--seed", type=int, default=0)
+    opts = parser.parse_args(argv)
+    for name, paths in write_images(**vars(opts)).items():
+        print(f"{name}: {len(paths)} images")
+    return 0
+
+
+def _pretrain(argv: Sequence[str]) -> int:
+    from artbank_pl.world.pretrain import pretrain
+
+    parser = argparse.ArgumentParser(
+        prog="artbank world pretrain",
+        description="Pretrain the world's miniature SD (VAE, UNet) and judges from scratch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output", required=True, help="diffusers folder to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", "--vae_steps", type=int, default=1000)
+    parser.add_argument("--unet-steps", "--unet_steps", type=int, default=5000)
+    parser.add_argument("--dataset-size", "--dataset_size", type=int, default=16384)
+    parser.add_argument("--judge-steps", "--judge_steps", type=int, default=300)
+    opts = parser.parse_args(argv)
+    print(json.dumps(pretrain(**vars(opts)), indent=2))
+    return 0
+
+
+def _judges(argv: Sequence[str]) -> int:
+    from artbank_pl.world.judges import train_judges
+
+    parser = argparse.ArgumentParser(
+        prog="artbank world judges",
+        description="Train the style and content judges on generator output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output", required=True, help="folder for judges.json + weights")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=300)
+    opts = parser.parse_args(argv)
+    print(json.dumps(train_judges(opts.output, opts.seed, opts.steps), indent=2))
+    return 0
+
+
+COMMANDS = {"images": _images, "pretrain": _pretrain, "judges": _judges}
+
+
+def main(argv: Sequence[str]) -> int:
+    """Dispatch ``artbank world <command>``."""
+    if not argv or argv[0] not in COMMANDS:
+        print("usage: artbank world {images,pretrain,judges} ... (--help on each)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return COMMANDS[argv[0]](argv[1:])

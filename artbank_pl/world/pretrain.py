@@ -1,0 +1,239 @@
+"""Pretrain the world's miniature Stable Diffusion from scratch, on CPU.
+
+Three stages, each deterministic from one seed:
+
+1. a VAE (factor 2: 32 px images, 16 x 16 x 12 latents) on world images of every style,
+   with an L1 reconstruction loss and a small KL term; its ``scaling_factor`` is set to
+   ``1 / std`` of the latents, as SD's 0.18215 was. Twelve latent channels hold a 2 x 2 x 3
+   pixel block without loss (with four, a short training keeps luminance and drops colour);
+2. the UNet on a fixed set of world images (encoded once) with their captions ("a photo of
+   a circle", "a square in striped style"), epsilon loss, caption dropout for
+   classifier-free guidance, and an EMA of the weights, which is what is saved;
+3. the judges (:mod:`artbank_pl.world.judges`).
+
+The text encoder is the frozen random tiny CLIP (its token features are distinct), so
+caption features are computed once. The result is an ordinary diffusers folder that
+``pretrained: <folder>`` (or ``pretrained: world``) loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+
+from artbank_pl import diffusion
+from artbank_pl.sd import build_tiny_parts
+from artbank_pl.tokenizer import save_clip_vocabulary
+from artbank_pl.world.scenes import SHAPES, STYLES, caption, sample_batch
+
+log = logging.getLogger(__name__)
+
+VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 12,
+    "layers_per_block": 1,
+    "block_out_channels": [32, 64],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "norm_num_groups": 32,
+    "sample_size": 32,
+    "mid_block_add_attention": False,
+}
+UNET_CONFIG = {
+    "sample_size": 16,
+    "in_channels": 12,
+    "out_channels": 12,
+    "layers_per_block": 1,
+    "block_out_channels": [32, 64, 64],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 16,
+}
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """``uint8 [N, H, W, 3]`` to ``[-1, 1]`` float ``[N, 3, H, W]``."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _cosine_lr(step: int, total: int, warmup: int = 100, floor: float = 0.1) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_vae(rng: np.random.Generator, steps: int, batch_size: int = 32) -> AutoencoderKL:
+    """Stage 1: the VAE, with ``scaling_factor`` fitted to its latents' std."""
+    vae = AutoencoderKL(**VAE_CONFIG)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, steps))
+    for step in range(steps):
+        x = to_pixels(sample_batch(rng, batch_size)[0])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=None)).sample
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        loss = (recon - x).abs().mean() + 1e-4 * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sched.step()
+        if (step + 1) % 100 == 0:
+            log.info("vae step %d/%d: l1 %.4f", step + 1, steps, (recon - x).abs().mean())
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        sample = vae.encode(to_pixels(sample_batch(rng, 256)[0])).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / sample.std()))
+    return vae
+
+
+@torch.no_grad()
+def encode_dataset(vae: AutoencoderKL, rng: np.random.Generator, size: int):
+    """Render ``size`` scenes; return posterior moments ``[N, 24, 16, 16]`` and caption ids."""
+    moments, labels = [], []
+    for start in range(0, size, 256):
+        images, shapes, styles = sample_batch(rng, min(256, size - start))
+        moments.append(vae.encode(to_pixels(images)).latent_dist.parameters)
+        labels += [s * len(STYLES) + k for s, k in zip(shapes, styles, strict=True)]
+    return torch.cat(moments), torch.tensor(labels)
+
+
+@torch.no_grad()
+def caption_features(parts) -> torch.Tensor:
+    """Text features ``[len(SHAPES) * len(STYLES) + 1, 77, d]``; the last is the empty one."""
+    texts = [caption(shape, style) for shape in SHAPES for style in STYLES] + [""]
+    ids = parts.tokenizer(texts, padding="max_length", max_length=77, return_tensors="pt")
+    return parts.text_encoder(ids.input_ids).last_hidden_state
+
+
+def train_unet(
+    moments: torch.Tensor,
+    labels: torch.Tensor,
+    features: torch.Tensor,
+    scheduler: DDPMScheduler,
+    scaling_factor: float,
+    steps: int,
+    seed: int,
+    batch_size: int = 32,
+    caption_dropout: float = 0.1,
+    ema_decay: float = 0.999,
+) -> tuple[UNet2DConditionModel, list[float]]:
+    """Stage 2: the UNet on cached latents; returns its EMA and the per-step losses."""
+    gen = torch.Generator().manual_seed(seed)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, steps))
+    abar_table = scheduler.alphas_cumprod.float()
+    empty = len(features) - 1
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(0, len(moments), (batch_size,), generator=gen)
+        mean, logvar = moments[idx].chunk(2, dim=1)
+        eps_z = torch.randn(mean.shape, generator=gen)
+        latents = (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * eps_z) * scaling_factor
+        cond_idx = labels[idx].clone()
+        cond_idx[torch.rand(batch_size, generator=gen) < caption_dropout] = empty
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
+        noisy = diffusion.add_noise(latents, noise, abar_table[t])
+        loss = F.mse_loss(unet(noisy, t, features[cond_idx]).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sched.step()
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                e.lerp_(p, 1 - ema_decay)
+        losses.append(loss.item())
+        if (step + 1) % 200 == 0:
+            log.info("unet step %d/%d: loss %.4f", step + 1, steps, np.mean(losses[-200:]))
+    return ema.eval(), losses
+
+
+def save_model(output: Path, unet, vae, parts) -> None:
+    """Write a folder that ``StableDiffusionPipeline.from_pretrained`` and ours both load."""
+    pipe = StableDiffusionPipeline(
+        vae, parts.text_encoder, parts.tokenizer, unet, parts.noise_scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(output)
+    for path in (output / "tokenizer").iterdir():  # the compact vocab + merges form instead
+        path.unlink()
+    save_clip_vocabulary(output / "tokenizer")
+
+
+def pretrain(
+    output: str | Path,
+    seed: int = 0,
+    vae_steps: int = 1000,
+    unet_steps: int = 5000,
+    dataset_size: int = 16384,
+    judge_steps: int = 300,
+) -> dict:
+    """Run all stages and write the world model folder; return a summary (also saved).
+
+    Args:
+        output: the diffusers folder to write (``unet/``, ``vae/``, ``text_encoder/``,
+            ``tokenizer/``, ``scheduler/``, ``judges/``, ``recipe.json``).
+        seed: the one seed every stage derives from.
+        vae_steps: VAE optimisation steps (batch 32).
+        unet_steps: UNet optimisation steps (batch 32).
+        dataset_size: scenes rendered and encoded for the UNet.
+        judge_steps: steps of each judge.
+    """
+    from artbank_pl.world.judges import train_judges
+
+    torch.manual_seed(seed)
+    output = Path(output)
+    started = time.monotonic()
+    rng = np.random.default_rng(seed)
+    parts = build_tiny_parts()
+    vae = train_vae(rng, vae_steps)
+    vae_done = time.monotonic()
+    moments, labels = encode_dataset(vae, rng, dataset_size)
+    features = caption_features(parts)
+    unet, losses = train_unet(
+        moments, labels, features, parts.noise_scheduler, vae.config.scaling_factor,
+        unet_steps, seed,
+    )  # fmt: skip
+    unet_done = time.monotonic()
+    judges = train_judges(output / "judges", seed, judge_steps)
+    window = max(1, min(200, unet_steps // 10))
+    save_model(output, unet, vae, parts)
+    summary = {
+        "command": (
+            f"artbank world pretrain --output {output} --seed {seed} --vae-steps {vae_steps} "
+            f"--unet-steps {unet_steps} --dataset-size {dataset_size} --judge-steps {judge_steps}"
+        ),
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        "seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps,
+        "dataset_size": dataset_size, "judge_steps": judge_steps,
+        "seconds": {"vae": round(vae_done - started, 1), "unet": round(unet_done - vae_done, 1),
+                    "total": round(time.monotonic() - started, 1)},
+        # mean loss over the first and the last 200 steps (a tenth of short runs)
+        "unet_loss_start": float(np.mean(losses[:window])),
+        "unet_loss_end": float(np.mean(losses[-window:])),
+        "judges": judges,
+        "styles": list(STYLES), "shapes": list(SHAPES),
+    }  # fmt: skip
+    (output / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

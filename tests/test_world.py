@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from artbank_pl.cli import main
+from artbank_pl.errors import ConfigError
+from artbank_pl.sd import load_parts
+from artbank_pl.world import model_dir
+from artbank_pl.world.cli import write_images
+from artbank_pl.world.judges import load_judges
+from artbank_pl.world.scenes import SHAPES, SIZE, STYLES, render, sample_batch
+
+
+def test_scenes_are_deterministic_and_cover_every_shape_and_style():
+    for style in STYLES:
+        for shape in SHAPES:
+            a = render(shape, style, np.random.default_rng(3))
+            b = render(shape, style, np.random.default_rng(3))
+            assert a.shape == (SIZE, SIZE, 3) and a.dtype == np.uint8
+            assert np.array_equal(a, b)
+            assert a.std() > 5  # not a blank image
+    # a collection is many different images in one style
+    images, _, _ = sample_batch(np.random.default_rng(0), 8, styles=("striped",))
+    assert len({im.tobytes() for im in images}) == 8
+
+
+def test_world_images_lays_out_collections_and_photographs(tmp_path):
+    written = write_images(tmp_path, styles=("striped", "neon striped"), per_style=3, photos=5)
+    assert sorted(written) == ["neon-striped", "photographs", "striped"]
+    assert len(list((tmp_path / "collections/neon-striped").glob("*.png"))) == 3
+    names = sorted(p.name for p in (tmp_path / "photographs").iterdir())
+    assert names[0] == "circle-000.png" and len(names) == 5
+    with pytest.raises(ConfigError, match="--styles: unknown style 'cubist'"):
+        write_images(tmp_path, styles=("cubist",))
+
+
+def test_world_cli_writes_images(tmp_path, capsys):
+    assert main(["world", "images", "--output", str(tmp_path), "--per-style", "2"]) == 0
+    assert "striped: 2 images" in capsys.readouterr().out
+
+
+def test_the_shipped_judges_read_style_and_content_back():
+    judges = load_judges("world")
+    images, shapes, styles = sample_batch(np.random.default_rng(12345), 256)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    style_hits = np.mean(
+        [p == STYLES[s] for p, s in zip(judges.predict("style", x), styles, strict=True)]
+    )
+    shape_hits = np.mean(
+        [p == SHAPES[s] for p, s in zip(judges.predict("content", x), shapes, strict=True)]
+    )
+    assert style_hits >= 0.95 and shape_hits >= 0.95
+
+
+def test_the_world_model_loads_as_an_ordinary_diffusers_folder():
+    parts = load_parts("world")
+    assert parts.unet.config.sample_size * 2 == SIZE
+    assert parts.tokenizer("a photo of a cat").input_ids == [
+        49406,
+        320,
+        1125,
+        539,
+        320,
+        2368,
+        49407,
+    ]
+    assert load_parts(str(model_dir())).unet.config == parts.unet.config
+    recipe = json.loads((model_dir() / "recipe.json").read_text())
+    assert recipe["unet_loss_end"] < recipe["unet_loss_start"]
+    size = sum(p.stat().st_size for p in model_dir().rglob("*") if p.is_file())
+    assert size <= 20 * 2**20
+
+
+@pytest.mark.slow
+def test_a_short_pretraining_run_learns(tmp_path):
+    from artbank_pl.world.pretrain import pretrain
+
+    summary = pretrain(tmp_path / "w", vae_steps=20, unet_steps=200, dataset_size=256,
+                       judge_steps=10)  # fmt: skip
+    assert summary["unet_loss_end"] < 0.9 * summary["unet_loss_start"]
+    parts = load_parts(str(tmp_path / "w"))
+    with torch.no_grad():
+        latents = parts.vae.encode(torch.zeros(1, 3, SIZE, SIZE)).latent_dist.mode()
+    assert latents.shape == (1, 12, SIZE // 2, SIZE // 2)
