@@ -67,20 +67,30 @@ def write_images(
     return written
 
 
-def _images(argv: Sequence[str]) -> int:
+def _parser(command: str, description: str, output_help: str) -> argparse.ArgumentParser:
+    """Build the parser of ``artbank world <command>`` with its ``--output`` and ``--seed``."""
     parser = argparse.ArgumentParser(
-        prog="artbank world images",
-        description="Write world collections (OUTPUT/collections/<style>/) and world "
-        "photographs (OUTPUT/photographs/).",
+        prog=f"artbank world {command}",
+        description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--output", required=True, help="folder to fill")
+    parser.add_argument("--output", required=True, help=output_help)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    return parser
+
+
+def _images(argv: Sequence[str]) -> int:
+    parser = _parser(
+        "images",
+        "Write world collections (OUTPUT/collections/<style>/) and world photographs "
+        "(OUTPUT/photographs/).",
+        "folder to fill",
+    )
     choices = ", ".join(s for s in STYLES if s != PHOTO)
     parser.add_argument("--styles", nargs="+", default=list(DEFAULT_STYLES),
                         help=f"styles, from: {choices}")  # fmt: skip
     parser.add_argument("--per-style", "--per_style", type=int, default=24)
     parser.add_argument("--photos", type=int, default=8, help="content photographs")
-    parser.add_argument("--seed", type=int, default=0)
     opts = parser.parse_args(argv)
     for name, paths in write_images(**vars(opts)).items():
         print(f"{name}: {len(paths)} images")
@@ -90,13 +100,11 @@ def _images(argv: Sequence[str]) -> int:
 def _pretrain(argv: Sequence[str]) -> int:
     from artbank_pl.world.pretrain import pretrain
 
-    parser = argparse.ArgumentParser(
-        prog="artbank world pretrain",
-        description="Pretrain the world's miniature SD (VAE, UNet) and judges from scratch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = _parser(
+        "pretrain",
+        "Pretrain the world's miniature SD (VAE, UNet) and judges from scratch.",
+        "diffusers folder to write",
     )
-    parser.add_argument("--output", required=True, help="diffusers folder to write")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", "--vae_steps", type=int, default=1000)
     parser.add_argument("--unet-steps", "--unet_steps", type=int, default=5000)
     parser.add_argument("--dataset-size", "--dataset_size", type=int, default=16384)
@@ -109,13 +117,11 @@ def _pretrain(argv: Sequence[str]) -> int:
 def _judges(argv: Sequence[str]) -> int:
     from artbank_pl.world.judges import train_judges
 
-    parser = argparse.ArgumentParser(
-        prog="artbank world judges",
-        description="Train the style and content judges on generator output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = _parser(
+        "judges",
+        "Train the style and content judges on generator output.",
+        "folder for judges.json + weights",
     )
-    parser.add_argument("--output", required=True, help="folder for judges.json + weights")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=300)
     opts = parser.parse_args(argv)
     print(json.dumps(train_judges(opts.output, opts.seed, opts.steps), indent=2))
