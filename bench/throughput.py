@@ -10,11 +10,14 @@ a. peer        a training step as diffusers' examples/textual_inversion does it:
                restored, UNet and VAE in the half dtype, text encoder in fp32
 b. lightning   our PromptBankTask through Lightning's Trainer and ArtworkDataModule on
                synthetic shards (the real code path)
+g. cached      the same, training from the latent cache (``artbank shards cache``)
 c. inverter    our InverterTask the same way
 e. bare        the same math as b (the same module's loss) in a plain PyTorch loop over the
                same dataloader, without Lightning
 d. stylize     diffusers StableDiffusionImg2ImgPipeline against our predict loop (StylizeTask +
-               ContentDataModule + StylizedImageWriter) on the same images and settings
+               ContentDataModule + StylizedImageWriter) on the same images and settings, with
+               DDIM at 50 steps and with DPM-Solver++ at 20 (the pipeline with the same
+               scheduler); the "x peer" column compares each to the pipeline at DDIM 50
 f. floor       FLOPs of b's step (torch.utils.flop_counter) over the measured matmul rate
 
 The last line is ``ratio lightning/bare: R``, b's time per step over e's.
@@ -39,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from artbank_pl.callbacks import StylizedImageWriter
 from artbank_pl.datamodules import ArtworkDataModule, ContentDataModule, build_shards
+from artbank_pl.datamodules.cache import cache_shards
 from artbank_pl.sd import half_dtype, load_parts
 from artbank_pl.tasks import InverterTask, PromptBankTask, StylizeTask
 from artbank_pl.tokenizer import add_placeholder_tokens
@@ -246,54 +250,70 @@ def step_flops(task, data, args) -> float:
     return counter.get_total_flops()
 
 
+STYLIZE_SETTINGS = {"ddim 50": ("ddim", 50), "dpmsolver++ 20": ("dpmsolver++", 20)}
+
+
 def time_stylize(args, clock, root: Path) -> dict[str, tuple[float, float | None]]:
-    """Images per second of diffusers' img2img pipeline and of our predict loop."""
-    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+    """Images per second of diffusers' img2img pipeline and of our predict loop, per sampler."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from artbank_pl.tasks.sampling import make_sampler
 
     content = write_images(root / "content", args.stylize_images, args.resolution, seed=9)
-    results = {}
-    task = StylizeTask(
-        bank=str(args.export), collections=["alpha"], pretrained=args.pretrained, steps=50,
-        strength=0.7, guidance_scale=7.5, batch_invariant=False,
-    )  # fmt: skip
     data = ContentDataModule(str(content), args.resolution, args.stylize_batch, num_workers=0)
-
-    def ours() -> float:
-        # per-batch time including the writer's work (the timer is the last callback);
-        # the Trainer's one-off start-up is left out, as it is amortised over a dataset
-        timer = BatchTimes(clock)
-        trainer = Trainer(
-            accelerator=args.device, devices=1, precision=args.precision, logger=False,
-            enable_progress_bar=False, enable_model_summary=False,
-            callbacks=[StylizedImageWriter(tempfile.mkdtemp(dir=root), "jpg"), timer],
-        )  # fmt: skip
-        trainer.predict(task, data, return_predictions=False)
-        return timer.outputs / sum(timer.times)
-
-    parts = task.parts
-    pipe = StableDiffusionImg2ImgPipeline(
-        vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
-        unet=parts.unet, scheduler=DDIMScheduler.from_config(parts.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).to(args.device)  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
     images = [Image.open(p).convert("RGB") for p in sorted(content.iterdir())]
+    runs = {}
+    for label, (sampler, steps) in STYLIZE_SETTINGS.items():
+        task = StylizeTask(
+            bank=str(args.export), collections=["alpha"], pretrained=args.pretrained,
+            steps=steps, strength=0.7, guidance_scale=7.5, scheduler=sampler,
+        )  # fmt: skip
+        parts = task.parts
+        pipe = StableDiffusionImg2ImgPipeline(
+            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+            unet=parts.unet, scheduler=make_sampler(parts.noise_scheduler.config, sampler),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        runs[f"ours {label}"] = lambda t=task: _stylize_ours(t, data, args, clock, root)
+        runs[f"peer {label}"] = lambda p=pipe, n=steps: _stylize_peer(p, images, n, args, clock)
+    for run in runs.values():  # warm every row up
+        run()
+    results = {}
+    for _ in range(2):  # then alternate, so that drift on a shared machine hits all alike
+        for name, run in runs.items():
+            reset_memory(args.device)
+            rate = run()
+            results.setdefault(name, []).append((rate, peak_memory_gib(args.device)))
+    return {name: max(rows, key=lambda r: r[0]) for name, rows in results.items()}
 
-    def peer() -> float:
-        start = clock.now()
-        for i in range(0, len(images), args.stylize_batch):
-            chunk = images[i : i + args.stylize_batch]
-            pipe(["a painting"] * len(chunk), image=chunk, strength=0.7,
-                 num_inference_steps=50, guidance_scale=7.5, output_type="np")  # fmt: skip
-        return len(images) / (clock.now() - start)
 
-    # warm both up, then alternate so that drift on a shared machine hits both alike
-    ours(), peer()
-    for name, run in (("ours", ours), ("peer", peer)) * 2:
-        reset_memory(args.device)
-        rate = run()
-        results.setdefault(name, []).append((rate, peak_memory_gib(args.device)))
-    return {name: max(runs, key=lambda r: r[0]) for name, runs in results.items()}
+def _stylize_ours(task, data, args, clock, root: Path) -> float:
+    """Time our predict loop: images per second over its batches, writer included.
+
+    The timer is the last callback; the Trainer's one-off start-up is left out, as a
+    dataset amortises it.
+    """
+    timer = BatchTimes(clock)
+    trainer = Trainer(
+        accelerator=args.device, devices=1, precision=args.precision, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[StylizedImageWriter(tempfile.mkdtemp(dir=root), "jpg"), timer],
+    )  # fmt: skip
+    trainer.predict(task, data, return_predictions=False)
+    return timer.outputs / sum(timer.times)
+
+
+def _stylize_peer(pipe, images, steps: int, args, clock) -> float:
+    """Diffusers' img2img pipeline on the same images."""
+    # the pipeline shares our modules, which Lightning's teardown moved back to the CPU
+    pipe.to(args.device)
+    start = clock.now()
+    for i in range(0, len(images), args.stylize_batch):
+        chunk = images[i : i + args.stylize_batch]
+        pipe(["a painting"] * len(chunk), image=chunk, strength=0.7,
+             num_inference_steps=steps, guidance_scale=7.5, output_type="np")  # fmt: skip
+    return len(images) / (clock.now() - start)
 
 
 def table(rows: list[tuple], floor_rate: float) -> str:
@@ -338,9 +358,9 @@ def main(argv=None) -> None:
     root = Path(tempfile.mkdtemp(prefix="artbank-bench-"))
     manifest = synthetic_shards(root, args.resolution)
 
-    def data() -> ArtworkDataModule:
+    def data(source: Path = manifest) -> ArtworkDataModule:
         return ArtworkDataModule(
-            manifest=str(manifest), resolution=args.resolution, batch_size=args.batch_size,
+            manifest=str(source), resolution=args.resolution, batch_size=args.batch_size,
             num_workers=args.workers, samples_per_epoch=10**6,
         )  # fmt: skip
 
@@ -374,6 +394,10 @@ def main(argv=None) -> None:
     )  # fmt: skip
     inverter_times = run_lightning(inverter, data(), args, clock)
     inverter_mem = peak_memory_gib(args.device)
+    cached = cache_shards(manifest, root / "cached", args.pretrained, args.resolution,
+                          device=args.device)  # fmt: skip
+    cached_times = run_lightning(bank(), data(cached), args, clock)
+    cached_mem = peak_memory_gib(args.device)
     flops = step_flops(bank().to(args.device), data(), args)
     mm_dtype = half_dtype(args.precision) if args.device == "cuda" else torch.float32
     floor_rate = matmul_rate(args.device, mm_dtype) / (flops / args.batch_size)
@@ -383,15 +407,18 @@ def main(argv=None) -> None:
     rows = [
         ("a. peer (diffusers TI step)", peer, peer_mem, peer, True),
         ("b. ours, Lightning", rate(light_times), light_mem, peer, True),
+        ("g. ours, cached latents", rate(cached_times), cached_mem, peer, True),
         ("c. ours, InST inverter", rate(inverter_times), inverter_mem, peer, False),
         ("e. bare PyTorch loop", rate(bare_times), bare_mem, peer, True),
         ("f. floor (FLOPs / matmul rate)", floor_rate, None, None, True),
-        ("d. stylize: diffusers img2img", stylize["peer"][0], stylize["peer"][1], None, False),
-        ("d. stylize: ours (predict)", *stylize["ours"], stylize["peer"][0], False),
     ]
+    reference = stylize["peer ddim 50"][0]
+    for label in STYLIZE_SETTINGS:
+        rows.append((f"d. stylize {label}: diffusers", *stylize[f"peer {label}"], reference, False))
+        rows.append((f"d. stylize {label}: ours", *stylize[f"ours {label}"], reference, False))
     print(f"preset {args.preset}, device {args.device}, precision {args.precision}, "
           f"batch {args.batch_size}, {args.resolution} px, median of {args.steps} steps; "
-          f"stylize: 50 steps x 0.7, guidance 7.5, {args.stylize_images} images")  # fmt: skip
+          f"stylize: strength 0.7, guidance 7.5, {args.stylize_images} images")  # fmt: skip
     print(f"training step: {flops / args.batch_size / 1e9:.2f} GFLOP per image")
     print(table(rows, floor_rate))
     ratio = statistics.median(light_times) / statistics.median(bare_times)

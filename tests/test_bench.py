@@ -24,7 +24,11 @@ def test_bench_runs_every_row_and_ends_with_the_ratio():
         "c. ours, InST",
         "e. bare",
         "f. floor",
-        "d. stylize",
+        "g. ours, cached latents",
+        "d. stylize ddim 50: diffusers",
+        "d. stylize ddim 50: ours",
+        "d. stylize dpmsolver++ 20: diffusers",
+        "d. stylize dpmsolver++ 20: ours",
     ):
         assert any(line.startswith(row) for line in lines), row
     assert re.fullmatch(r"ratio lightning/bare: \d+\.\d{3}", lines[-1])
