@@ -318,12 +318,12 @@ def _stylize_peer(pipe, images, steps: int, args, clock) -> float:
 
 def table(rows: list[tuple], floor_rate: float) -> str:
     """Format rows of (name, img/s, peak GiB, reference img/s or None, share of the floor)."""
-    lines = [f"{'row':<32}{'img/s':>10}{'x peer':>9}{'% floor':>9}{'peak GiB':>10}"]
+    lines = [f"{'row':<38}{'img/s':>10}{'x peer':>9}{'% floor':>9}{'peak GiB':>10}"]
     for name, rate, mem, reference, training in rows:
         ratio = f"{rate / reference:.2f}" if reference else "-"
         floor = f"{100 * rate / floor_rate:.1f}" if training else "-"
         memory = f"{mem:.2f}" if mem is not None else "-"
-        lines.append(f"{name:<32}{rate:>10.2f}{ratio:>9}{floor:>9}{memory:>10}")
+        lines.append(f"{name:<38}{rate:>10.2f}{ratio:>9}{floor:>9}{memory:>10}")
     return "\n".join(lines)
 
 
