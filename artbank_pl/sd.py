@@ -194,7 +194,8 @@ def outside_autocast(device: torch.device | str):
     """Turn autocast off for the frozen parts, which already hold the half type.
 
     Under autocast, GroupNorm and LayerNorm run in float32 on CUDA, so a half-precision
-    frozen UNet would move ~1.7 GB more per SD-1.5 image; the trainables still run (and
+    frozen UNet moves more memory (the review estimated ~1.7 GB more per SD-1.5 image; not
+    measured here, no GPU was lent); the trainables still run (and
     keep their float32 weights) under the trainer's autocast outside this context.
     """
     return torch.autocast(torch.device(device).type, enabled=False)

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer
 
-from artbank_pl import diffusion
 from artbank_pl.datamodules import ArtworkDataModule, build_shards
 from artbank_pl.styles import load_image
 from artbank_pl.tasks import InverterTask, PromptBankTask
@@ -149,21 +148,6 @@ def single_painting_arm(world: World, arm: str, style: str, seed: int, args, roo
     return fit(task, folder / "shards/manifest.json", probe, args.inst_steps, seed, root)
 
 
-@torch.no_grad()
-def stylize_with(task: PromptBankTask, world: World, k: int, **options) -> torch.Tensor:
-    """Stylize the photographs with collection ``k`` under img2img ``options``."""
-    photos = world.photos
-    cond = task.conditioning({}, [task.prompt_for(k, "{}", None)]).expand(len(photos), -1, -1)
-    uncond = task.text_hidden_states(task.tokenize([""]))
-    z0 = task.encode_latents(photos, sample=False)
-    if options.pop("adain", False):
-        exemplar = world.exemplars[k][None]
-        z0 = diffusion.adain(z0, task.encode_latents(exemplar, sample=False))
-    generators = [torch.Generator().manual_seed(i) for i in range(len(photos))]
-    z = task.img2img(z0, cond, uncond, generators, guidance_scale=7.5, **options)
-    return task.decode_latents(z)
-
-
 def sampling_arms(world: World, task: PromptBankTask) -> dict:
     """Claims 3 and 4 on a trained bank: inversions x strengths, AdaIN, samplers."""
     settings = {}
@@ -171,6 +155,7 @@ def sampling_arms(world: World, task: PromptBankTask) -> dict:
         for strength in (0.5, 0.6, 0.7, 0.8):
             settings[f"{inversion} {strength}"] = {"inversion": inversion, "strength": strength,
                                                    "steps": 20}  # fmt: skip
+    photos = world.photos.to(task.device)
     settings["adain on"] = {"inversion": "stochastic", "strength": 0.7, "steps": 20, "adain": True}
     settings["adain off"] = {"inversion": "stochastic", "strength": 0.7, "steps": 20}
     settings["ddim 50"] = {"inversion": "stochastic", "strength": 0.7, "steps": 50}
@@ -178,8 +163,11 @@ def sampling_arms(world: World, task: PromptBankTask) -> dict:
                                   "scheduler": "dpmsolver++"}  # fmt: skip
     results = {}
     for name, options in settings.items():
-        scores = [world.accuracy(stylize_with(task, world, k, **dict(options)), style)
-                  for k, style in enumerate(STYLES)]  # fmt: skip
+        scores = [
+            world.accuracy(task.stylize(photos, k, world.exemplars[k], guidance_scale=7.5,
+                                        seed=0, **options), style)
+            for k, style in enumerate(STYLES)
+        ]  # fmt: skip
         results[name] = {"style_acc": float(np.mean([s for s, _ in scores])),
                          "content_acc": float(np.mean([c for _, c in scores]))}  # fmt: skip
     return results

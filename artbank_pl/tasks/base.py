@@ -253,17 +253,26 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             return self.text_hidden_states(safe_ids)
 
     @torch.no_grad()
-    def encode_latents(self, pixel_values: torch.Tensor, sample: bool = True) -> torch.Tensor:
+    def encode_latents(
+        self,
+        pixel_values: torch.Tensor,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Encode ``[-1, 1]`` pixels to scaled latents (float32).
 
         Args:
             pixel_values: ``[B, 3, H, W]`` in ``[-1, 1]``.
             sample: draw from the VAE posterior (training); else take its mean.
+            generator: generator of the posterior draw (on this module's device).
         """
         pixels = pixel_values.to(device=self.device, dtype=self.vae.dtype)
         with outside_autocast(self.device):
-            dist = self.vae.encode(pixels).latent_dist
-        latents = dist.sample() if sample else dist.mode()
+            posterior = self.vae.encode(pixels).latent_dist
+        return self._scaled_latents(posterior, sample, generator)
+
+    def _scaled_latents(self, posterior, sample: bool, generator) -> torch.Tensor:
+        latents = posterior.sample(generator) if sample else posterior.mode()
         return latents.float() * self.vae.config.scaling_factor
 
     @torch.no_grad()
@@ -280,14 +289,10 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             sample: draw from the posterior (training); else take its mean.
             generator: generator of the posterior draw (on this module's device).
         """
-        if "moments" in batch:
-            posterior = DiagonalGaussianDistribution(batch["moments"].to(self.device).float())
-        else:
-            pixels = batch["pixel_values"].to(device=self.device, dtype=self.vae.dtype)
-            with outside_autocast(self.device):
-                posterior = self.vae.encode(pixels).latent_dist
-        latents = posterior.sample(generator) if sample else posterior.mode()
-        return latents.float() * self.vae.config.scaling_factor
+        if "moments" not in batch:
+            return self.encode_latents(batch["pixel_values"], sample, generator)
+        posterior = DiagonalGaussianDistribution(batch["moments"].to(self.device).float())
+        return self._scaled_latents(posterior, sample, generator)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -37,14 +37,34 @@ SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
 INVERSIONS = ("stochastic", "noise", "ddim")
 
 
+def check_sampling(
+    strength: float, steps: int, inversion: str = "stochastic", scheduler: str = "ddim"
+) -> None:
+    """Check img2img options before any model work (``StylizeTask`` calls it at init).
+
+    Raises:
+        ConfigError: an unknown inversion or sampler, DDIM inversion with another sampler,
+            a strength outside (0, 1], or ``steps * strength`` rounding down to no step.
+    """
+    if inversion not in INVERSIONS:
+        raise ConfigError(f"inversion must be stochastic, noise or ddim, got {inversion!r}")
+    if scheduler not in SAMPLERS:
+        raise ConfigError(f"scheduler must be one of {', '.join(SAMPLERS)}, got {scheduler!r}")
+    if inversion == "ddim" and scheduler != "ddim":
+        raise ConfigError("inversion: ddim needs scheduler: ddim (DDIM inversion is DDIM's)")
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"strength must be in (0, 1], got {strength}")
+    if int(steps * strength) < 1:
+        raise ConfigError(f"steps={steps} x strength={strength} leaves no denoising step")
+
+
 def make_sampler(config: dict, name: str) -> SchedulerMixin:
     """Build a fresh sampler of kind ``name`` from a model's scheduler config.
 
     Raises:
         ConfigError: unknown sampler name.
     """
-    if name not in SAMPLERS:
-        raise ConfigError(f"scheduler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    check_sampling(1.0, 1, scheduler=name)
     cls, overrides = SAMPLERS[name]
     return cls.from_config(config, **overrides)
 
@@ -58,13 +78,10 @@ def img2img_timesteps(
     (``StableDiffusionImg2ImgPipeline.get_timesteps``).
 
     Raises:
-        ConfigError: ``steps * strength`` rounds down to no step at all.
+        ConfigError: see :func:`check_sampling`.
     """
-    if not 0.0 < strength <= 1.0:
-        raise ConfigError(f"strength must be in (0, 1], got {strength}")
+    check_sampling(strength, steps)
     run = min(int(steps * strength), steps)
-    if run < 1:
-        raise ConfigError(f"steps={steps} x strength={strength} leaves no denoising step")
     sampler.set_timesteps(steps, device=device)
     begin = (steps - run) * sampler.order
     if hasattr(sampler, "set_begin_index"):
@@ -113,7 +130,7 @@ class SamplingMixin:
 
     def ddim_invert(
         self, z0: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, steps: int
-    ):
+    ) -> torch.Tensor:
         """Deterministic DDIM inversion of ``z0`` up to ``timesteps[0]`` (a descending list).
 
         diffusers' ``DDIMInverseScheduler`` (Song et al. 2021, Sec. 4.3; Mokady et al. 2023,
@@ -184,10 +201,7 @@ class SamplingMixin:
         Returns:
             The final latents, float32.
         """
-        if inversion not in INVERSIONS:
-            raise ConfigError(f"inversion must be stochastic, noise or ddim, got {inversion!r}")
-        if inversion == "ddim" and scheduler != "ddim":
-            raise ConfigError("inversion=ddim needs scheduler=ddim (DDIM inversion is DDIM's)")
+        check_sampling(strength, steps, inversion, scheduler)
         sampler = make_sampler(self.noise_scheduler.config, scheduler)
         timesteps = img2img_timesteps(sampler, steps, strength, z0.device)
         shape = z0.shape[1:]

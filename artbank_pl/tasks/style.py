@@ -6,6 +6,7 @@ import zlib
 
 import torch
 
+from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
 from artbank_pl.metrics import PerCollectionMean
 from artbank_pl.optim import LRSchedule
@@ -161,8 +162,11 @@ class StyleTask(FrozenDiffusionTask):
         strength: float = 0.7,
         guidance_scale: float = 7.5,
         seed: int = 0,
+        inversion: str = "stochastic",
+        scheduler: str = "ddim",
+        adain: bool = False,
     ) -> torch.Tensor:
-        """Render content images in one collection's style, for previews during training.
+        """Render content images in one collection's style (training previews, the study).
 
         Args:
             content: ``[B, 3, H, W]`` pixels in ``[-1, 1]``.
@@ -172,15 +176,23 @@ class StyleTask(FrozenDiffusionTask):
             strength: img2img strength.
             guidance_scale: classifier-free guidance scale.
             seed: seed of content image ``i`` is ``seed + i``.
+            inversion: ``stochastic``, ``noise`` or ``ddim`` (see ``img2img``).
+            scheduler: the sampler (see ``img2img``).
+            adain: match the content latents' channel statistics to the exemplar's first.
 
         Returns:
-            ``[B, 3, H, W]`` images in ``[0, 1]`` (stochastic inversion, DDIM eta 0).
+            ``[B, 3, H, W]`` images in ``[0, 1]`` (eta 0).
         """
         prompts = [self.prompt_for(collection, "{}", None)]
         style = {"pixel_values": style_pixels[None], "collection_idx": torch.tensor([collection])}
         cond = self.conditioning(style, prompts).expand(len(content), -1, -1)
         uncond = self.text_hidden_states(self.tokenize([""]))
         z0 = self.encode_latents(content, sample=False)
+        if adain:
+            z0 = diffusion.adain(z0, self.encode_latents(style_pixels[None], sample=False))
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(content))]
-        z = self.img2img(z0, cond, uncond, generators, strength, steps, guidance_scale)
+        z = self.img2img(
+            z0, cond, uncond, generators, strength, steps, guidance_scale,
+            inversion=inversion, scheduler=scheduler,
+        )  # fmt: skip
         return self.decode_latents(z)

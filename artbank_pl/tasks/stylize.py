@@ -14,7 +14,7 @@ from artbank_pl.sd import freeze
 from artbank_pl.styles import check_width, load_bank_styles, load_image, load_inverter
 from artbank_pl.tasks.base import FrozenDiffusionTask, sample_seed
 from artbank_pl.tasks.evaluation import StyleEvaluation
-from artbank_pl.tasks.sampling import SAMPLERS, Sampler
+from artbank_pl.tasks.sampling import Sampler, check_sampling
 from artbank_pl.tokenizer import add_placeholder_tokens, expand_placeholder, placeholder_token
 from artbank_pl.vision import image_features, load_vision_encoder
 
@@ -53,7 +53,7 @@ class StylizeTask(FrozenDiffusionTask):
         batch_invariant: run each content image on its own through the UNet and VAE, so its
             output is bit-identical whatever the batch size or order, and across ranks that
             use the same number of threads. It costs one UNet call per image and step
-            instead of one per batch (about 3-4 x slower on a GPU at batch 8). Off (the
+            instead of one per batch (estimated 3-4 x slower on a GPU at batch 8). Off (the
             default): whole batches at once; outputs then equal to float rounding, except
             after ``inversion: ddim``, which amplifies it.
         pretrained: ``tiny``, a local diffusers folder, or a hub id.
@@ -113,12 +113,12 @@ class StylizeTask(FrozenDiffusionTask):
         report_images: int = 4,
         judges: str | None = None,
     ) -> None:
-        _check_options(
-            bank, inverter, style_images, prompt, strength, steps, adain, adain_reference
-        )
+        _check_options(bank, inverter, style_images, prompt, adain, adain_reference)
         for swept_strength in sweep_strengths or [strength]:
-            for swept_scale in sweep_guidance_scales or [guidance_scale]:
-                _check_sampling(inversion, scheduler, swept_strength, steps, swept_scale)
+            check_sampling(swept_strength, steps, inversion, scheduler)
+        for swept_scale in sweep_guidance_scales or [guidance_scale]:
+            if swept_scale < 0:
+                raise ConfigError(f"guidance_scale must be >= 0, got {swept_scale}")
         super().__init__(
             pretrained, revision, variant, vae_fp32, compile_unet=compile_unet,
             channels_last=channels_last, clip_skip=clip_skip,
@@ -279,27 +279,12 @@ def _style_name(path: str) -> str:
     return Path(path).stem
 
 
-def _check_options(bank, inverter, style_images, prompt, strength, steps, adain, reference) -> None:
+def _check_options(bank, inverter, style_images, prompt, adain, reference) -> None:
     if bool(bank) == bool(inverter):
         raise ConfigError("give exactly one style source: model.bank or model.inverter")
     if inverter and not style_images:
         raise ConfigError("model.inverter needs model.style_images")
     if STYLE_MARK not in prompt:
         raise ConfigError(f"prompt {prompt!r} has no '*' where the style goes")
-    if not 0 < strength <= 1:
-        raise ConfigError(f"strength must be in (0, 1], got {strength}")
-    if steps < 1:
-        raise ConfigError(f"steps must be at least 1, got {steps}")
     if adain and bank and not reference:
         raise ConfigError("adain with a bank needs model.adain_reference (an image)")
-
-
-def _check_sampling(inversion, scheduler, strength, steps, guidance_scale) -> None:
-    if scheduler not in SAMPLERS:
-        raise ConfigError(f"scheduler must be one of {', '.join(SAMPLERS)}, got {scheduler!r}")
-    if inversion == "ddim" and scheduler != "ddim":
-        raise ConfigError("inversion: ddim needs scheduler: ddim (DDIM inversion is DDIM's)")
-    if int(steps * strength) < 1:
-        raise ConfigError(f"steps={steps} x strength={strength} leaves no denoising step")
-    if guidance_scale < 0:
-        raise ConfigError(f"guidance_scale must be >= 0, got {guidance_scale}")
