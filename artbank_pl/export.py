@@ -4,8 +4,12 @@ Per collection, two safetensors files:
 
 - ``diffusers/<name>.safetensors``: ``{placeholder: tensor[n, d]}``, read by
   ``pipe.load_textual_inversion(path)`` (tokens ``<name>``, ``<name>_1``, ...);
-- ``a1111/<name>.safetensors``: ``{"emb_params": tensor[n, d]}``, the form that
-  AUTOMATIC1111 and ComfyUI (``embedding:<name>``) read, as kohya-ss sd-scripts writes it.
+- ``a1111/artbank-<name>.safetensors``: ``{"emb_params": tensor[n, d]}``, the form that
+  AUTOMATIC1111 and ComfyUI (``embedding:artbank-<name>``) read, as kohya-ss sd-scripts
+  writes it. Both programs use the file name as the trigger word, so the ``artbank-`` prefix
+  keeps an ordinary word ("monet") in a prompt from turning into the embedding.
+
+Every file records its collection, placeholder and vector count in the safetensors metadata.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ def file_stem(collection: str) -> str:
     return placeholder_token(collection).strip("<>")
 
 
+def trigger_word(collection: str) -> str:
+    """Return the A1111/ComfyUI file stem (their trigger word): ``artbank-<name>``."""
+    return f"artbank-{file_stem(collection)}"
+
+
 def write_embeddings(
     embeddings: dict[str, torch.Tensor], out_dir: str | Path, formats: tuple[str, ...] = FORMATS
 ) -> list[Path]:
@@ -62,7 +71,8 @@ def write_embeddings(
         table = table.detach().float().cpu()
         meta = {"format": "pt", "collection": name, "token": token, "num_vectors": str(len(table))}
         for fmt in formats:
-            path = Path(out_dir) / fmt / f"{file_stem(name)}.safetensors"
+            stem = file_stem(name) if fmt == "diffusers" else trigger_word(name)
+            path = Path(out_dir) / fmt / f"{stem}.safetensors"
             tensors = {token: table} if fmt == "diffusers" else {"emb_params": table}
             atomic_save_safetensors(tensors, path, meta)
             written.append(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from artbank_pl.errors import ConfigError, DataError
@@ -42,6 +42,16 @@ def _read_embedding_file(path: Path) -> torch.Tensor:
     return table if table.ndim == 2 else table.reshape(-1, table.shape[-1])
 
 
+def _collection_of(path: Path) -> str:
+    """Return the collection an embedding file holds: its metadata, else its file stem."""
+    try:
+        with safe_open(path, "pt") as handle:
+            name = (handle.metadata() or {}).get("collection")
+    except (SafetensorError, OSError):
+        name = None  # _read_embedding_file reports the unreadable file
+    return name or path.stem
+
+
 def load_bank_styles(source: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Read per-collection embeddings ``{name: [n, d]}`` from a bank checkpoint or export.
 
@@ -61,9 +71,9 @@ def load_bank_styles(source: str | Path, names: list[str] | None = None) -> dict
         files = sorted(source.glob("*.safetensors"))
         if not files:
             raise CheckpointError(f"{source} holds no .safetensors embedding file")
-        styles = {f.stem: _read_embedding_file(f) for f in files}
+        styles = {_collection_of(f): _read_embedding_file(f) for f in files}
     elif source.is_file():
-        styles = {source.stem: _read_embedding_file(source)}
+        styles = {_collection_of(source): _read_embedding_file(source)}
     else:
         raise CheckpointError(f"style source {source} does not exist")
     if not names:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from artbank_pl.datamodules.shards import manifest_collections, read_manifest, resize_shorter_side
 from artbank_pl.datamodules.stream import ShardStream, decode_image, from_npy
 from artbank_pl.errors import ConfigError, DataError
+from artbank_pl.options import check_at_least, check_resolution
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,12 @@ class ArtworkDataModule(LightningDataModule):
         pin_memory: bool = True,
     ) -> None:
         super().__init__()
+        check_resolution("data.resolution", resolution)
+        check_at_least("data.batch_size", batch_size, 1)
+        check_at_least("data.val_batch_size", val_batch_size, 1)
+        check_at_least("data.num_workers", num_workers, 0)
+        check_at_least("data.samples_per_epoch", samples_per_epoch, 1)
+        check_at_least("data.shuffle_buffer", shuffle_buffer, 1)
         # the resolved names are the model's hyperparameter; two differing copies clash
         self.save_hyperparameters(ignore=["collections"])
         self._manifest = read_manifest(manifest) if manifest else None

@@ -18,6 +18,7 @@ from artbank_pl.datamodules.artwork import crop_square, expand_urls, to_tensor
 from artbank_pl.datamodules.shards import load_rgb, read_manifest, resize_shorter_side
 from artbank_pl.datamodules.stream import ShardStream, StreamPart, decode_image
 from artbank_pl.errors import DataError
+from artbank_pl.options import check_at_least, check_resolution
 from artbank_pl.styles import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,9 @@ class ContentDataModule(LightningDataModule):
         array_count: int = 1,
     ) -> None:
         super().__init__()
-        if resolution % 8:
-            raise DataError(f"resolution must be a multiple of 8, got {resolution}")
+        check_resolution("data.resolution", resolution)
+        check_at_least("data.batch_size", batch_size, 1)
+        check_at_least("data.num_workers", num_workers, 0)
         if not 0 <= array_index < array_count:
             raise DataError(f"array_index {array_index} is not in [0, array_count={array_count})")
         self.save_hyperparameters()

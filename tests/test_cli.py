@@ -1,3 +1,4 @@
+import csv
 import json
 import shutil
 import subprocess
@@ -68,6 +69,19 @@ QUICK = ["--trainer.val_check_interval", "2", "--data.init_args.resolution", "32
          "--data.init_args.batch_size", "2", "--data.init_args.samples_per_epoch", "8"]  # fmt: skip
 
 
+def assert_best_checkpoint_carries_its_own_val_loss(out):
+    """The kept checkpoint is the step with the lowest val/loss, and records that loss."""
+    rows = list(csv.DictReader((next((out / "logs").glob("version_*")) / "metrics.csv").open()))
+    val = {int(r["step"]): float(r["val/loss"]) for r in rows if r.get("val/loss")}
+    assert len(val) >= 2, val
+    [best] = [p for p in (out / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    saved_at = state["global_step"]
+    assert val[saved_at] == pytest.approx(min(val.values()))
+    [checkpoint_state] = [v for k, v in state["callbacks"].items() if "ModelCheckpoint" in k]
+    assert checkpoint_state["best_model_score"].item() == pytest.approx(min(val.values()))
+
+
 @pytest.mark.slow
 def test_quickstart_trains_resumes_and_exports(demo_dir):
     config = str(ROOT / "configs/quickstart.yaml")
@@ -81,6 +95,7 @@ def test_quickstart_trains_resumes_and_exports(demo_dir):
         "hokusai.safetensors",
         "monet.safetensors",
     ]
+    assert_best_checkpoint_carries_its_own_val_loss(out)
     # rerun in the same folder: resumes from last.ckpt, and config.yaml is overwritten
     main(["fit", "--config", config, "--trainer.max_steps", "6", "--ckpt_path", "last", *QUICK])
     resumed = torch.load(last, map_location="cpu", weights_only=True)
@@ -160,3 +175,20 @@ def test_one_collection_fits_with_validation_and_tests_with_one_style(tmp_path, 
     main(["predict", "--config", "stylize-quickstart", "--model.init_args.steps", "4",
           "--data.init_args.resolution", "32"])  # fmt: skip
     assert len(list((out / "stylized/monet").glob("*.png"))) == 5
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--data.init_args.batch_size", "0", "data.batch_size must be >= 1, got 0"),
+        ("--data.init_args.num_workers", "-1", "data.num_workers must be >= 0, got -1"),
+        ("--data.init_args.resolution", "30", "data.resolution must be a positive multiple of 8"),
+        ("--model.init_args.lr", "0", "model.lr must be > 0, got 0"),
+        ("--model.init_args.lr", "-1e-3", "model.lr must be > 0, got -0.001"),
+        ("--model.init_args.num_tokens", "0", "model.num_tokens must be >= 1, got 0"),
+    ],
+)
+def test_a_numeric_option_out_of_range_is_one_line(demo_dir, option, value, message):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "quickstart", f"{option}={value}"])
+    assert message in str(info.value.code)

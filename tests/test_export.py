@@ -4,10 +4,11 @@ import pytest
 import torch
 from diffusers import PNDMScheduler, StableDiffusionPipeline
 from lightning.pytorch import Trainer
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from artbank_pl.export import CheckpointError, bank_embeddings_from_checkpoint, write_embeddings
 from artbank_pl.sd import build_tiny_parts
+from artbank_pl.styles import load_bank_styles
 from artbank_pl.tokenizer import placeholder_token, token_strings
 
 
@@ -35,8 +36,8 @@ def test_export_loads_into_diffusers_exactly(tiny_task, tmp_path):
     embeds = trained_embeddings(tiny_task)
     paths = write_embeddings(embeds, tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in paths) == [
-        "a1111/hokusai.safetensors",
-        "a1111/monet.safetensors",
+        "a1111/artbank-hokusai.safetensors",
+        "a1111/artbank-monet.safetensors",
         "diffusers/hokusai.safetensors",
         "diffusers/monet.safetensors",
     ]
@@ -51,13 +52,27 @@ def test_export_loads_into_diffusers_exactly(tiny_task, tmp_path):
 def test_a1111_form_is_a_single_emb_params_tensor(tiny_task, tmp_path):
     embeds = trained_embeddings(tiny_task)
     write_embeddings(embeds, tmp_path, formats=("a1111",))
-    state = load_file(tmp_path / "a1111" / "monet.safetensors")
+    state = load_file(tmp_path / "a1111" / "artbank-monet.safetensors")
     assert list(state) == ["emb_params"]
     assert torch.equal(state["emb_params"], embeds["monet"])
     pipe = tiny_pipeline()
-    pipe.load_textual_inversion(tmp_path / "a1111" / "monet.safetensors", token="<monet>")
+    pipe.load_textual_inversion(tmp_path / "a1111" / "artbank-monet.safetensors", token="<monet>")
     ids = pipe.tokenizer.convert_tokens_to_ids(["<monet>", "<monet>_1"])
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], embeds["monet"])
+    # a second A1111 file loads beside the first only with its own token= (README)
+    pipe.load_textual_inversion(tmp_path / "a1111" / "artbank-hokusai.safetensors", token="<h>")
+
+
+def test_an_exported_folder_reads_back_under_its_collection_names(tiny_task, tmp_path):
+    embeds = trained_embeddings(tiny_task)
+    write_embeddings(embeds, tmp_path)
+    for fmt in ("diffusers", "a1111"):
+        styles = load_bank_styles(tmp_path / fmt)
+        assert styles.keys() == embeds.keys()
+        assert torch.equal(styles["monet"], embeds["monet"])
+    # a file written by another tool (no metadata) is named after its stem
+    save_file({"emb_params": embeds["monet"]}, tmp_path / "other.safetensors")
+    assert list(load_bank_styles(tmp_path / "other.safetensors")) == ["other"]
 
 
 def test_export_from_checkpoint_needs_no_sd_and_matches(tiny_task, tmp_path):

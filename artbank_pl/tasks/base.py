@@ -16,6 +16,7 @@ from torch import nn
 from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
 from artbank_pl.optim import LRSchedule, warmup_schedule_factor
+from artbank_pl.options import check_at_least, check_positive
 from artbank_pl.sd import (
     StableDiffusionParts,
     freeze,
@@ -118,6 +119,11 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         self.save_hyperparameters()
         if clip_skip < 0:
             raise ConfigError(f"clip_skip must be >= 0, got {clip_skip}")
+        check_positive("model.lr", lr)
+        check_at_least("model.weight_decay", weight_decay, 0)
+        check_at_least("model.warmup_steps", warmup_steps, 0)
+        check_at_least("model.noise_offset", noise_offset, 0)
+        check_positive("model.min_snr_gamma", min_snr_gamma)
         parts = load_parts(pretrained, revision, variant)
         self.unet = parts.unet
         self.vae = parts.vae

@@ -8,6 +8,7 @@ import torch
 
 from artbank_pl.modules.inverter import AttentionInverter
 from artbank_pl.optim import LRSchedule
+from artbank_pl.options import check_at_least
 from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
     add_placeholder_tokens,
@@ -98,6 +99,9 @@ class InverterTask(StyleTask):
             vae_fp32, lr, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio,
             min_snr_gamma, noise_offset, val_seed, compile_unet, channels_last, clip_skip,
         )  # fmt: skip
+        check_at_least("model.num_tokens", num_tokens, 1)
+        check_at_least("model.inverter_layers", inverter_layers, 1)
+        check_at_least("model.inverter_heads", inverter_heads, 1)
         self.vision = load_vision_encoder(vision_model)
         self.first_placeholder_id = add_placeholder_tokens(
             self.tokenizer, [placeholder], num_tokens

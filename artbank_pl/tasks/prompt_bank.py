@@ -9,6 +9,7 @@ import torch
 from artbank_pl.modules import ImplicitStylePromptBank
 from artbank_pl.modules.ssam import BankAttention
 from artbank_pl.optim import LRSchedule
+from artbank_pl.options import check_at_least
 from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
     add_placeholder_tokens,
@@ -91,6 +92,8 @@ class PromptBankTask(StyleTask):
             weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio, min_snr_gamma,
             noise_offset, val_seed, compile_unet, channels_last, clip_skip,
         )  # fmt: skip
+        check_at_least("model.num_tokens", num_tokens, 1)
+        check_at_least("model.bank_heads", bank_heads, 1)
         self.placeholders = [placeholder_token(name) for name in self.collections]
         token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)
         self.first_placeholder_id = token_ids[0][0]
