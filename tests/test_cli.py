@@ -1,4 +1,3 @@
-import csv
 import json
 import shutil
 import subprocess
@@ -69,19 +68,6 @@ QUICK = ["--trainer.val_check_interval", "2", "--data.init_args.resolution", "32
          "--data.init_args.batch_size", "2", "--data.init_args.samples_per_epoch", "8"]  # fmt: skip
 
 
-def assert_best_checkpoint_carries_its_own_val_loss(out):
-    """The kept checkpoint is the step with the lowest val/loss, and records that loss."""
-    rows = list(csv.DictReader((next((out / "logs").glob("version_*")) / "metrics.csv").open()))
-    val = {int(r["step"]): float(r["val/loss"]) for r in rows if r.get("val/loss")}
-    assert len(val) >= 2, val
-    [best] = [p for p in (out / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
-    state = torch.load(best, map_location="cpu", weights_only=True)
-    saved_at = state["global_step"]
-    assert val[saved_at] == pytest.approx(min(val.values()))
-    [checkpoint_state] = [v for k, v in state["callbacks"].items() if "ModelCheckpoint" in k]
-    assert checkpoint_state["best_model_score"].item() == pytest.approx(min(val.values()))
-
-
 @pytest.mark.slow
 def test_quickstart_trains_resumes_and_exports(demo_dir):
     config = str(ROOT / "configs/quickstart.yaml")
@@ -95,7 +81,6 @@ def test_quickstart_trains_resumes_and_exports(demo_dir):
         "hokusai.safetensors",
         "monet.safetensors",
     ]
-    assert_best_checkpoint_carries_its_own_val_loss(out)
     # rerun in the same folder: resumes from last.ckpt, and config.yaml is overwritten
     main(["fit", "--config", config, "--trainer.max_steps", "6", "--ckpt_path", "last", *QUICK])
     resumed = torch.load(last, map_location="cpu", weights_only=True)
