@@ -3,6 +3,9 @@
 ``artbank fit --config configs/quickstart.yaml`` trains; ``artbank shards build`` writes
 shards; ``artbank export`` writes embedding files from a checkpoint; ``artbank world``
 writes the planted style world's images and pretrains its model and judges.
+
+Lightning is imported only for its four subcommands (:mod:`artbank_pl.lightning_cli`), so a
+data tool starts in about the time of ``import torch``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,8 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-import torch
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
-
 from artbank_pl.config_files import configs_main, resolve_config_args
-from artbank_pl.errors import ArtbankError, ConfigError
+from artbank_pl.errors import ArtbankError
 
 TOOLS_HELP = """data tools (not LightningCLI):
   artbank shards build --input DIR --output DIR   build WebDataset shards + manifest
@@ -29,69 +28,6 @@ TOOLS_HELP = """data tools (not LightningCLI):
   artbank grid MANIFEST... --output PNG            content | stylized grid
   artbank configs list | show NAME                 the shipped configs (--config NAME)
   artbank world images | pretrain | judges         the planted style world"""
-
-
-class ArtbankCLI(LightningCLI):
-    """LightningCLI that gives the model the collection names its datamodule reads.
-
-    A task with a ``collections`` option left empty gets the names from the datamodule
-    class's ``collection_names(**init_args)`` (the manifest's, for ``ArtworkDataModule``).
-    """
-
-    def before_instantiate_classes(self) -> None:
-        """Check the strategy and fill ``model.init_args.collections`` from the data config."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        check_strategy(config.get("trainer.strategy"))
-        model_args, data = config.get("model.init_args"), config.get("data")
-        if model_args is None or data is None or "collections" not in model_args:
-            return
-        data_class = import_object(data.class_path)
-        names = getattr(data_class, "collection_names", None)
-        found = names(**dict(data.init_args)) if callable(names) else None
-        if model_args.collections and found and list(model_args.collections) != list(found):
-            raise ConfigError(
-                f"model.collections {list(model_args.collections)} differ from the data's "
-                f"{list(found)}; leave model.collections empty to take the data's"
-            )
-        if not model_args.collections:
-            model_args.collections = found
-        check = getattr(data_class, "check_model_args", None)
-        if callable(check):
-            check(dict(model_args), **dict(data.init_args))
-
-
-def check_strategy(strategy: object) -> None:
-    """Fail in one line, before anything is built, if DeepSpeed is asked for without CUDA."""
-    name = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", "")
-    if "deepspeed" in str(name).lower() and not torch.cuda.is_available():
-        raise ConfigError(
-            "trainer.strategy DeepSpeed needs CUDA GPUs and none is visible; "
-            "on CPUs use configs/trainer/ddp.yaml"
-        )
-
-
-def import_object(class_path: str):
-    """Import ``package.module.Name``."""
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def run_lightning_cli(args: Sequence[str] | None) -> ArtbankCLI:
-    """Run LightningCLI with subclass modes, env overrides and an overwritable saved config."""
-    return ArtbankCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={
-            "default_env": True,
-            "env_prefix": "ARTBANK",
-            "epilog": TOOLS_HELP,
-            "formatter_class": argparse.RawDescriptionHelpFormatter,
-        },
-        args=args,
-    )
 
 
 def _export(argv: Sequence[str]) -> int:
@@ -157,13 +93,15 @@ def main(args: Sequence[str] | None = None) -> int | None:
         if argv[:2] in (["shards", "build"], ["shards", "cache"]):
             # the shard tools live with the datamodules; core code does not import them
             module = "shards" if argv[1] == "build" else "cache"
-            return import_object(f"artbank_pl.datamodules.{module}.main")(argv[2:])
+            return importlib.import_module(f"artbank_pl.datamodules.{module}").main(argv[2:])
         if argv[:1] == ["shards"]:
             print("usage: artbank shards {build,cache} ... (--help on each)")
             return 0 if argv[1:2] in (["-h"], ["--help"]) else 2
         if argv and argv[0] in TOOLS:
             return TOOLS[argv[0]](argv[1:])
-        run_lightning_cli(resolve_config_args(argv))
+        from artbank_pl.lightning_cli import run_lightning_cli
+
+        run_lightning_cli(resolve_config_args(argv), TOOLS_HELP)
     except Exception as err:
         cause = user_error(err)
         if cause is None:

@@ -13,10 +13,12 @@ import json
 import re
 from functools import cache
 from pathlib import Path
-
-from transformers import CLIPTokenizer
+from typing import TYPE_CHECKING
 
 from artbank_pl.errors import ArtbankError
+
+if TYPE_CHECKING:  # transformers takes ~1 s to import: only the tokenizer builders need it
+    from transformers import CLIPTokenizer
 
 CLIP_VOCAB_SIZE = 49408
 BPE_FILE = Path(__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
@@ -77,6 +79,8 @@ def save_clip_vocabulary(folder: str | Path) -> None:
 
 @cache
 def _load_clip_tokenizer() -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
     vocab, merges = _clip_vocab_and_merges()
     # transformers 5 ignores vocab_file=...: the vocabulary must be passed as objects
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)

@@ -177,3 +177,14 @@ def test_a_numeric_option_out_of_range_is_one_line(demo_dir, option, value, mess
     with pytest.raises(SystemExit) as info:
         main(["fit", "--config", "quickstart", f"{option}={value}"])
     assert message in str(info.value.code)
+
+
+@pytest.mark.parametrize("tool", [["export"], ["shards", "build"], ["grid"], ["world", "images"]])
+def test_data_tools_start_without_importing_lightning_or_transformers(tool):
+    code = (
+        "import sys\nfrom artbank_pl.cli import main\n"
+        f"try:\n    main({tool + ['--help']!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('lightning', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

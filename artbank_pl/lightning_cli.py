@@ -1,0 +1,81 @@
+"""LightningCLI for ``artbank fit | validate | test | predict`` (imported only for those)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from artbank_pl.errors import ConfigError
+
+
+class ArtbankCLI(LightningCLI):
+    """LightningCLI that gives the model the collection names its datamodule reads.
+
+    A task with a ``collections`` option left empty gets the names from the datamodule
+    class's ``collection_names(**init_args)`` (the manifest's, for ``ArtworkDataModule``).
+    """
+
+    def before_instantiate_classes(self) -> None:
+        """Check the strategy and fill ``model.init_args.collections`` from the data config."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_strategy(config.get("trainer.strategy"))
+        model_args, data = config.get("model.init_args"), config.get("data")
+        if model_args is None or data is None or "collections" not in model_args:
+            return
+        data_class = import_object(data.class_path)
+        names = getattr(data_class, "collection_names", None)
+        found = names(**dict(data.init_args)) if callable(names) else None
+        if model_args.collections and found and list(model_args.collections) != list(found):
+            raise ConfigError(
+                f"model.collections {list(model_args.collections)} differ from the data's "
+                f"{list(found)}; leave model.collections empty to take the data's"
+            )
+        if not model_args.collections:
+            model_args.collections = found
+        check = getattr(data_class, "check_model_args", None)
+        if callable(check):
+            check(dict(model_args), **dict(data.init_args))
+
+
+def check_strategy(strategy: object) -> None:
+    """Fail in one line, before anything is built, if DeepSpeed is asked for without CUDA."""
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", "")
+    if "deepspeed" in str(name).lower() and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.strategy DeepSpeed needs CUDA GPUs and none is visible; "
+            "on CPUs use configs/trainer/ddp.yaml"
+        )
+
+
+def import_object(class_path: str):
+    """Import ``package.module.Name``."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_lightning_cli(args: Sequence[str] | None, epilog: str = "") -> ArtbankCLI:
+    """Run LightningCLI with subclass modes, env overrides and an overwritable saved config.
+
+    Args:
+        args: the command line after ``artbank``.
+        epilog: text under ``--help`` (the data tools).
+    """
+    return ArtbankCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "default_env": True,
+            "env_prefix": "ARTBANK",
+            "epilog": epilog,
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+        },
+        args=args,
+    )
