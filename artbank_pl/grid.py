@@ -27,6 +27,16 @@ def tile(rows: list[list[Image.Image | None]], labels: list[str], cell: int = 12
     return canvas
 
 
+def manifest_path(path: str | Path) -> Path:
+    """Return ``path``, or ``path/manifest.jsonl`` when ``path`` is an output folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if not (path / "manifest.jsonl").is_file():
+        raise DataError(f"{path} is a folder without manifest.jsonl (run artbank predict)")
+    return path / "manifest.jsonl"
+
+
 def read_manifest_lines(path: Path) -> list[dict]:
     """Read a stylization ``manifest.jsonl``."""
     if not path.is_file():
@@ -38,14 +48,14 @@ def stylization_grid(manifests: list[str | Path], output: str | Path, cell: int 
     """Write a grid PNG: one row per content image, its source then each style's result.
 
     Args:
-        manifests: ``manifest.jsonl`` files written by ``StylizedImageWriter``; their
-            outputs are matched by content key.
+        manifests: ``manifest.jsonl`` files written by ``StylizedImageWriter`` (or the
+            folders holding them); their outputs are matched by content key.
         output: PNG path (written atomically).
         cell: pixel size of each cell.
     """
     columns: dict[str, dict[str, Path]] = {}
     sources: dict[str, str] = {}
-    for manifest in map(Path, manifests):
+    for manifest in map(manifest_path, manifests):
         for record in read_manifest_lines(manifest):
             name = f"{manifest.parent.name}/{record['style']}"
             columns.setdefault(name, {})[record["key"]] = manifest.parent / record["file"]

@@ -197,10 +197,7 @@ class ArtworkDataModule(LightningDataModule):
         if not train:
             raise ConfigError("no training shards: give `manifest` or `train_shards`")
         val = expand_urls(val_shards) if val_shards else from_manifest("val")
-        if not val:
-            log.info("no validation split: validating on the training shards")
-            val = train
-        return train, val
+        return train, val or train
 
     @staticmethod
     def collection_names(
@@ -284,6 +281,8 @@ class ArtworkDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """One deterministic pass: every validation sample exactly once over all ranks."""
         hp = self.hparams
+        if self.val_urls == self.train_urls:  # said here: only a run that validates asks
+            log.info("no validation split: validating on the training shards")
         transform = ArtworkTransform(self.collection_index, hp.resolution, train=False)
         stream = ShardStream(self.val_urls, transform)
         return self._loader(stream, hp.val_batch_size or hp.batch_size, drop_last=False)

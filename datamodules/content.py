@@ -38,16 +38,19 @@ class FolderStream(IterableDataset):
     """Images of a folder (recursively, sorted), split by rank and worker, read once.
 
     Args:
-        root: the folder.
+        root: the folder, or one image file (its folder is then the root).
         resolution: output side in pixels.
     """
 
     def __init__(self, root: Path, resolution: int) -> None:
         super().__init__()
+        if root.is_file():
+            root, self.files = root.parent, [root]
+        else:
+            self.files = sorted(
+                p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
         self.root, self.resolution = root, resolution
-        self.files = sorted(
-            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
         if not self.files:
             raise DataError(f"content folder {root} holds no image")
         self.rank, self.world_size = 0, 1
@@ -148,7 +151,8 @@ class ContentDataModule(LightningDataModule):
     def _dataset(self) -> IterableDataset:
         content, resolution = self.hparams.content, self.hparams.resolution
         path = Path(content)
-        if path.is_dir() and not (path / "manifest.json").is_file():
+        is_image = path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        if is_image or (path.is_dir() and not (path / "manifest.json").is_file()):
             return FolderStream(path, resolution)
         if path.suffix == ".json" or path.is_dir():
             manifest = read_manifest(path)
@@ -157,6 +161,11 @@ class ContentDataModule(LightningDataModule):
         else:
             urls = expand_urls(content)
             missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+            if missing == [content]:
+                raise DataError(
+                    f"data.content {content} does not exist (give an image, a folder of "
+                    "images, a shard pattern or a manifest.json)"
+                )
             if missing:
                 raise DataError(f"content shards not found: {missing[:3]}")
         return ShardStream(urls, shard_content_item(resolution))

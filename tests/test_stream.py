@@ -106,3 +106,27 @@ def test_content_folder_is_split_once_over_ranks(tmp_path):
         assert all(item["pixel_values"].shape == (3, 16, 16) for item in items)
         keys += [item["__key__"] for item in items]
     assert sorted(keys) == [f"img{i:02d}" for i in range(5)]
+
+
+def test_content_may_be_one_image_and_a_missing_path_is_named(tmp_path):
+    from artbank_pl.datamodules import ContentDataModule
+    from artbank_pl.errors import DataError
+
+    write_collections(tmp_path, {"photos": 2}, size=(20, 30))
+    one = ContentDataModule(str(tmp_path / "photos" / "img01.png"), resolution=16, num_workers=0)
+    items = [item for batch in one.predict_dataloader() for item in batch["__key__"]]
+    assert items == ["img01"]
+    absent = ContentDataModule(str(tmp_path / "nowhere"), resolution=16, num_workers=0)
+    with pytest.raises(DataError, match=r"data.content .*nowhere does not exist"):
+        absent.predict_dataloader()
+
+
+def test_grid_takes_an_output_folder_and_names_one_without_a_manifest(tmp_path):
+    from artbank_pl.errors import DataError
+    from artbank_pl.grid import manifest_path
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DataError, match="out is a folder without manifest.jsonl"):
+        manifest_path(tmp_path / "out")
+    (tmp_path / "out" / "manifest.jsonl").write_text("")
+    assert manifest_path(tmp_path / "out") == tmp_path / "out" / "manifest.jsonl"
