@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from artbank_pl.errors import ConfigError
 
@@ -70,6 +71,7 @@ def run_lightning_cli(args: Sequence[str] | None, epilog: str = "") -> ArtbankCL
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "default_env": True,
@@ -79,3 +81,35 @@ def run_lightning_cli(args: Sequence[str] | None, epilog: str = "") -> ArtbankCL
         },
         args=args,
     )
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Save the resolved config in the run's own folder, never in the working directory.
+
+    ``fit`` and ``validate``: the log dir (Lightning's place). ``predict``: the output folder
+    of the writer callback (any callback with an ``output_dir``). ``test``: the task's
+    ``report_dir``. A stage with no such folder saves nothing rather than ``./config.yaml``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        """Write ``config.yaml`` into the stage's run folder (rank zero only)."""
+        folder = run_folder(trainer, pl_module, stage)
+        if folder is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(folder / self.config_filename), skip_none=False,
+                         overwrite=True, multifile=self.multifile)  # fmt: skip
+
+
+def run_folder(trainer, pl_module, stage: str) -> Path | None:
+    """Return the folder a stage writes its results to, or ``None``."""
+    if stage == "predict":
+        dirs = [cb.output_dir for cb in trainer.callbacks if getattr(cb, "output_dir", None)]
+        return Path(dirs[0]) if dirs else None
+    if stage == "test":
+        report = getattr(getattr(pl_module, "hparams", None), "report_dir", None)
+        return Path(report) if report else None
+    return Path(trainer.log_dir) if trainer.log_dir else None

@@ -153,13 +153,18 @@ def test_one_collection_fits_with_validation_and_tests_with_one_style(tmp_path, 
     out = tmp_path / "outputs/demo"
     metrics = (next((out / "logs").glob("version_*")) / "metrics.csv").read_text()
     assert "val/loss/monet" in metrics and "val/style_sim/monet" in metrics
+    (tmp_path / "config.yaml").write_text("# the user's own notes\n")
     main(["test", "--config", "evaluate-quickstart", "--model.init_args.steps", "4",
           "--data.init_args.resolution", "32"])  # fmt: skip
+    assert (out / "report/config.yaml").is_file()
     report = json.loads((out / "report/metrics.json").read_text())
     assert set(report["results"][next(iter(report["results"]))]["style_sim"]) == {"monet"}
     main(["predict", "--config", "stylize-quickstart", "--model.init_args.steps", "4",
           "--data.init_args.resolution", "32"])  # fmt: skip
     assert len(list((out / "stylized/monet").glob("*.png"))) == 5
+    assert "steps: 4" in (out / "stylized/config.yaml").read_text()
+    # the resolved configs go into each run's folder; the user's file stays as it was
+    assert (tmp_path / "config.yaml").read_text() == "# the user's own notes\n"
 
 
 @pytest.mark.parametrize(
