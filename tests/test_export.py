@@ -105,3 +105,20 @@ def test_pickled_files_are_refused_and_never_unpickled(tmp_path):
     (tmp_path / "x.ckpt").write_bytes(pickle.dumps({"state_dict": {}}))
     with pytest.raises(CheckpointError):
         bank_embeddings_from_checkpoint(tmp_path / "x.ckpt")
+
+
+def test_load_from_checkpoint_restores_the_bank_without_listing_frozen_keys(tiny_task, tmp_path):
+    import warnings
+
+    from artbank_pl.tasks import PromptBankTask
+
+    embeds = trained_embeddings(tiny_task)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_steps=0)
+    trainer.strategy.connect(tiny_task)
+    trainer.save_checkpoint(tmp_path / "bank.ckpt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = PromptBankTask.load_from_checkpoint(tmp_path / "bank.ckpt")
+    assert not [w for w in caught if "not in the checkpoint" in str(w.message)]
+    for name, table in loaded.embeddings().items():
+        torch.testing.assert_close(table, embeds[name])

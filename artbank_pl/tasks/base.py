@@ -197,7 +197,9 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
                 f"checkpoint does not match {type(self).__name__}: "
                 f"missing keys {missing}, unexpected keys {unexpected}"
             )
-        return result
+        # the frozen parts are by design not in checkpoints: report nothing missing, so that
+        # load_from_checkpoint does not list every frozen key in a warning
+        return type(result)(missing_keys=[], unexpected_keys=[])
 
     # ------------------------------------------------------------------ conditioning
     def tokenize(
