@@ -122,3 +122,28 @@ def test_load_from_checkpoint_restores_the_bank_without_listing_frozen_keys(tiny
     assert not [w for w in caught if "not in the checkpoint" in str(w.message)]
     for name, table in loaded.embeddings().items():
         torch.testing.assert_close(table, embeds[name])
+
+
+@pytest.mark.parametrize("bank_attention", ["ssam", "none"])
+def test_a_bank_continues_exported_embeddings(tiny_task, tmp_path, bank_attention):
+    from artbank_pl.errors import ConfigError
+    from artbank_pl.tasks import PromptBankTask
+
+    embeds = trained_embeddings(tiny_task)
+    write_embeddings(embeds, tmp_path)
+    names = list(embeds)
+    args = {"num_tokens": 2, "bank_heads": 4, "bank_attention": bank_attention}
+    # a folder: each collection starts at the file of its name, in any order
+    task = PromptBankTask(collections=names[::-1], init_embeddings=str(tmp_path / "a1111"), **args)
+    for name, table in task.embeddings().items():
+        torch.testing.assert_close(table, embeds[name])
+    # one file (another user's style): it starts every collection
+    one = tmp_path / "diffusers" / "monet.safetensors"
+    task = PromptBankTask(collections=["mine", "yours"], init_embeddings=str(one), **args)
+    for table in task.embeddings().values():
+        torch.testing.assert_close(table, embeds["monet"])
+    with pytest.raises(ConfigError, match=r"monet.safetensors: the vectors for a are \(2, 32\)"):
+        PromptBankTask(collections=["a"], init_embeddings=str(one), num_tokens=3, bank_heads=4)
+    save_file({"<x>": torch.full((2, 32), float("nan"))}, tmp_path / "nan.safetensors")
+    with pytest.raises(ConfigError, match="nan.safetensors: a holds NaN or inf"):
+        PromptBankTask(collections=["a"], init_embeddings=str(tmp_path / "nan.safetensors"), **args)

@@ -56,6 +56,15 @@ class ImplicitStylePromptBank(nn.Module):
         """
         self.prompts.copy_(embedding.to(self.prompts.dtype).expand_as(self.prompts))
 
+    def init_from_tables(self, tables: torch.Tensor) -> None:
+        """Start each collection at given token embeddings ``[K, n, d]``.
+
+        Every bank mode starts at the identity (SSAM's and self-attention's output
+        projections are zero-initialised), so the bank's first output is ``tables`` itself.
+        """
+        with torch.no_grad():
+            self.prompts.copy_(tables.to(self.prompts.dtype))
+
     def forward(self, collection_idx: torch.Tensor) -> torch.Tensor:
         """Return the token embeddings ``[B, n, d]`` for a batch of collection indices ``[B]``.
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from artbank_pl.errors import ConfigError
 from artbank_pl.modules import ImplicitStylePromptBank
 from artbank_pl.modules.ssam import BankAttention
 from artbank_pl.optim import LRSchedule
@@ -38,6 +39,10 @@ class PromptBankTask(StyleTask):
         bank_dropout: attention dropout in the bank.
         initializer_token: a one-token word whose embedding starts every prompt vector;
             ``None`` starts from small random vectors.
+        init_embeddings: continue existing embeddings instead: an exported ``.safetensors``
+            file or folder (diffusers or A1111 form, ours or another tool's) or a bank
+            checkpoint. Each collection starts at the entry of its name; a source holding
+            one embedding starts every collection. Its vectors must be ``num_tokens x d``.
         templates: prompt templates with one ``{}`` for the placeholder.
         use_captions: append each sample's caption (when it has one) to its prompt.
         pretrained: ``tiny``, a local diffusers folder, or a hub id.
@@ -68,6 +73,7 @@ class PromptBankTask(StyleTask):
         bank_heads: int = 8,
         bank_dropout: float = 0.0,
         initializer_token: str | None = "painting",
+        init_embeddings: str | None = None,
         templates: list[str] | None = None,
         use_captions: bool = True,
         pretrained: str = "tiny",
@@ -101,10 +107,32 @@ class PromptBankTask(StyleTask):
         self.bank = ImplicitStylePromptBank(
             len(self.collections), num_tokens, dim, bank_attention, bank_heads, bank_dropout
         )
-        if initializer_token:
+        if init_embeddings:
+            self.bank.init_from_tables(self._start_tables(init_embeddings))
+        elif initializer_token:
             init_id = single_token_id(self.tokenizer, initializer_token)
             init = self.text_encoder.get_input_embeddings().weight[init_id]
             self.bank.init_from_embedding(init)
+
+    def _start_tables(self, source: str) -> torch.Tensor:
+        """Read ``init_embeddings``: one ``[n, d]`` table per collection, checked."""
+        from artbank_pl.styles import load_bank_styles
+
+        found = load_bank_styles(source)
+        if len(found) == 1:
+            tables = [next(iter(found.values()))] * len(self.collections)
+        else:
+            tables = list(load_bank_styles(source, self.collections).values())
+        expected = tuple(self.bank.prompts.shape[1:])
+        for name, table in zip(self.collections, tables, strict=True):
+            if tuple(table.shape) != expected:
+                raise ConfigError(
+                    f"model.init_embeddings {source}: the vectors for {name} are "
+                    f"{tuple(table.shape)}, the bank needs num_tokens x d = {expected}"
+                )
+            if not torch.isfinite(table).all():
+                raise ConfigError(f"model.init_embeddings {source}: {name} holds NaN or inf")
+        return torch.stack(tables)
 
     def placeholder_text(self, collection: int) -> str:
         """Return the collection's placeholder expanded to its tokens: ``<x> <x>_1 ...``."""
