@@ -39,6 +39,11 @@ def _read_embedding_file(path: Path) -> torch.Tensor:
     if len(state) != 1:
         raise CheckpointError(f"{path} holds {len(state)} tensors; expected one [n, d] tensor")
     table = next(iter(state.values())).float()
+    if table.ndim == 0 or table.numel() == 0:
+        shape = "a scalar" if table.ndim == 0 else f"an empty {tuple(table.shape)} tensor"
+        raise CheckpointError(f"{path} holds {shape}; expected one [n, d] tensor")
+    if not torch.isfinite(table).all():
+        raise CheckpointError(f"{path} holds NaN or infinite values (a diverged run?)")
     return table if table.ndim == 2 else table.reshape(-1, table.shape[-1])
 
 
@@ -67,6 +72,9 @@ def load_bank_styles(source: str | Path, names: list[str] | None = None) -> dict
     source = Path(source)
     if source.suffix == ".ckpt":
         styles = bank_embeddings_from_checkpoint(source)
+        diverged = [name for name, table in styles.items() if not torch.isfinite(table).all()]
+        if diverged:
+            raise CheckpointError(f"{source}: the bank's {diverged} hold NaN or infinite values")
     elif source.is_dir():
         files = sorted(source.glob("*.safetensors"))
         if not files:

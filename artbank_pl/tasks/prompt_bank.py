@@ -42,7 +42,8 @@ class PromptBankTask(StyleTask):
         init_embeddings: continue existing embeddings instead: an exported ``.safetensors``
             file or folder (diffusers or A1111 form, ours or another tool's) or a bank
             checkpoint. Each collection starts at the entry of its name; a source holding
-            one embedding starts every collection. Its vectors must be ``num_tokens x d``.
+            one embedding starts every collection. Its vectors must be ``num_tokens x d``
+            and finite.
         templates: prompt templates with one ``{}`` for the placeholder.
         use_captions: append each sample's caption (when it has one) to its prompt.
         pretrained: ``tiny``, a local diffusers folder, or a hub id.
@@ -130,8 +131,6 @@ class PromptBankTask(StyleTask):
                     f"model.init_embeddings {source}: the vectors for {name} are "
                     f"{tuple(table.shape)}, the bank needs num_tokens x d = {expected}"
                 )
-            if not torch.isfinite(table).all():
-                raise ConfigError(f"model.init_embeddings {source}: {name} holds NaN or inf")
         return torch.stack(tables)
 
     def placeholder_text(self, collection: int) -> str:
