@@ -87,10 +87,12 @@ class StylizedImageWriter(BasePredictionWriter):
         return self.output_dir / style / f"{key}.{self.image_format}"
 
     def exists(self, key: str, style: str) -> bool:
-        """Whether that output was already written (complete, thanks to the rename)."""
-        if self.shards:
-            return (key, style) in self._done
-        return self.path_for(key, style).is_file()
+        """Whether that output is done: listed in the manifest, its file present and not empty.
+
+        A file at the output's name that the manifest does not list (a stray or empty file
+        from elsewhere) is not done: it is redone and replaced.
+        """
+        return (key, style) in self._done
 
     def _part_file(self, rank: int) -> Path:
         return self.output_dir / f".{self.manifest}.rank{rank}"
@@ -101,9 +103,8 @@ class StylizedImageWriter(BasePredictionWriter):
         pl_module.output_exists = self.exists
         self.written = 0
         self._buffer = []
-        if self.shards:
-            records = read_records(self.output_dir, self.manifest)
-            self._done = {(r["key"], r["style"]) for r in records}
+        records = read_records(self.output_dir, self.manifest)
+        self._done = {(r["key"], r["style"]) for r in records}
 
     def _encode(self, image) -> bytes:
         buffer = io.BytesIO()
@@ -210,17 +211,44 @@ class StylizedImageWriter(BasePredictionWriter):
         log.info("rank %d wrote %d outputs", trainer.global_rank, self.written)
 
 
+def parse_record(line: str) -> dict | None:
+    """One manifest line as a record, or ``None`` when it is not one of ours.
+
+    A record is a JSON object with string ``key``, ``style`` and ``file``, its ``file`` a
+    relative path inside the output folder.
+    """
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    if not all(isinstance(record.get(k), str) for k in ("key", "style", "file")):
+        return None
+    file = Path(record["file"])
+    return None if file.is_absolute() or ".." in file.parts else record
+
+
 def read_records(output_dir: Path, manifest: str = MANIFEST) -> list[dict]:
-    """Manifest records (merged and per-rank parts) whose output file exists, latest last."""
+    """Manifest records (merged and per-rank parts) whose output file exists, latest last.
+
+    Lines that are not records (a garbage or foreign ``manifest.jsonl``) are skipped with
+    one warning per file; their outputs are redone and the merge rewrites the manifest.
+    """
     path = output_dir / manifest
     sources = ([path] if path.is_file() else []) + sorted(output_dir.glob(f".{manifest}.rank*"))
     records = []
     for source in sources:
-        for line in source.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if (output_dir / record["file"]).is_file():
-                    records.append(record)
+        lines = [x for x in source.read_text(errors="replace").splitlines() if x.strip()]
+        parsed = [parse_record(line) for line in lines]
+        bad = sum(record is None for record in parsed)
+        if bad:
+            log.warning("%s: skipped %d of %d lines that are not output records; their "
+                        "outputs are redone", source, bad, len(lines))  # fmt: skip
+        for record in filter(None, parsed):
+            file = output_dir / record["file"]
+            if file.is_file() and file.stat().st_size > 0:
+                records.append(record)
     return records
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, StableDiffusionImg2ImgPipeline
 from lightning.pytorch import Callback, Trainer
+from PIL import Image
 
 from artbank_pl.callbacks import StylizedImageWriter
 from artbank_pl.datamodules import ContentDataModule
@@ -224,6 +225,25 @@ def test_interrupted_run_is_finished_by_a_rerun_and_a_finished_run_does_nothing(
     writer = predict(task, content_dir, out, 2, callbacks=[counter])
     assert counter.calls == 0 and writer.written == 0
     assert mtimes == {p: p.stat().st_mtime_ns for p in mtimes}
+
+
+def test_a_garbage_manifest_and_stray_files_do_not_count_as_done(
+    bank_export, content_dir, tmp_path, caplog
+):
+    task = stylizer(bank_export)
+    out = tmp_path / "out"
+    (out / "monet").mkdir(parents=True)
+    garbage = '[1, 2]\nnot json\n{"key": "img00", "style": "monet", "file": "../../x.png"}\n'
+    (out / "manifest.jsonl").write_text(garbage)
+    stray = out / "monet" / "img00.png"
+    stray.write_bytes(b"")  # an empty file at an output's final name
+    writer = predict(task, content_dir, out, 4)
+    assert writer.written == 12
+    assert "skipped 3 of 3 lines that are not output records" in caplog.text
+    assert Image.open(stray).size == (32, 32)
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and not list(out.glob(".manifest*"))
+    assert predict(task, content_dir, out, 4).written == 0
 
 
 def test_shard_output_is_complete_after_an_interruption_and_a_rerun(
