@@ -394,3 +394,13 @@ def test_the_writer_encodes_each_format_and_png_fast_by_default(tmp_path, image_
         assert torch.equal(torch.from_numpy(np.asarray(decoded)), image)
         slow = StylizedImageWriter(str(tmp_path), png_compress_level=9)._encode(image)
         assert slow != data
+
+
+def test_style_images_with_one_file_name_stay_separate_styles():
+    from artbank_pl.errors import ConfigError
+    from artbank_pl.tasks.stylize import style_image_names
+
+    names = style_image_names(["a/x.jpg", "b/x.jpg", "c/y.png"])
+    assert names == {"a-x": "a/x.jpg", "b-x": "b/x.jpg", "y": "c/y.png"}
+    with pytest.raises(ConfigError, match=r"a b.jpg and q/a_b.jpg both name the style <a-b>"):
+        style_image_names(["p/a b.jpg", "q/a_b.jpg"])

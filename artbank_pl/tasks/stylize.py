@@ -144,10 +144,10 @@ class StylizeTask(FrozenDiffusionTask):
         vision = freeze(load_vision_encoder(self.inverter_vision_model))
         styles = {}
         kind = hparams.get("image_features", "patch")
-        for path in images:
+        for name, path in style_image_names(images).items():
             with torch.no_grad():
                 features = image_features(vision, load_image(path), kind)
-                styles[_style_name(path)] = inverter(features)[0]
+                styles[name] = inverter(features)[0]
         return styles
 
     def _register_styles(self, styles: dict[str, torch.Tensor]) -> None:
@@ -180,7 +180,7 @@ class StylizeTask(FrozenDiffusionTask):
         """Return the AdaIN reference latent of a style (style image or ``adain_reference``)."""
         if style not in self._style_latents:
             hp = self.hparams
-            path = hp.adain_reference or next(p for p in hp.style_images if _style_name(p) == style)
+            path = hp.adain_reference or style_image_names(hp.style_images)[style]
             self._style_latents[style] = self.encode_latents(load_image(path), sample=False)
         return self._style_latents[style]
 
@@ -275,8 +275,29 @@ class StylizeTask(FrozenDiffusionTask):
                 self.log(f"test/{metric}/{style}", value, rank_zero_only=True)
 
 
-def _style_name(path: str) -> str:
-    return Path(path).stem
+def style_image_names(paths: list[str]) -> dict[str, str]:
+    """Name each style image by its stem; stems shared by several images get their folder.
+
+    ``a/x.jpg`` and ``b/x.jpg`` become the styles ``a-x`` and ``b-x`` instead of one style.
+
+    Raises:
+        ConfigError: two images still share a name (or a placeholder token).
+    """
+    stems = [Path(p).stem for p in paths]
+    names = [
+        f"{Path(p).parent.name}-{stem}" if stems.count(stem) > 1 else stem
+        for p, stem in zip(paths, stems, strict=True)
+    ]
+    by_token: dict[str, str] = {}
+    for name, path in zip(names, paths, strict=True):
+        token = placeholder_token(name)
+        if token in by_token:
+            raise ConfigError(
+                f"model.style_images {by_token[token]} and {path} both name the style {token}; "
+                "rename one"
+            )
+        by_token[token] = path
+    return dict(zip(names, paths, strict=True))
 
 
 def _check_options(bank, inverter, style_images, prompt, adain, reference) -> None:
