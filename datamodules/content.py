@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,26 @@ log = logging.getLogger(__name__)
 def folder_key(root: Path, path: Path) -> str:
     """Key of a content image: its path under the folder, without suffix, made file-safe."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", path.relative_to(root).with_suffix("").as_posix())
+
+
+def folder_keys(root: Path, files: list[Path]) -> list[str]:
+    """Return unique, stable keys of a folder's images (the names of their outputs).
+
+    Files whose file-safe keys coincide (``photo.jpg`` and ``photo.png``, ``a b.jpg`` and
+    ``a_b.jpg``, ``sub/y.jpg`` and ``sub_y.jpg``) each get a short hash of their relative
+    path appended, so no output overwrites another; every other key stays readable.
+    """
+    keys = [folder_key(root, path) for path in files]
+    counts = Counter(keys)
+
+    def path_hash(path: Path) -> str:
+        relative = path.relative_to(root).as_posix().encode()
+        return hashlib.blake2b(relative, digest_size=4).hexdigest()
+
+    return [
+        f"{key}-{path_hash(path)}" if counts[key] > 1 else key
+        for key, path in zip(keys, files, strict=True)
+    ]
 
 
 def prepare(image: Image.Image, resolution: int) -> Image.Image:
@@ -51,6 +73,7 @@ class FolderStream(IterableDataset):
                 p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
             )
         self.root, self.resolution = root, resolution
+        self.keys = dict(zip(self.files, folder_keys(root, self.files), strict=True))
         if not self.files:
             raise DataError(f"content folder {root} holds no image")
         self.rank, self.world_size = 0, 1
@@ -74,7 +97,7 @@ class FolderStream(IterableDataset):
             caption_file = path.with_suffix(".txt")
             yield {
                 "pixel_values": to_tensor(image),
-                "__key__": folder_key(self.root, path),
+                "__key__": self.keys[path],
                 "caption": caption_file.read_text().strip() if caption_file.is_file() else "",
                 "source": str(path),
             }

@@ -130,3 +130,19 @@ def test_grid_takes_an_output_folder_and_names_one_without_a_manifest(tmp_path):
         manifest_path(tmp_path / "out")
     (tmp_path / "out" / "manifest.jsonl").write_text("")
     assert manifest_path(tmp_path / "out") == tmp_path / "out" / "manifest.jsonl"
+
+
+def test_content_files_whose_keys_would_collide_get_distinct_stable_keys(tmp_path):
+    from artbank_pl.datamodules.content import FolderStream
+
+    write_collections(tmp_path, {"c": 1}, size=(20, 20))
+    image = (tmp_path / "c" / "img00.png").read_bytes()
+    names = ["photo.jpg", "photo.png", "a b.png", "a_b.png", "sub/y.png", "sub_y.png", "z.png"]
+    for name in names:
+        (tmp_path / "c" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "c" / name).write_bytes(image)
+    keys = [item["__key__"] for item in FolderStream(tmp_path / "c", 16)]
+    assert len(keys) == len(set(keys)) == len(names) + 1
+    assert "z" in keys and "img00" in keys  # keys that do not collide stay readable
+    again = [item["__key__"] for item in FolderStream(tmp_path / "c", 16)]
+    assert keys == again
