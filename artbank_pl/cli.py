@@ -10,7 +10,6 @@ data tool starts in about the time of ``import torch``.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from artbank_pl.config_files import configs_main, resolve_config_args
 from artbank_pl.errors import ArtbankError
+from artbank_pl.tool_args import ToolParser
 
 TOOLS_HELP = """data tools (not LightningCLI):
   artbank shards build --input DIR --output DIR   build WebDataset shards + manifest
@@ -33,11 +33,11 @@ TOOLS_HELP = """data tools (not LightningCLI):
 def _export(argv: Sequence[str]) -> int:
     from artbank_pl.export import FORMATS, bank_embeddings_from_checkpoint, write_embeddings
 
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="artbank export",
         description="Write per-collection embedding files from a PromptBankTask checkpoint.",
     )
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt)")
+    parser.add_argument("--ckpt", "--ckpt-path", required=True, help="Lightning checkpoint (.ckpt)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     opts = parser.parse_args(argv)
@@ -50,7 +50,7 @@ def _export(argv: Sequence[str]) -> int:
 def _grid(argv: Sequence[str]) -> int:
     from artbank_pl.grid import stylization_grid
 
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="artbank grid",
         description="Write a content | stylized side-by-side grid from stylization manifests.",
     )

@@ -10,7 +10,6 @@ records what was cached; ``ArtworkDataModule`` then trains from the cache.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -28,6 +27,7 @@ from artbank_pl.datamodules.shards import (
 )
 from artbank_pl.datamodules.stream import decode_image, iter_tar_samples
 from artbank_pl.sd import load_parts
+from artbank_pl.tool_args import ToolParser
 from artbank_pl.vision import clip_preprocess, load_vision_encoder
 
 
@@ -141,7 +141,7 @@ def cache_shards(
 
 def main(argv: list[str]) -> int:
     """``artbank shards cache``: cache latents (and CLIP features) into new shards."""
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="artbank shards cache",
         description="Cache VAE latents (and flipped ones) and optional CLIP features in shards.",
     )

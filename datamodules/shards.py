@@ -10,7 +10,6 @@ half-built dataset.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -26,6 +25,7 @@ from PIL import Image, ImageOps
 from artbank_pl.atomic import atomic_write_text
 from artbank_pl.errors import DataError
 from artbank_pl.styles import IMAGE_SUFFIXES
+from artbank_pl.tool_args import ToolParser
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def read_manifest(path: str | Path) -> dict:
 
 def main(argv: list[str]) -> int:
     """``artbank shards build``: build shards and a manifest from collection folders."""
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="artbank shards build",
         description="Build WebDataset shards and manifest.json from one folder per collection.",
     )

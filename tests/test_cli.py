@@ -193,3 +193,13 @@ def test_data_tools_start_without_importing_lightning_or_transformers(tool):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_data_tools_take_both_spellings_and_show_defaults(image_root, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["shards", "build", "--help"])
+    assert "(default: 512)" in capsys.readouterr().out
+    args = ["--input", str(image_root), "--size", "32", "--val_per_collection", "1"]
+    assert main(["shards", "build", *args, "--output", str(tmp_path / "s")]) == 0
+    manifest = json.loads((tmp_path / "s/manifest.json").read_text())
+    assert manifest["splits"]["val"]["total"] == len(manifest["collections"])

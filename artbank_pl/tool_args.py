@@ -1,0 +1,26 @@
+"""The argument parser of the data tools (``artbank shards | export | grid | world``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class ToolParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that shows defaults in ``--help`` and takes both spellings.
+
+    Every ``--two-words`` option is also accepted as ``--two_words`` (the spelling of the
+    LightningCLI options, ``--ckpt_path``), so a user need not remember which tool uses which.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *flags, **kwargs):
+        """Add an argument; a ``--dashed-name`` also answers to ``--dashed_name``."""
+        aliases = [
+            "--" + flag[2:].replace("-", "_")
+            for flag in flags
+            if flag.startswith("--") and "-" in flag[2:]
+        ]
+        return super().add_argument(*flags, *[a for a in aliases if a not in flags], **kwargs)
