@@ -152,13 +152,16 @@ class SampleGrid(Callback):
         return metrics
 
     def _log(self, trainer: Trainer, grid: Image.Image) -> None:
-        logger, step = trainer.logger, trainer.global_step
-        if logger is not None and hasattr(logger, "log_image"):
-            logger.log_image(key="samples", images=[grid], step=step)
-        elif logger is not None and hasattr(getattr(logger, "experiment", None), "add_image"):
-            logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
-        else:
-            root = Path(logger.log_dir if logger is not None else trainer.default_root_dir)
-            self.last_path = root / "samples" / f"step_{step:07d}.png"
-            self.last_path.parent.mkdir(parents=True, exist_ok=True)
-            grid.save(self.last_path)
+        """Send the grid to every logger: its image API, else a PNG in its log dir."""
+        step = trainer.global_step
+        self.last_path = None
+        for logger in trainer.loggers or [None]:
+            if logger is not None and hasattr(logger, "log_image"):
+                logger.log_image(key="samples", images=[grid], step=step)
+            elif logger is not None and hasattr(getattr(logger, "experiment", None), "add_image"):
+                logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+            elif self.last_path is None:  # file loggers (CSV) and no logger: one PNG
+                root = Path(logger.log_dir if logger is not None else trainer.default_root_dir)
+                self.last_path = root / "samples" / f"step_{step:07d}.png"
+                self.last_path.parent.mkdir(parents=True, exist_ok=True)
+                grid.save(self.last_path)

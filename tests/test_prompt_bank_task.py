@@ -4,6 +4,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 
 from artbank_pl.datamodules import ArtworkDataModule
 from artbank_pl.errors import ConfigError
@@ -165,6 +166,25 @@ def test_bad_options_are_named():
         PromptBankTask(collections=["a"], templates=["no placeholder"], bank_heads=4)
 
 
+class ImageLogger(Logger):
+    """A logger with an image API (as W&B's), recording what it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.logged = []
+
+    name, version = "images", 0
+
+    def log_image(self, key, images, step):
+        self.logged.append((key, images, step))
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
 @pytest.mark.parametrize("task_name", ["bank", "inverter"])
 def test_sample_grid_is_written_with_the_csv_logger(shard_dir, tmp_path, task_name):
     from lightning.pytorch.loggers import CSVLogger
@@ -179,12 +199,15 @@ def test_sample_grid_is_written_with_the_csv_logger(shard_dir, tmp_path, task_na
     else:
         task = InverterTask(collections=names, vision_model="tiny", inverter_heads=4)
     grid = SampleGrid(steps=4, num_content=2, metrics_model="tiny" if task_name == "bank" else None)
+    images = ImageLogger()
     fit = trainer(
-        tmp_path, 2, logger=CSVLogger(tmp_path), callbacks=[grid], limit_val_batches=None,
-        val_check_interval=2,
+        tmp_path, 2, logger=[CSVLogger(tmp_path), images], callbacks=[grid],
+        limit_val_batches=None, val_check_interval=2,
     )  # fmt: skip
     fit.fit(task, datamodule(shard_dir))
     assert grid.last_path == Path(fit.logger.log_dir) / "samples" / "step_0000002.png"
+    # every logger gets the grid, not only the first
+    assert [(key, step) for key, _, step in images.logged] == [("samples", 2)]
     image = Image.open(grid.last_path)
     # 2 collections x (style + 2 x (content, result)) cells of 96 px, under an 18 px header
     assert image.size == (5 * 96, 18 + 2 * 96)
