@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class ArtbankCLI(LightningCLI):
         """Check the strategy and fill ``model.init_args.collections`` from the data config."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_strategy(config.get("trainer.strategy"))
+        check_loggers(config.get("trainer.logger"))
         model_args, data = config.get("model.init_args"), config.get("data")
         if model_args is None or data is None or "collections" not in model_args:
             return
@@ -51,6 +53,30 @@ def check_strategy(strategy: object) -> None:
             "trainer.strategy DeepSpeed needs CUDA GPUs and none is visible; "
             "on CPUs use configs/trainer/ddp.yaml"
         )
+
+
+#: logger class name -> (modules that can back it, the extra that installs one)
+LOGGER_PACKAGES = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "WandbLogger": (("wandb",), "wandb"),
+    "MLFlowLogger": (("mlflow",), None),
+    "CometLogger": (("comet_ml",), None),
+    "NeptuneLogger": (("neptune",), None),
+}
+
+
+def check_loggers(logger: object) -> None:
+    """Fail in one line, before anything is built, if a logger's package is missing."""
+    loggers = logger if isinstance(logger, list) else [logger]
+    for item in loggers:
+        name = item if isinstance(item, str) else getattr(item, "class_path", "") or ""
+        short = str(name).rpartition(".")[2]
+        if short not in LOGGER_PACKAGES:
+            continue
+        modules, extra = LOGGER_PACKAGES[short]
+        if not any(importlib.util.find_spec(m) for m in modules):
+            install = f"pip install 'artbank-pl[{extra}]'" if extra else f"pip install {modules[0]}"
+            raise ConfigError(f"trainer.logger {short} needs {modules[0]}: {install}")
 
 
 def import_object(class_path: str):

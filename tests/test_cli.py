@@ -203,3 +203,21 @@ def test_data_tools_take_both_spellings_and_show_defaults(image_root, tmp_path, 
     assert main(["shards", "build", *args, "--output", str(tmp_path / "s")]) == 0
     manifest = json.loads((tmp_path / "s/manifest.json").read_text())
     assert manifest["splits"]["val"]["total"] == len(manifest["collections"])
+
+
+@pytest.mark.parametrize(("logger", "package"), [("TensorBoardLogger", "tensorboard"),
+                                                 ("WandbLogger", "wandb")])  # fmt: skip
+def test_a_logger_without_its_package_is_one_line(demo_dir, monkeypatch, logger, package):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    hidden = {"tensorboard", "tensorboardX", "wandb"}
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in hidden else real_find_spec(name, *a),
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "quickstart", "--trainer.logger", logger])
+    assert f"trainer.logger {logger} needs {package}" in str(info.value.code)
+    assert f"artbank-pl[{package}]" in str(info.value.code)
