@@ -284,11 +284,45 @@ def read_manifest(path: str | Path) -> dict:
         raise DataError(f"manifest {path} does not exist (build it: artbank shards build)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"manifest {path} is not valid JSON: {err}") from err
-    if manifest.get("version") != MANIFEST_VERSION or "collections" not in manifest:
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
         raise DataError(f"{path} is not an artbank shard manifest (version {MANIFEST_VERSION})")
+    check_manifest(manifest, path)
     return manifest
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """Check a manifest's structure and that every shard it names exists, in one line each.
+
+    Raises:
+        DataError: naming the manifest and the key that is wrong, or the missing shards.
+    """
+    collections = manifest.get("collections")
+    if not isinstance(collections, list) or not collections:
+        raise DataError(f"{path}: 'collections' must be a non-empty list")
+    for entry in collections:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("index"), int)):  # fmt: skip
+            raise DataError(f"{path}: collection entry {entry!r} needs a 'name' and an 'index'")
+    if sorted(c["index"] for c in collections) != list(range(len(collections))):
+        raise DataError(f"{path}: collection indices must be 0..{len(collections) - 1}")
+    splits = manifest.get("splits", {})
+    if not isinstance(splits, dict):
+        raise DataError(f"{path}: 'splits' must be an object")
+    root = path.parent
+    missing = []
+    for name, split in splits.items():
+        shards = split.get("shards") if isinstance(split, dict) else None
+        if not isinstance(shards, list) or not all(isinstance(x, str) for x in shards):
+            raise DataError(f"{path}: splits.{name}.shards must be a list of file names")
+        for shard in shards:
+            if Path(shard).is_absolute() or ".." in Path(shard).parts:
+                raise DataError(f"{path}: shard {shard!r} is outside the manifest's folder")
+            if not (root / shard).is_file():
+                missing.append(shard)
+    if missing:
+        raise DataError(f"{path} names {len(missing)} missing shard(s): {missing[:3]}")
 
 
 def main(argv: list[str]) -> int:

@@ -50,3 +50,22 @@ def test_bad_inputs_name_the_path(tmp_path):
     (tmp_path / "m.json").write_text("{}")
     with pytest.raises(DataError, match="not an artbank shard manifest"):
         read_manifest(tmp_path / "m.json")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: [m], "not an artbank shard manifest"),
+        (lambda m: {**m, "collections": "monet"}, "'collections' must be a non-empty list"),
+        (lambda m: {**m, "collections": [{"name": "monet"}]}, "needs a 'name' and an 'index'"),
+        (lambda m: {**m, "splits": {"train": {"shards": ["/etc/passwd"]}}}, "outside the manifest"),
+        (lambda m: {**m, "splits": {"train": {"shards": ["gone.tar"]}}}, r"1 missing shard\(s\)"),
+        (lambda m: {**m, "splits": {"train": {"shards": "x.tar"}}}, "must be a list of file names"),
+    ],
+)
+def test_a_malformed_manifest_is_one_line_naming_the_key(shard_dir, tmp_path, edit, message):
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    bad = shard_dir / "bad.json"
+    bad.write_text(json.dumps(edit(manifest)))
+    with pytest.raises(DataError, match=message):
+        read_manifest(bad)
