@@ -221,3 +221,19 @@ def test_a_logger_without_its_package_is_one_line(demo_dir, monkeypatch, logger,
         main(["fit", "--config", "quickstart", "--trainer.logger", logger])
     assert f"trainer.logger {logger} needs {package}" in str(info.value.code)
     assert f"artbank-pl[{package}]" in str(info.value.code)
+
+
+@pytest.mark.slow
+def test_resuming_on_other_collections_is_refused_by_name(demo_dir, image_root):
+    main(["fit", "--config", "quickstart", "--trainer.max_steps", "2", *QUICK])
+    images = demo_dir / "renamed"
+    shutil.copytree(image_root, images)
+    (images / "hokusai").rename(images / "renoir")
+    shutil.rmtree(demo_dir / "outputs/demo/shards")
+    build_shards(images, demo_dir / "outputs/demo/shards", size=64, maxcount=2,
+                 val_per_collection=1)  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "quickstart", "--trainer.max_steps", "4", "--ckpt_path", "last",
+              *QUICK])  # fmt: skip
+    message = str(info.value.code)
+    assert "only in the checkpoint: ['hokusai']; only in this run: ['renoir']" in message

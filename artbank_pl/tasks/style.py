@@ -79,6 +79,24 @@ class StyleTask(FrozenDiffusionTask):
         self.templates = list(templates or STYLE_TEMPLATES)
         self.val_loss = PerCollectionMean(len(self.collections))
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint trained on other collections, naming them, before any tensor.
+
+        Same-sized banks would otherwise load silently under the wrong names, and other
+        sizes end in a raw size-mismatch traceback.
+        """
+        saved = list((checkpoint.get("hyper_parameters") or {}).get("collections") or [])
+        if saved and saved != self.collections:
+            gone = [c for c in saved if c not in self.collections]
+            new = [c for c in self.collections if c not in saved]
+            detail = f"only in the checkpoint: {gone}; only in this run: {new}"
+            if not gone and not new:
+                detail = f"same names in another order: {saved} vs {self.collections}"
+            raise ConfigError(
+                f"the checkpoint was trained on other collections ({detail}); resume with "
+                "the data it was trained on, or start a new run"
+            )
+
     def placeholder_text(self, collection: int) -> str:
         """Return the (expanded) placeholder text for a sample of ``collection``."""
         raise NotImplementedError
