@@ -106,7 +106,7 @@ def main(args: Sequence[str] | None = None) -> int | None:
         cause = user_error(err)
         if cause is None:
             raise
-        sys.exit(f"artbank: error: {cause}")
+        sys.exit(f"artbank: error: {one_line(cause)}")
     return None
 
 
@@ -129,6 +129,19 @@ def quiet_console() -> None:
     # third-party deprecations the user cannot act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)")
+
+
+def one_line(err: BaseException) -> str:
+    """Return the message of ``err``; from a dataloader worker, without its traceback.
+
+    PyTorch re-raises a worker's exception with "Caught X in DataLoader worker process N"
+    and the whole traceback as its message; the last line holds the original message.
+    """
+    message = str(err)
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def user_error(err: BaseException) -> ArtbankError | None:

@@ -237,3 +237,19 @@ def test_resuming_on_other_collections_is_refused_by_name(demo_dir, image_root):
               *QUICK])  # fmt: skip
     message = str(info.value.code)
     assert "only in the checkpoint: ['hokusai']; only in this run: ['renoir']" in message
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line():
+    from torch._utils import ExceptionWrapper
+
+    from artbank_pl.cli import one_line
+    from artbank_pl.errors import ConfigError
+
+    try:
+        raise ConfigError("stream part 3 of 4 got no sample: use fewer dataloader workers")
+    except ConfigError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 3")
+    with pytest.raises(ConfigError) as info:
+        wrapped.reraise()
+    assert "Traceback" in str(info.value)  # what PyTorch hands back
+    assert one_line(info.value) == "stream part 3 of 4 got no sample: use fewer dataloader workers"
