@@ -10,6 +10,7 @@ data tool starts in about the time of ``import torch``.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -17,7 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from artbank_pl.config_files import configs_main, resolve_config_args
-from artbank_pl.errors import ArtbankError
+from artbank_pl.errors import ArtbankError, DataError
 from artbank_pl.tool_args import ToolParser
 
 TOOLS_HELP = """data tools (not LightningCLI):
@@ -144,10 +145,23 @@ def one_line(err: BaseException) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
-def user_error(err: BaseException) -> ArtbankError | None:
-    """Return the ArtbankError behind ``err`` (jsonargparse wraps errors raised in __init__)."""
+#: file-system errors that name a path the user chose (an output under a file, a folder
+#: without write permission, a full disk): said in one line like an ArtbankError
+PATH_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """Return the user error behind ``err``, or ``None`` for a bug (shown as a traceback).
+
+    An ArtbankError anywhere in the chain (jsonargparse wraps errors raised in __init__),
+    or a file-system error on a named path, as ``DataError("<path>: <reason>")``.
+    """
     while err is not None:
         if isinstance(err, ArtbankError):
             return err
+        if isinstance(err, PATH_ERRORS) and err.filename:
+            return DataError(f"{err.filename}: {err.strerror or type(err).__name__}")
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return DataError(f"{err.filename or 'output'}: no space left on the device")
         err = err.__cause__ or err.__context__
     return None

@@ -253,3 +253,13 @@ def test_an_error_in_a_dataloader_worker_is_one_line():
         wrapped.reraise()
     assert "Traceback" in str(info.value)  # what PyTorch hands back
     assert one_line(info.value) == "stream part 3 of 4 got no sample: use fewer dataloader workers"
+
+
+def test_an_output_path_under_a_file_is_one_line(image_root, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    for output in (tmp_path / "a-file", tmp_path / "a-file" / "shards"):
+        with pytest.raises(SystemExit) as info:
+            main(["shards", "build", "--input", str(image_root), "--output", str(output)])
+        assert str(info.value.code).startswith("artbank: error: ")
+        assert str(tmp_path / "a-file") in str(info.value.code)
+        assert "\n" not in str(info.value.code)
