@@ -130,7 +130,7 @@ def load_image(path: str | Path, max_side: int = 1024) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             image = ImageOps.exif_transpose(img).convert("RGB")
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
     image.thumbnail((max_side, max_side), Image.LANCZOS)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -16,7 +15,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
 from artbank_pl.datamodules.shards import manifest_collections, read_manifest, resize_shorter_side
-from artbank_pl.datamodules.stream import ShardStream, decode_image, from_npy
+from artbank_pl.datamodules.stream import ShardStream, decode_image, from_npy, sample_meta
 from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.options import check_at_least, check_resolution
 
@@ -76,7 +75,7 @@ class ArtworkTransform:
 
     def __call__(self, sample: dict, rng: random.Random) -> dict:
         """Return ``{pixel_values, collection_idx, caption, __key__}`` for one raw sample."""
-        meta = json.loads(sample["json"])
+        meta = sample_meta(sample)
         name = meta.get("collection")
         if name not in self.collection_index:
             raise KeyError(f"collection {name!r} is not in this run's collections")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import re
@@ -18,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from artbank_pl.datamodules.artwork import crop_square, expand_urls, to_tensor
 from artbank_pl.datamodules.shards import load_rgb, read_manifest, resize_shorter_side
-from artbank_pl.datamodules.stream import ShardStream, StreamPart, decode_image
+from artbank_pl.datamodules.stream import ShardStream, StreamPart, decode_image, sample_meta
 from artbank_pl.errors import DataError
 from artbank_pl.options import check_at_least, check_resolution
 from artbank_pl.styles import IMAGE_SUFFIXES
@@ -88,17 +87,18 @@ class FolderStream(IterableDataset):
         for path in self.files[part.index :: part.count]:
             try:
                 image = load_rgb(path, self.resolution, crop=True)
-            except (OSError, ValueError) as err:
+                caption_file = path.with_suffix(".txt")
+                caption = caption_file.read_text("utf-8") if caption_file.is_file() else ""
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
                 self.skipped += 1
                 log.warning(
                     "skipping unreadable content image %s: %s (%d skipped)", path, err, self.skipped
                 )
                 continue
-            caption_file = path.with_suffix(".txt")
             yield {
                 "pixel_values": to_tensor(image),
                 "__key__": self.keys[path],
-                "caption": caption_file.read_text().strip() if caption_file.is_file() else "",
+                "caption": caption.strip(),
                 "source": str(path),
             }
 
@@ -107,7 +107,7 @@ def shard_content_item(resolution: int):
     """Return a ShardStream transform for content samples (any image + optional json)."""
 
     def to_item(sample: dict, rng: random.Random) -> dict:
-        meta = json.loads(sample["json"]) if "json" in sample else {}
+        meta = sample_meta(sample) if "json" in sample else {}
         return {
             "pixel_values": to_tensor(prepare(decode_image(sample), resolution)),
             "__key__": sample["__key__"],

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 from PIL import Image, ImageOps
 
@@ -40,6 +41,7 @@ class SourceImage:
     collection: str
     path: Path
     caption: str | None
+    problem: str | None = None  # why the sample cannot be used (it is skipped and counted)
 
 
 @dataclass
@@ -67,7 +69,11 @@ def find_images(input_dir: Path) -> list[SourceImage]:
         for path in sorted(folder.rglob("*")):
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                 txt = path.with_suffix(".txt")
-                caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None
+                try:
+                    caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None
+                except UnicodeDecodeError:
+                    found.append(SourceImage(folder.name, path, None, f"{txt} is not UTF-8"))
+                    continue
                 found.append(SourceImage(folder.name, path, caption or None))
     return found
 
@@ -88,11 +94,33 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+#: the longest side may be at most this many times the shortest (a 60000 x 1 strip would
+#: otherwise be scaled to a 30-gigapixel image)
+MAX_ASPECT = 20
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert to RGB by value: 16-bit greyscale is scaled to 8 bits, not clipped to white."""
+    if image.mode.startswith("I"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or values.max() > 255:
+            values = values / 65535.0 * 255.0
+        image = Image.fromarray(values.clip(0, 255).round().astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def load_rgb(path: Path, size: int, crop: bool) -> Image.Image:
-    """Open an image, apply EXIF orientation, convert to RGB, resize and optionally crop."""
+    """Open an image, apply EXIF orientation, convert to RGB, resize and optionally crop.
+
+    Raises:
+        ValueError: the image is more than :data:`MAX_ASPECT` times longer than wide.
+        OSError, PIL.Image.DecompressionBombError: the file is unreadable or far too large.
+    """
     with Image.open(path) as img:
+        if max(img.size) > MAX_ASPECT * max(1, min(img.size)):
+            raise ValueError(f"{img.size[0]} x {img.size[1]} px is too elongated")
         img.load()
-        image = ImageOps.exif_transpose(img).convert("RGB")
+        image = to_rgb(ImageOps.exif_transpose(img))
     image = resize_shorter_side(image, size)
     return center_crop(image, min(image.size)) if crop else image
 
@@ -174,6 +202,8 @@ def _write_split(
     used: set[str] = set()
     for image in images:
         try:
+            if image.problem:
+                raise ValueError(image.problem)
             rgb = load_rgb(image.path, opts["size"], opts["crop"])
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             log.warning("skipping unreadable image %s: %s", image.path, err)

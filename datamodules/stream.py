@@ -10,6 +10,7 @@ owns every ``parts``-th shard; with fewer, every part reads all shards and keeps
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 from collections.abc import Callable, Iterator
@@ -161,3 +162,16 @@ class ShardStream(IterableDataset):
                 continue
             produced += 1
             yield item
+
+
+def sample_meta(sample: dict) -> dict:
+    """Return a sample's ``json`` as a dict.
+
+    Raises:
+        ValueError: the json is not valid UTF-8 JSON or not an object (the stream skips the
+            sample and counts it).
+    """
+    meta = json.loads(sample["json"])
+    if not isinstance(meta, dict):
+        raise ValueError(f"its json is a {type(meta).__name__}, not an object")
+    return meta

@@ -1,5 +1,6 @@
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,50 @@ def test_a_malformed_manifest_is_one_line_naming_the_key(shard_dir, tmp_path, ed
     bad.write_text(json.dumps(edit(manifest)))
     with pytest.raises(DataError, match=message):
         read_manifest(bad)
+
+
+def test_hostile_images_are_skipped_counted_and_16_bit_grey_kept_by_value(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tests import hostile
+
+    images = write_collections(tmp_path / "in", {"monet": 3}, size=(24, 24))
+    folder = images / "monet"
+    hostile.decompression_bomb(folder / "bomb.png")
+    hostile.elongated(folder / "strip.png")
+    hostile.bad_utf8_caption(folder / "img00.png")
+    hostile.grey16(folder / "grey.png", value=30000)
+    report = build_shards(images, tmp_path / "out", size=24, image_format="png")
+    skipped = sorted(Path(p).name for p in report.skipped)
+    assert skipped == ["bomb.png", "img00.png", "strip.png"]
+    assert report.written == {"monet": 3}  # img01, img02 and the 16-bit image
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
+        names = [m.name for m in tar.getmembers() if m.name.endswith(".png")]
+        grey = [n for n in names if "grey" in n]
+        pixels = np.asarray(Image.open(tar.extractfile(grey[0])))
+    assert abs(int(pixels.mean()) - round(30000 / 65535 * 255)) <= 1  # not white
+
+
+def test_a_sample_whose_json_is_not_an_object_is_skipped(tmp_path):
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    from artbank_pl.datamodules import ArtworkDataModule
+
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(png, format="PNG")
+    with wds.TarWriter(str(tmp_path / "train-000000.tar")) as sink:
+        sink.write({"__key__": "bad", "png": png.getvalue(), "json": b"[1, 2]"})
+        for i in range(3):
+            meta = json.dumps({"collection": "monet"}).encode()
+            sink.write({"__key__": f"good{i}", "png": png.getvalue(), "json": meta})
+    data = ArtworkDataModule(train_shards=str(tmp_path / "train-000000.tar"),
+                             collections=["monet"], resolution=16, batch_size=1, num_workers=0,
+                             samples_per_epoch=3, shuffle_buffer=1)  # fmt: skip
+    data.setup("fit")
+    keys = [key for batch in data.train_dataloader() for key in batch["__key__"]]
+    assert len(keys) == 3 and "bad" not in keys

@@ -146,3 +146,20 @@ def test_content_files_whose_keys_would_collide_get_distinct_stable_keys(tmp_pat
     assert "z" in keys and "img00" in keys  # keys that do not collide stay readable
     again = [item["__key__"] for item in FolderStream(tmp_path / "c", 16)]
     assert keys == again
+
+
+def test_hostile_content_images_are_skipped_and_counted(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from artbank_pl.datamodules.content import FolderStream
+    from tests import hostile
+
+    write_collections(tmp_path, {"c": 2}, size=(24, 24))
+    # a bomb by PIL's own check, made small by lowering the limit for this test
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (100, 100)).save(tmp_path / "c" / "bomb.png")
+    hostile.bad_utf8_caption(tmp_path / "c" / "img01.png")
+    hostile.grey16(tmp_path / "c" / "grey.png")
+    stream = FolderStream(tmp_path / "c", 16)
+    keys = sorted(item["__key__"] for item in stream)
+    assert keys == ["grey", "img00"] and stream.skipped == 2
