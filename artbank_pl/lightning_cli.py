@@ -22,6 +22,14 @@ class ArtbankCLI(LightningCLI):
     class's ``collection_names(**init_args)`` (the manifest's, for ``ArtworkDataModule``).
     """
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters here, before any hook: check
+        # the file first, so a missing, truncated or pickled one is one line
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         """Check the strategy and fill ``model.init_args.collections`` from the data config."""
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -77,6 +85,23 @@ def check_loggers(logger: object) -> None:
         if not any(importlib.util.find_spec(m) for m in modules):
             install = f"pip install 'artbank-pl[{extra}]'" if extra else f"pip install {modules[0]}"
             raise ConfigError(f"trainer.logger {short} needs {modules[0]}: {install}")
+
+
+def check_ckpt_path(ckpt_path: object) -> None:
+    """Fail in one line, before the model is built, on a checkpoint that cannot resume.
+
+    ``last``, ``best``, ``hpc``, ``registry:...`` and remote URLs are Lightning's to resolve;
+    a local path must exist and load with ``weights_only=True`` (a truncated or pickled file
+    is refused).
+    """
+    name = str(ckpt_path or "")
+    if not name or name in ("last", "best", "hpc") or name.startswith("registry") or "://" in name:
+        return
+    from artbank_pl.export import load_checkpoint
+
+    if not Path(str(ckpt_path)).is_file():
+        raise ConfigError(f"--ckpt_path {ckpt_path} does not exist")
+    load_checkpoint(str(ckpt_path))
 
 
 def import_object(class_path: str):

@@ -263,3 +263,20 @@ def test_an_output_path_under_a_file_is_one_line(image_root, tmp_path):
         assert str(info.value.code).startswith("artbank: error: ")
         assert str(tmp_path / "a-file") in str(info.value.code)
         assert "\n" not in str(info.value.code)
+
+
+def test_a_ckpt_path_that_cannot_resume_is_one_line(demo_dir):
+    good = {"state_dict": {}, "global_step": 0}
+    torch.save(good, demo_dir / "good.ckpt")
+    (demo_dir / "truncated.ckpt").write_bytes((demo_dir / "good.ckpt").read_bytes()[:20])
+    torch.save({"payload": Path("x")}, demo_dir / "pickled.ckpt")  # needs unpickling code
+    expected = {
+        "absent.ckpt": "--ckpt_path absent.ckpt does not exist",
+        "truncated.ckpt": "truncated.ckpt cannot be loaded safely (weights_only=True)",
+        "pickled.ckpt": "pickled.ckpt cannot be loaded safely (weights_only=True)",
+    }
+    for name, message in expected.items():
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "--config", "quickstart", "--ckpt_path", name])
+        assert message in str(info.value.code)
+        assert "\n" not in str(info.value.code)
