@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import random
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from artbank_pl.errors import ConfigError
+from artbank_pl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -43,9 +44,23 @@ class StreamPart:
         return cls(rank * workers + worker, world_size * workers)
 
 
+#: shards this process found unreadable, each logged once
+BAD_SHARDS: set[str] = set()
+
+
 def iter_tar_samples(url: str) -> Iterator[dict]:
-    """Yield the raw samples (``__key__`` plus bytes per extension) of one tar shard."""
-    yield from wds.tarfile_samples([{"url": url}], handler=wds.reraise_exception)
+    """Yield the raw samples (``__key__`` plus bytes per extension) of one tar shard.
+
+    A truncated, empty or garbage shard ends with a log line naming it (once per process)
+    after the samples read before the damage; the stream goes on with the next shard.
+    """
+    try:
+        yield from wds.tarfile_samples([{"url": url}], handler=wds.reraise_exception)
+    except (OSError, tarfile.TarError, ValueError) as err:
+        if url not in BAD_SHARDS:
+            BAD_SHARDS.add(url)
+            log.warning("skipping the rest of unreadable shard %s: %s (%d bad shard(s))",
+                        url, err, len(BAD_SHARDS))  # fmt: skip
 
 
 def iter_part(urls: list[str], part: StreamPart) -> Iterator[dict]:
@@ -132,6 +147,8 @@ class ShardStream(IterableDataset):
             for sample in iter_part(own, sub_part):
                 empty = False
                 yield sample
+            if empty and BAD_SHARDS.issuperset(own):
+                raise DataError(f"no readable training shard among {sorted(own)[:3]}")
             if empty:
                 raise ConfigError(
                     f"stream part {part.index} of {part.count} (ranks x workers) got no sample "

@@ -1,4 +1,5 @@
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import webdataset as wds
@@ -163,3 +164,21 @@ def test_hostile_content_images_are_skipped_and_counted(tmp_path, monkeypatch):
     stream = FolderStream(tmp_path / "c", 16)
     keys = sorted(item["__key__"] for item in stream)
     assert keys == ["grey", "img00"] and stream.skipped == 2
+
+
+def test_a_damaged_shard_is_skipped_with_a_line_and_the_stream_goes_on(shard_dir, tmp_path, caplog):
+    from artbank_pl.datamodules.stream import StreamPart, iter_part
+
+    good = sorted(str(p) for p in shard_dir.glob("train-*.tar"))
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(Path(good[0]).read_bytes()[:700])
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(b"\x00garbage" * 100)
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    urls = [str(truncated), str(garbage), str(empty), *good]
+    keys = [s["__key__"] for s in iter_part(urls, StreamPart(0, 1))]
+    expected = [s["__key__"] for s in iter_part(good, StreamPart(0, 1))]
+    assert keys[-len(expected) :] == expected  # every good sample still comes
+    for name in ("truncated.tar", "garbage.tar"):
+        assert f"unreadable shard {tmp_path / name}" in caplog.text
