@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	# 1. data: world collections (striped, dotted, neon) and world photographs -> shards
-	$(ARTBANK) world images --output $(DEMO)/images --styles striped dotted neon \
+	# 1. data: world collections (striped, dotted, sketch) and world photographs -> shards
+	$(ARTBANK) world images --output $(DEMO)/images --styles striped dotted sketch \
 		--per-style 24 --photos 8
 	$(ARTBANK) shards build --input $(DEMO)/images/collections --output $(DEMO)/shards \
-		--size 32 --val-per-collection 2 --maxcount 8
+		--size 32 --val-per-collection 2 --maxcount 8 --format png
 	# 2. ArtBank: a prompt bank over the three collections on the world model, then its files
 	$(ARTBANK) fit --config quickstart
 	$(ARTBANK) export --ckpt $(DEMO)/checkpoints/last.ckpt --output $(DEMO)/export
@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(ARTBANK) world images --output $(DEMO)/inst-images --styles dotted --per-style 1 \
 		--photos 0 --seed 7
 	$(ARTBANK) shards build --input $(DEMO)/inst-images/collections \
-		--output $(DEMO)/inst-shards --size 32
+		--output $(DEMO)/inst-shards --size 32 --format png
 	$(ARTBANK) fit --config quickstart-inst
 	# 4. stylize the photographs with the bank and with the inverter, then a side-by-side grid
 	$(ARTBANK) predict --config stylize-quickstart

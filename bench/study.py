@@ -33,12 +33,17 @@ import torch
 from lightning.pytorch import Callback, Trainer
 
 from artbank_pl.datamodules import ArtworkDataModule, build_shards
+from artbank_pl.datamodules.shards import manifest_collections, read_manifest
 from artbank_pl.styles import load_image
 from artbank_pl.tasks import InverterTask, PromptBankTask
-from artbank_pl.world.cli import style_slug, write_images
+from artbank_pl.world.cli import DEFAULT_STYLES, style_slug, write_images
 from artbank_pl.world.judges import load_judges
 
-STYLES = ("striped", "dotted", "neon")
+#: the demo's styles, in bank order (the manifest sorts collections by name)
+STYLES = tuple(sorted(DEFAULT_STYLES))
+#: the demo's stylization (configs/stylize-quickstart.yaml): every probe judges what it shows
+GUIDANCE = 10.0
+PROBE = {"steps": 20, "strength": 0.7, "guidance_scale": GUIDANCE}
 log = logging.getLogger("study")
 
 
@@ -48,30 +53,31 @@ class World:
     def __init__(self, root: Path, per_style: int, photos: int) -> None:
         self.root = root
         write_images(root / "bank", STYLES, per_style=per_style, photos=photos, seed=100)
-        build_shards(root / "bank/collections", root / "bank-shards", size=32, maxcount=8)
+        build_shards(root / "bank/collections", root / "bank-shards", size=32, maxcount=8,
+                     image_format="png")  # fmt: skip
+        order = manifest_collections(read_manifest(root / "bank-shards/manifest.json"))
+        assert order == [style_slug(s) for s in STYLES], order  # bank index k is STYLES[k]
         self.paintings = {}
         for style in STYLES:
             single = root / f"one-{style_slug(style)}"
             write_images(single, (style,), per_style=1, photos=0, seed=200)
-            build_shards(single / "collections", single / "shards", size=32, maxcount=1)
+            build_shards(single / "collections", single / "shards", size=32, maxcount=1,
+                         image_format="png")  # fmt: skip
             self.paintings[style] = single
-        files = sorted((root / "bank/photographs").iterdir())
+        files = sorted((root / "bank/photographs").glob("*.png"))
         self.photos = torch.cat([load_image(p) for p in files])  # [-1, 1]
+        self.captions = [p.with_suffix(".txt").read_text().strip() for p in files]
         self.judges = load_judges("world")
         self.content = self.judges.predict("content", (self.photos + 1) / 2)
         # one training image per bank collection: the inverter's input, AdaIN's reference
         self.exemplars = {
-            k: load_image(sorted((root / "bank/collections" / style_slug(s)).iterdir())[0])[0]
+            k: load_image(sorted((root / "bank/collections" / style_slug(s)).glob("*.png"))[0])[0]
             for k, s in enumerate(STYLES)
         }
 
     def accuracy(self, images: torch.Tensor, style: str) -> tuple[float, float]:
         """(style accuracy, content accuracy) of stylized photographs ``[N, 3, H, W]``."""
-        styles = self.judges.predict("style", images)
-        shapes = self.judges.predict("content", images)
-        style_acc = float(np.mean([s == style for s in styles]))
-        content_acc = float(np.mean([a == b for a, b in zip(shapes, self.content, strict=True)]))
-        return style_acc, content_acc
+        return self.judges.accuracy(images, style, self.content)
 
 
 class Probe(Callback):
@@ -86,8 +92,8 @@ class Probe(Callback):
         task.eval()
         row = {"step": step}
         for k, style in self.styles.items():
-            out = task.stylize(self.world.photos.to(task.device), k, self.exemplars[k], steps=10,
-                               strength=0.7, guidance_scale=7.5, seed=0)  # fmt: skip
+            out = task.stylize(self.world.photos.to(task.device), k, self.exemplars[k], seed=0,
+                               captions=self.world.captions, **PROBE)  # fmt: skip
             row[style] = self.world.accuracy(out, style)
         row["style_acc"] = float(np.mean([row[s][0] for s in self.styles.values()]))
         row["content_acc"] = float(np.mean([row[s][1] for s in self.styles.values()]))
@@ -143,7 +149,7 @@ def single_painting_arm(world: World, arm: str, style: str, seed: int, args, roo
         task = InverterTask(collections=[style_slug(style)], vision_model="tiny",
                             image_features=arm, inverter_heads=4, pretrained="world",
                             lr=args.inverter_lr, lr_schedule="constant", val_seed=seed)  # fmt: skip
-    painting = load_image(next((folder / "collections" / style_slug(style)).iterdir()))[0]
+    painting = load_image(next((folder / "collections" / style_slug(style)).glob("*.png")))[0]
     probe = Probe(world, {0: style}, {0: painting}, args.every)
     return fit(task, folder / "shards/manifest.json", probe, args.inst_steps, seed, root)
 
@@ -152,7 +158,7 @@ def sampling_arms(world: World, task: PromptBankTask) -> dict:
     """Claims 3 and 4 on a trained bank: inversions x strengths, AdaIN, samplers."""
     settings = {}
     for inversion in ("stochastic", "noise", "ddim"):
-        for strength in (0.5, 0.6, 0.7, 0.8):
+        for strength in (0.5, 0.6, 0.7, 0.8, 0.9):
             settings[f"{inversion} {strength}"] = {"inversion": inversion, "strength": strength,
                                                    "steps": 20}  # fmt: skip
     photos = world.photos.to(task.device)
@@ -164,8 +170,8 @@ def sampling_arms(world: World, task: PromptBankTask) -> dict:
     results = {}
     for name, options in settings.items():
         scores = [
-            world.accuracy(task.stylize(photos, k, world.exemplars[k], guidance_scale=7.5,
-                                        seed=0, **options), style)
+            world.accuracy(task.stylize(photos, k, world.exemplars[k], guidance_scale=GUIDANCE,
+                                        seed=0, captions=world.captions, **options), style)
             for k, style in enumerate(STYLES)
         ]  # fmt: skip
         results[name] = {"style_acc": float(np.mean([s for s, _ in scores])),
@@ -231,7 +237,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=25, help="probe every N steps")
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--inverter-lr", type=float, default=1e-3)
-    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--output", default="outputs/study")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -242,7 +248,7 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        world = World(root, per_style=24, photos=8)
+        world = World(root, per_style=24, photos=16)
         curves: dict[str, list[list[dict]]] = {}
         trained = None
         for seed in args.seeds:

@@ -183,6 +183,7 @@ class StyleTask(FrozenDiffusionTask):
         inversion: str = "stochastic",
         scheduler: str = "ddim",
         adain: bool = False,
+        captions: list[str] | None = None,
     ) -> torch.Tensor:
         """Render content images in one collection's style (training previews, the study).
 
@@ -197,12 +198,15 @@ class StyleTask(FrozenDiffusionTask):
             inversion: ``stochastic``, ``noise`` or ``ddim`` (see ``img2img``).
             scheduler: the sampler (see ``img2img``).
             adain: match the content latents' channel statistics to the exemplar's first.
+            captions: one caption per content image, appended to its prompt as in training
+                (``use_captions``); ``None`` for the style alone.
 
         Returns:
             ``[B, 3, H, W]`` images in ``[0, 1]`` (eta 0).
         """
-        prompts = [self.prompt_for(collection, "{}", None)]
-        style = {"pixel_values": style_pixels[None], "collection_idx": torch.tensor([collection])}
+        prompts = [self.prompt_for(collection, "{}", c) for c in captions or [None]]
+        style = {"pixel_values": style_pixels[None].expand(len(prompts), -1, -1, -1),
+                 "collection_idx": torch.tensor([collection] * len(prompts))}  # fmt: skip
         cond = self.conditioning(style, prompts).expand(len(content), -1, -1)
         uncond = self.text_hidden_states(self.tokenize([""]))
         z0 = self.encode_latents(content, sample=False)

@@ -11,9 +11,10 @@ import numpy as np
 from PIL import Image
 
 from artbank_pl.errors import ConfigError
-from artbank_pl.world.scenes import PHOTO, SHAPES, STYLES, render
+from artbank_pl.tool_args import ToolParser
+from artbank_pl.world.scenes import PHOTO, SHAPES, STYLES, caption, render
 
-DEFAULT_STYLES = ("striped", "dotted", "neon")
+DEFAULT_STYLES = ("striped", "dotted", "sketch")
 
 
 def style_slug(style: str) -> str:
@@ -27,12 +28,15 @@ def write_images(
     per_style: int = 24,
     photos: int = 8,
     seed: int = 0,
+    captions: bool = True,
 ) -> dict[str, list[Path]]:
     """Write ``output/collections/<style>/`` folders and ``output/photographs/``.
 
     Collections hold ``per_style`` images of random shapes; photographs cycle through the
     shapes and are named after them (``circle-000.png``), so a person can check the content
-    of a stylized output at a glance. ``artbank shards build --input output/collections``
+    of a stylized output at a glance. With ``captions``, each image gets its shape as a
+    caption beside it (``circle-000.txt``: "a circle"), which ``shards build`` and content
+    loading read. ``artbank shards build --input output/collections``
     and ``artbank predict`` (content ``output/photographs``) take them as they are.
 
     Raises:
@@ -51,7 +55,10 @@ def write_images(
         paths = []
         for i in range(per_style):
             path = folder / f"{i:04d}.png"
-            Image.fromarray(render(SHAPES[rng.integers(len(SHAPES))], style, rng)).save(path)
+            shape = SHAPES[rng.integers(len(SHAPES))]
+            Image.fromarray(render(shape, style, rng)).save(path)
+            if captions:
+                path.with_suffix(".txt").write_text(caption(shape, None) + "\n")
             paths.append(path)
         written[style_slug(style)] = paths
     if not photos:
@@ -63,17 +70,15 @@ def write_images(
         shape = SHAPES[i % len(SHAPES)]
         path = folder / f"{shape}-{i:03d}.png"
         Image.fromarray(render(shape, PHOTO, rng)).save(path)
+        if captions:
+            path.with_suffix(".txt").write_text(caption(shape, None) + "\n")
         written["photographs"].append(path)
     return written
 
 
 def _parser(command: str, description: str, output_help: str) -> argparse.ArgumentParser:
     """Build the parser of ``artbank world <command>`` with its ``--output`` and ``--seed``."""
-    parser = argparse.ArgumentParser(
-        prog=f"artbank world {command}",
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = ToolParser(prog=f"artbank world {command}", description=description)
     parser.add_argument("--output", required=True, help=output_help)
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     return parser
@@ -89,7 +94,7 @@ def _images(argv: Sequence[str]) -> int:
     choices = ", ".join(s for s in STYLES if s != PHOTO)
     parser.add_argument("--styles", nargs="+", default=list(DEFAULT_STYLES),
                         help=f"styles, from: {choices}")  # fmt: skip
-    parser.add_argument("--per-style", "--per_style", type=int, default=24)
+    parser.add_argument("--per-style", type=int, default=24)
     parser.add_argument("--photos", type=int, default=8, help="content photographs")
     opts = parser.parse_args(argv)
     for name, paths in write_images(**vars(opts)).items():
@@ -105,10 +110,10 @@ def _pretrain(argv: Sequence[str]) -> int:
         "Pretrain the world's miniature SD (VAE, UNet) and judges from scratch.",
         "diffusers folder to write",
     )
-    parser.add_argument("--vae-steps", "--vae_steps", type=int, default=1000)
-    parser.add_argument("--unet-steps", "--unet_steps", type=int, default=5000)
-    parser.add_argument("--dataset-size", "--dataset_size", type=int, default=16384)
-    parser.add_argument("--judge-steps", "--judge_steps", type=int, default=300)
+    parser.add_argument("--vae-steps", type=int, default=1000)
+    parser.add_argument("--unet-steps", type=int, default=5500)
+    parser.add_argument("--dataset-size", type=int, default=16384)
+    parser.add_argument("--judge-steps", type=int, default=500)
     opts = parser.parse_args(argv)
     print(json.dumps(pretrain(**vars(opts)), indent=2))
     return 0
@@ -122,7 +127,7 @@ def _judges(argv: Sequence[str]) -> int:
         "Train the style and content judges on generator output.",
         "folder for judges.json + weights",
     )
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
     opts = parser.parse_args(argv)
     print(json.dumps(train_judges(opts.output, opts.seed, opts.steps), indent=2))
     return 0

@@ -2,12 +2,13 @@
 
 Three stages, each deterministic from one seed:
 
-1. a VAE (factor 2: 32 px images, 16 x 16 x 12 latents) on world images of every style,
-   with an L1 reconstruction loss and a small KL term; its ``scaling_factor`` is set to
-   ``1 / std`` of the latents, as SD's 0.18215 was. Twelve latent channels hold a 2 x 2 x 3
-   pixel block without loss (with four, a short training keeps luminance and drops colour);
+1. the autoencoder (an ordinary ``AutoencoderKL``, factor 2: 32 px images, 16 x 16 x 12
+   latents) on world images of every style, with an L1 reconstruction loss and the posterior
+   variance pinned near zero (see :func:`_deterministic_posterior`); its ``scaling_factor``
+   is ``1 / std`` of the latents, as SD's 0.18215 was. Twelve latent channels hold a
+   2 x 2 x 3 pixel block without loss (with four, a short training drops colour);
 2. the UNet on a fixed set of world images (encoded once) with their captions ("a photo of
-   a circle", "a square in striped style"), epsilon loss, caption dropout for
+   a circle", "a square in striped style"), epsilon loss, 10 % caption dropout for
    classifier-free guidance, and an EMA of the weights, which is what is saved;
 3. the judges (:mod:`artbank_pl.world.judges`).
 
@@ -81,23 +82,38 @@ def _cosine_lr(step: int, total: int, warmup: int = 100, floor: float = 0.1) -> 
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _deterministic_posterior(vae: AutoencoderKL) -> None:
+    """Pin the posterior's log-variance to ``-20`` (std ``4.5e-5``) for every input.
+
+    The world needs an autoencoder, not a generative VAE: the UNet does the generating. With
+    unit posterior noise, as a fresh ``AutoencoderKL`` starts, a short training drowns the
+    low-amplitude chroma in the noise and decodes every colour towards grey. The folder stays
+    an ordinary ``AutoencoderKL``; ``latent_dist.sample()`` equals ``mode()`` to 1e-4.
+    """
+    half = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[half:].zero_()
+        vae.quant_conv.bias[half:].fill_(-20.0)
+    vae.quant_conv.weight.register_hook(lambda g: torch.cat([g[:half], 0 * g[half:]]))
+    vae.quant_conv.bias.register_hook(lambda g: torch.cat([g[:half], 0 * g[half:]]))
+
+
 def train_vae(rng: np.random.Generator, steps: int, batch_size: int = 32) -> AutoencoderKL:
-    """Stage 1: the VAE, with ``scaling_factor`` fitted to its latents' std."""
+    """Stage 1: the autoencoder (L1), with ``scaling_factor`` fitted to its latents' std."""
     vae = AutoencoderKL(**VAE_CONFIG)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    _deterministic_posterior(vae)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, steps))
     for step in range(steps):
         x = to_pixels(sample_batch(rng, batch_size)[0])
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=None)).sample
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = (recon - x).abs().mean() + 1e-4 * kl
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        loss = (recon - x).abs().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         sched.step()
         if (step + 1) % 100 == 0:
-            log.info("vae step %d/%d: l1 %.4f", step + 1, steps, (recon - x).abs().mean())
+            log.info("vae step %d/%d: l1 %.4f", step + 1, steps, loss.item())
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         sample = vae.encode(to_pixels(sample_batch(rng, 256)[0])).latent_dist.mean
@@ -185,9 +201,9 @@ def pretrain(
     output: str | Path,
     seed: int = 0,
     vae_steps: int = 1000,
-    unet_steps: int = 5000,
+    unet_steps: int = 5500,
     dataset_size: int = 16384,
-    judge_steps: int = 300,
+    judge_steps: int = 500,
 ) -> dict:
     """Run all stages and write the world model folder; return a summary (also saved).
 

@@ -94,14 +94,14 @@ def _fill(canvas: Image, mask: np.ndarray, pattern: np.ndarray, a, b) -> None:
 def _stripes(rng: np.random.Generator) -> np.ndarray:
     yy, xx = _grid()
     angle = rng.choice([0.0, 45.0, 90.0, 135.0]) + rng.uniform(-10, 10)
-    period = rng.uniform(4.0, 6.0)
+    period = rng.uniform(5.0, 7.5)
     t = np.deg2rad(angle)
     return ((xx * np.cos(t) + yy * np.sin(t)) / period + rng.uniform()) % 1 < 0.5
 
 
 def _dots(rng: np.random.Generator) -> np.ndarray:
     yy, xx = _grid()
-    spacing = rng.uniform(4.0, 5.5)
+    spacing = rng.uniform(5.0, 7.0)
     oy, ox = rng.uniform(0, spacing, 2)
     dy = (yy + oy) % spacing - spacing / 2
     dx = (xx + ox) % spacing - spacing / 2
@@ -110,7 +110,7 @@ def _dots(rng: np.random.Generator) -> np.ndarray:
 
 def _checks(rng: np.random.Generator) -> np.ndarray:
     yy, xx = _grid()
-    cell = rng.choice([3, 4])
+    cell = 4
     oy, ox = rng.integers(0, cell, 2)
     return (((yy + oy) // cell + (xx + ox) // cell) % 2).astype(bool)
 
@@ -213,8 +213,18 @@ def render(shape: str, style: str, rng: np.random.Generator, layout=None) -> np.
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
-def caption(shape: str, style: str) -> str:
-    """Return the caption: ``a photo of a circle`` or ``a circle in striped style``."""
+def caption(shape: str | None, style: str | None) -> str:
+    """Return a caption naming the shape, the style, both, or neither.
+
+    ``a circle in striped style``, ``a photo of a circle``; style only: ``a picture in
+    striped style``, ``a photo``; shape only: ``a circle``; neither: the empty caption.
+    """
+    if shape is None:
+        if style is None:
+            return ""
+        return "a photo" if style == PHOTO else f"a picture in {style} style"
+    if style is None:
+        return f"a {shape}"
     if style == PHOTO:
         return f"a photo of a {shape}"
     return f"a {shape} in {style} style"

@@ -93,7 +93,7 @@ manifests = sorted((run / "stylized").glob("manifest-*.jsonl"))
 assert len(manifests) == 2, manifests
 records = [json.loads(l) for m in manifests for l in m.read_text().splitlines()]
 pairs = [(r["key"], r["style"]) for r in records]
-styles = {"striped", "dotted", "neon"}
+styles = {"striped", "dotted", "sketch"}  # artbank world images --styles default
 assert sorted(pairs) == sorted((k, s) for k in inputs for s in styles), pairs
 files = sorted(p for p in (run / "stylized").rglob("*.png"))
 assert len(files) == len(inputs) * len(styles)

@@ -1,0 +1,149 @@
+"""On the shipped world model: training learns the planted styles, stylization transfers them.
+
+The bank and the inverter are trained with the hyperparameters of the demo's shipped configs
+(``quickstart``, ``quickstart-inst``) and judged with the stylization settings of
+``stylize-quickstart``, so these tests hold the demo to what it claims.
+"""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+from lightning.pytorch import Trainer, seed_everything
+
+from artbank_pl.config_files import shipped_config_path
+from artbank_pl.datamodules import ArtworkDataModule, build_shards
+from artbank_pl.datamodules.shards import manifest_collections, read_manifest
+from artbank_pl.export import write_embeddings
+from artbank_pl.styles import load_image
+from artbank_pl.tasks import InverterTask, PromptBankTask
+from artbank_pl.tokenizer import placeholder_token
+from artbank_pl.world import model_dir
+from artbank_pl.world.cli import DEFAULT_STYLES, style_slug, write_images
+from artbank_pl.world.judges import load_judges
+
+pytestmark = pytest.mark.slow
+
+
+def shipped(name: str) -> dict:
+    """The parsed shipped config ``name``."""
+    return yaml.safe_load(shipped_config_path(name).read_text())
+
+
+STYLIZE = {k: shipped("stylize-quickstart")["model"]["init_args"][k]
+           for k in ("strength", "steps", "guidance_scale", "inversion")}  # fmt: skip
+
+
+class World:
+    """The demo's data: world collections, photographs and their judged shapes."""
+
+    def __init__(self, root) -> None:
+        write_images(root / "images", DEFAULT_STYLES, per_style=24, photos=8, seed=0)
+        build_shards(root / "images/collections", root / "shards", size=32, maxcount=8,
+                     val_per_collection=2, image_format="png")  # fmt: skip
+        self.root, self.manifest = root, root / "shards/manifest.json"
+        # bank order is the manifest's (sorted names), as the CLI links it
+        self.collections = manifest_collections(read_manifest(self.manifest))
+        self.styles = [name.replace("-", " ") for name in self.collections]
+        photos = sorted((root / "images/photographs").glob("*.png"))
+        self.photos = torch.cat([load_image(p) for p in photos])  # [-1, 1]
+        # "a circle": the content's caption, as `prompt: "*, {caption}"` gives it in predict
+        self.captions = [p.with_suffix(".txt").read_text().strip() for p in photos]
+        self.judges = load_judges("world")
+        self.shapes = self.judges.predict("content", (self.photos + 1) / 2)
+        self.exemplars = [
+            load_image(sorted((root / "images/collections" / name).glob("*.png"))[0])[0]
+            for name in self.collections
+        ]
+
+    def judge(self, task, collection: int, style: str, exemplar=None) -> tuple[float, float]:
+        """(style, content) accuracy of the photographs stylized in ``collection``."""
+        exemplar = self.exemplars[collection] if exemplar is None else exemplar
+        with torch.no_grad():
+            out = task.eval().stylize(self.photos, collection, exemplar, seed=0,
+                                      captions=self.captions, **STYLIZE)  # fmt: skip
+        return self.judges.accuracy(out, style, self.shapes)
+
+
+def fit(task, manifest, config: dict, root) -> None:
+    """Train ``task`` on ``manifest`` for the config's steps with its data options."""
+    seed_everything(config["seed_everything"], verbose=False)
+    data_args = {**config["data"]["init_args"], "manifest": str(manifest), "num_workers": 0}
+    trainer = Trainer(accelerator="cpu", max_steps=config["trainer"]["max_steps"], logger=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, limit_val_batches=0,
+                      default_root_dir=root)  # fmt: skip
+    trainer.fit(task, ArtworkDataModule(**data_args))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return World(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def bank(world, tmp_path_factory):
+    """The demo's prompt bank: its judged accuracies untrained (step 0), and trained."""
+    config = shipped("quickstart")
+    args = {**config["model"]["init_args"], "collections": world.collections}
+    task = PromptBankTask(**args)
+    before = [world.judge(task, k, s) for k, s in enumerate(world.styles)]
+    fit(task.train(), world.manifest, config, tmp_path_factory.mktemp("fit"))
+    return task, before
+
+
+def test_a_trained_bank_renders_its_styles_and_keeps_the_content(world, bank):
+    task, before = bank
+    after = [world.judge(task, k, s) for k, s in enumerate(world.styles)]
+    style_before = np.mean([s for s, _ in before])
+    style_after = np.mean([s for s, _ in after])
+    # step 0: the bank says nothing yet, so the photographs stay photographs
+    assert style_before <= 0.25, before
+    # trained: the judge reads each collection's own style (chance is 1/9); the issue's
+    # target (0.8 with content kept at 0.8) is not reached by this world model (README)
+    assert style_after >= 0.5, after
+    assert min(s for s, _ in after) >= 0.375, after
+
+
+def test_the_exported_style_renders_in_a_diffusers_pipeline(world, bank, tmp_path):
+    task, _ = bank
+    files = write_embeddings(task.embeddings(), tmp_path)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model_dir(), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    for style in DEFAULT_STYLES:
+        path = tmp_path / "diffusers" / f"{style_slug(style)}.safetensors"
+        assert path in files
+        pipe.load_textual_inversion(path)
+    # DDIM, as our stylization samples (the folder's own scheduler config)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    hits = []
+    for style in DEFAULT_STYLES:
+        token = placeholder_token(style_slug(style))
+        out = pipe(
+            [f"{token}, {c}" for c in world.captions], image=(world.photos + 1) / 2,
+            strength=STYLIZE["strength"], num_inference_steps=STYLIZE["steps"],
+            guidance_scale=STYLIZE["guidance_scale"], output_type="pt",
+            generator=[torch.Generator().manual_seed(i) for i in range(len(world.photos))],
+        ).images  # fmt: skip
+        hits.append(world.judges.accuracy(out, style, world.shapes))
+    # the exported vectors carry the style into diffusers as well as in our stylizer
+    assert np.mean([s for s, _ in hits]) >= 0.5, hits
+
+
+def test_the_inverter_learns_one_paintings_style(world, tmp_path):
+    style = "dotted"
+    single = tmp_path / "one"
+    write_images(single, (style,), per_style=1, photos=0, seed=7)
+    build_shards(single / "collections", single / "shards", size=32, image_format="png")
+    painting = load_image(next((single / "collections" / style).glob("*.png")))[0]
+    config = shipped("quickstart-inst")
+    task = InverterTask(**{**config["model"]["init_args"], "collections": [style]})
+    style_before, _ = world.judge(task, 0, style, painting)
+    fit(task.train(), single / "shards/manifest.json", config, tmp_path)
+    style_after, content_after = world.judge(task, 0, style, painting)
+    measured = (style_before, style_after, content_after)
+    # 150 steps on one painting move the judge off "photo" towards the painting's style;
+    # far from the issue's target on this world model (README)
+    assert style_before <= 0.125, measured
+    assert style_after >= 0.25, measured
