@@ -145,9 +145,16 @@ class SaveRunConfig(SaveConfigCallback):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Find the run folder on every rank, then save on rank zero."""
+        # trainer.log_dir is a collective (it broadcasts): every rank must ask, not only the
+        # rank that saves, or DDP deadlocks
+        self.folder = run_folder(trainer, pl_module, stage)
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer, pl_module, stage: str) -> None:
         """Write ``config.yaml`` into the stage's run folder (rank zero only)."""
-        folder = run_folder(trainer, pl_module, stage)
+        folder = self.folder
         if folder is None:
             return
         folder.mkdir(parents=True, exist_ok=True)
