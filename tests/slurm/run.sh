@@ -88,7 +88,7 @@ wait_job "$array" 300
 "$python" - "$run" <<'PY' || fail "stylize check"
 import json, pathlib, sys
 run = pathlib.Path(sys.argv[1])
-inputs = sorted(p.stem for p in (run / "images/photographs").iterdir())
+inputs = sorted(p.stem for p in (run / "images/photographs").glob("*.png"))
 manifests = sorted((run / "stylized").glob("manifest-*.jsonl"))
 assert len(manifests) == 2, manifests
 records = [json.loads(l) for m in manifests for l in m.read_text().splitlines()]
