@@ -59,7 +59,9 @@ def demo_dir(tmp_path, image_root, monkeypatch):
     """A working directory laid out as `make demo` leaves it, with small synthetic images."""
     build_shards(image_root, tmp_path / "outputs/demo/shards", size=64, maxcount=2,
                  val_per_collection=1)  # fmt: skip
-    shutil.copytree(image_root / "monet", tmp_path / "outputs/demo/images/photographs")
+    photographs = tmp_path / "outputs/demo/images/photographs"
+    shutil.copytree(image_root / "monet", photographs)
+    (photographs / "img00.txt").write_text("a photo\n")  # a caption beside an image
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
