@@ -63,6 +63,15 @@ def _grid(argv: Sequence[str]) -> int:
     return 0
 
 
+def _shards(argv: Sequence[str]) -> int:
+    # the shard tools live with the datamodules; core code does not import them
+    modules = {"build": "shards", "cache": "cache"}
+    if not argv or argv[0] not in modules:
+        print("usage: artbank shards {build,cache} ... (--help on each)")
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    return importlib.import_module(f"artbank_pl.datamodules.{modules[argv[0]]}").main(argv[1:])
+
+
 def _world(argv: Sequence[str]) -> int:
     from artbank_pl.world.cli import main as world_main
 
@@ -71,6 +80,7 @@ def _world(argv: Sequence[str]) -> int:
 
 TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
     "configs": configs_main,
+    "shards": _shards,
     "world": _world,
     "export": _export,
     "grid": _grid,
@@ -91,13 +101,6 @@ def main(args: Sequence[str] | None = None) -> int | None:
     # content streams are iterable datasets: outputs are named by sample key instead
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     try:
-        if argv[:2] in (["shards", "build"], ["shards", "cache"]):
-            # the shard tools live with the datamodules; core code does not import them
-            module = "shards" if argv[1] == "build" else "cache"
-            return importlib.import_module(f"artbank_pl.datamodules.{module}").main(argv[2:])
-        if argv[:1] == ["shards"]:
-            print("usage: artbank shards {build,cache} ... (--help on each)")
-            return 0 if argv[1:2] in (["-h"], ["--help"]) else 2
         if argv and argv[0] in TOOLS:
             return TOOLS[argv[0]](argv[1:])
         from artbank_pl.lightning_cli import run_lightning_cli

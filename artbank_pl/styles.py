@@ -22,8 +22,40 @@ from artbank_pl.export import (
     load_checkpoint,
 )
 from artbank_pl.modules.inverter import AttentionInverter
+from artbank_pl.tokenizer import placeholder_token
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """Return a folder's image files, sorted; captions (``<stem>.txt``) and others are left."""
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def style_image_names(paths: list[str]) -> dict[str, str]:
+    """Name each style image by its stem; stems shared by several images get their folder.
+
+    ``a/x.jpg`` and ``b/x.jpg`` become the styles ``a-x`` and ``b-x`` instead of one style.
+
+    Raises:
+        ConfigError: two images still share a name (or a placeholder token).
+    """
+    stems = [Path(p).stem for p in paths]
+    names = [
+        f"{Path(p).parent.name}-{stem}" if stems.count(stem) > 1 else stem
+        for p, stem in zip(paths, stems, strict=True)
+    ]
+    by_token: dict[str, str] = {}
+    for name, path in zip(names, paths, strict=True):
+        token = placeholder_token(name)
+        if token in by_token:
+            raise ConfigError(
+                f"model.style_images {by_token[token]} and {path} both name the style {token}; "
+                "rename one"
+            )
+        by_token[token] = path
+    return dict(zip(names, paths, strict=True))
 
 
 def _read_embedding_file(path: Path) -> torch.Tensor:
@@ -42,8 +74,6 @@ def _read_embedding_file(path: Path) -> torch.Tensor:
     if table.ndim == 0 or table.numel() == 0:
         shape = "a scalar" if table.ndim == 0 else f"an empty {tuple(table.shape)} tensor"
         raise CheckpointError(f"{path} holds {shape}; expected one [n, d] tensor")
-    if not torch.isfinite(table).all():
-        raise CheckpointError(f"{path} holds NaN or infinite values (a diverged run?)")
     return table if table.ndim == 2 else table.reshape(-1, table.shape[-1])
 
 
@@ -72,9 +102,6 @@ def load_bank_styles(source: str | Path, names: list[str] | None = None) -> dict
     source = Path(source)
     if source.suffix == ".ckpt":
         styles = bank_embeddings_from_checkpoint(source)
-        diverged = [name for name, table in styles.items() if not torch.isfinite(table).all()]
-        if diverged:
-            raise CheckpointError(f"{source}: the bank's {diverged} hold NaN or infinite values")
     elif source.is_dir():
         files = sorted(source.glob("*.safetensors"))
         if not files:
@@ -84,8 +111,22 @@ def load_bank_styles(source: str | Path, names: list[str] | None = None) -> dict
         styles = {_collection_of(source): _read_embedding_file(source)}
     else:
         raise CheckpointError(f"style source {source} does not exist")
-    if not names:
-        return styles
+    diverged = [name for name, table in styles.items() if not torch.isfinite(table).all()]
+    if diverged:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite values (a diverged run?) in {diverged}"
+        )
+    return select_styles(styles, names, source) if names else styles
+
+
+def select_styles(
+    styles: dict[str, torch.Tensor], names: list[str], source: str | Path
+) -> dict[str, torch.Tensor]:
+    """Pick ``names`` from loaded styles, matching a name or its file stem.
+
+    Raises:
+        ConfigError: a requested collection is not among them.
+    """
     by_stem = {file_stem(name): name for name in styles}
     missing = [n for n in names if n not in styles and file_stem(n) not in by_stem]
     if missing:

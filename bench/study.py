@@ -250,7 +250,6 @@ def main() -> None:
         root = Path(tmp)
         world = World(root, per_style=24, photos=16)
         curves: dict[str, list[list[dict]]] = {}
-        trained = None
         for seed in args.seeds:
             for mode in ("ssam", "self", "none"):
                 log.info("bank %s seed %d", mode, seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -237,6 +238,12 @@ def read_records(output_dir: Path, manifest: str = MANIFEST) -> list[dict]:
     """
     path = output_dir / manifest
     sources = ([path] if path.is_file() else []) + sorted(output_dir.glob(f".{manifest}.rank*"))
+
+    @functools.cache  # a shard holds many outputs: look at each file once
+    def usable(file: str) -> bool:
+        output = output_dir / file
+        return output.is_file() and output.stat().st_size > 0
+
     records = []
     for source in sources:
         lines = [x for x in source.read_text(errors="replace").splitlines() if x.strip()]
@@ -245,10 +252,7 @@ def read_records(output_dir: Path, manifest: str = MANIFEST) -> list[dict]:
         if bad:
             log.warning("%s: skipped %d of %d lines that are not output records; their "
                         "outputs are redone", source, bad, len(lines))  # fmt: skip
-        for record in filter(None, parsed):
-            file = output_dir / record["file"]
-            if file.is_file() and file.stat().st_size > 0:
-                records.append(record)
+        records += [record for record in filter(None, parsed) if usable(record["file"])]
     return records
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from artbank_pl.errors import DataError
 from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
-from artbank_pl.styles import IMAGE_SUFFIXES, load_image
+from artbank_pl.styles import image_files, load_image
 from artbank_pl.vision import load_vision_encoder
 from artbank_pl.world.judges import load_judges
 
@@ -104,9 +104,7 @@ class SampleGrid(Callback):
         if not self.content:
             return torch.stack([kept[0] for kept in exemplars.values()][: self.num_content])
         size = tuple(next(iter(exemplars.values()))[0].shape[-2:])
-        files = sorted(
-            p for p in Path(self.content).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-        )  # captions (<stem>.txt) sit beside the images
+        files = image_files(Path(self.content))
         images = [load_image(p) for p in files[: self.num_content]]
         return torch.cat([F.interpolate(x, size=size, mode="bilinear") for x in images])
 

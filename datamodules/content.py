@@ -20,7 +20,7 @@ from artbank_pl.datamodules.shards import load_rgb, read_manifest, resize_shorte
 from artbank_pl.datamodules.stream import ShardStream, StreamPart, decode_image, sample_meta
 from artbank_pl.errors import DataError
 from artbank_pl.options import check_at_least, check_resolution
-from artbank_pl.styles import IMAGE_SUFFIXES
+from artbank_pl.styles import IMAGE_SUFFIXES, image_files
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class FolderStream(IterableDataset):
         if root.is_file():
             root, self.files = root.parent, [root]
         else:
-            self.files = sorted(
-                p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
+            self.files = image_files(root, recursive=True)
         self.root, self.resolution = root, resolution
         self.keys = dict(zip(self.files, folder_keys(root, self.files), strict=True))
         if not self.files:

@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 
 from artbank_pl.atomic import atomic_write_text
 from artbank_pl.errors import DataError
-from artbank_pl.styles import IMAGE_SUFFIXES
+from artbank_pl.styles import image_files
 from artbank_pl.tool_args import ToolParser
 
 log = logging.getLogger(__name__)
@@ -66,15 +66,14 @@ def find_images(input_dir: Path) -> list[SourceImage]:
         raise DataError(f"--input {input_dir} has no collection folders (one per style)")
     found = []
     for folder in folders:
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                txt = path.with_suffix(".txt")
-                try:
-                    caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None
-                except UnicodeDecodeError:
-                    found.append(SourceImage(folder.name, path, None, f"{txt} is not UTF-8"))
-                    continue
-                found.append(SourceImage(folder.name, path, caption or None))
+        for path in image_files(folder, recursive=True):
+            txt = path.with_suffix(".txt")
+            try:
+                caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None
+            except UnicodeDecodeError:
+                found.append(SourceImage(folder.name, path, None, f"{txt} is not UTF-8"))
+                continue
+            found.append(SourceImage(folder.name, path, caption or None))
     return found
 
 

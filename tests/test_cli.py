@@ -282,3 +282,18 @@ def test_a_ckpt_path_that_cannot_resume_is_one_line(demo_dir):
             main(["fit", "--config", "quickstart", "--ckpt_path", name])
         assert message in str(info.value.code)
         assert "\n" not in str(info.value.code)
+
+
+def test_file_system_errors_on_a_named_path_are_user_errors():
+    import errno
+
+    from artbank_pl.cli import user_error
+
+    denied = PermissionError(errno.EACCES, "Permission denied", "/data/out")
+    try:
+        raise RuntimeError("while saving") from denied
+    except RuntimeError as err:
+        assert str(user_error(err)) == "/data/out: Permission denied"
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/out/x.png")
+    assert str(user_error(full)) == "/data/out/x.png: no space left on the device"
+    assert user_error(ValueError("a bug")) is None  # anything else stays a traceback

@@ -47,23 +47,22 @@ class ImplicitStylePromptBank(nn.Module):
         """N, the tokens per collection."""
         return self.prompts.shape[1]
 
-    @torch.no_grad()
     def init_from_embedding(self, embedding: torch.Tensor) -> None:
         """Start every token of every collection at one word embedding ``[d]``.
 
         No noise is added (as diffusers' textual inversion does): the tokens sit at
         different prompt positions, so their gradients differ from the first step.
         """
-        self.prompts.copy_(embedding.to(self.prompts.dtype).expand_as(self.prompts))
+        self.init_from_tables(embedding.expand_as(self.prompts))
 
+    @torch.no_grad()
     def init_from_tables(self, tables: torch.Tensor) -> None:
         """Start each collection at given token embeddings ``[K, n, d]``.
 
         Every bank mode starts at the identity (SSAM's and self-attention's output
         projections are zero-initialised), so the bank's first output is ``tables`` itself.
         """
-        with torch.no_grad():
-            self.prompts.copy_(tables.to(self.prompts.dtype))
+        self.prompts.copy_(tables.to(self.prompts.dtype))
 
     def forward(self, collection_idx: torch.Tensor) -> torch.Tensor:
         """Return the token embeddings ``[B, n, d]`` for a batch of collection indices ``[B]``.

@@ -117,8 +117,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if clip_skip < 0:
-            raise ConfigError(f"clip_skip must be >= 0, got {clip_skip}")
+        check_at_least("model.clip_skip", clip_skip, 0)
         check_at_least("model.lr", lr, 0)  # 0 is allowed: it checks where a run starts
         check_at_least("model.weight_decay", weight_decay, 0)
         check_at_least("model.warmup_steps", warmup_steps, 0)

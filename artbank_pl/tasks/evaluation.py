@@ -13,7 +13,7 @@ from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
 from artbank_pl.report import write_report
-from artbank_pl.styles import IMAGE_SUFFIXES, load_image
+from artbank_pl.styles import image_files, load_image, style_image_names
 from artbank_pl.vision import clip_resize_crop, load_vision_encoder
 from artbank_pl.world.judges import load_judges
 
@@ -76,13 +76,13 @@ class StyleEvaluation:
     def _exemplar_paths(self, style: str) -> list[Path]:
         hp = self.task.hparams
         if hp.style_images:
-            return [Path(p) for p in hp.style_images if Path(p).stem == style]
+            return [Path(style_image_names(hp.style_images)[style])]
         if not hp.exemplars:
             raise ConfigError(
                 "artbank test with a bank needs model.exemplars (one folder per style)"
             )
         folder = Path(hp.exemplars) / style
-        paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = image_files(folder) if folder.is_dir() else []
         if not paths:
             raise DataError(f"no exemplar images for style {style!r} in {folder}")
         return paths[:MAX_EXEMPLARS]

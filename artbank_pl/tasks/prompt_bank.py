@@ -117,13 +117,13 @@ class PromptBankTask(StyleTask):
 
     def _start_tables(self, source: str) -> torch.Tensor:
         """Read ``init_embeddings``: one ``[n, d]`` table per collection, checked."""
-        from artbank_pl.styles import load_bank_styles
+        from artbank_pl.styles import load_bank_styles, select_styles
 
         found = load_bank_styles(source)
         if len(found) == 1:
             tables = [next(iter(found.values()))] * len(self.collections)
         else:
-            tables = list(load_bank_styles(source, self.collections).values())
+            tables = list(select_styles(found, self.collections, source).values())
         expected = tuple(self.bank.prompts.shape[1:])
         for name, table in zip(self.collections, tables, strict=True):
             if tuple(table.shape) != expected:

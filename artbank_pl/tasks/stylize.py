@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
+from artbank_pl.options import check_at_least
 from artbank_pl.sd import freeze
-from artbank_pl.styles import check_width, load_bank_styles, load_image, load_inverter
+from artbank_pl.styles import (
+    check_width,
+    load_bank_styles,
+    load_image,
+    load_inverter,
+    style_image_names,
+)
 from artbank_pl.tasks.base import FrozenDiffusionTask, sample_seed
 from artbank_pl.tasks.evaluation import StyleEvaluation
 from artbank_pl.tasks.sampling import Sampler, check_sampling
@@ -117,8 +123,7 @@ class StylizeTask(FrozenDiffusionTask):
         for swept_strength in sweep_strengths or [strength]:
             check_sampling(swept_strength, steps, inversion, scheduler)
         for swept_scale in sweep_guidance_scales or [guidance_scale]:
-            if swept_scale < 0:
-                raise ConfigError(f"guidance_scale must be >= 0, got {swept_scale}")
+            check_at_least("model.guidance_scale", swept_scale, 0)
         super().__init__(
             pretrained, revision, variant, vae_fp32, compile_unet=compile_unet,
             channels_last=channels_last, clip_skip=clip_skip,
@@ -273,31 +278,6 @@ class StylizeTask(FrozenDiffusionTask):
         for metric, values in first.items():
             for style, value in values.items():
                 self.log(f"test/{metric}/{style}", value, rank_zero_only=True)
-
-
-def style_image_names(paths: list[str]) -> dict[str, str]:
-    """Name each style image by its stem; stems shared by several images get their folder.
-
-    ``a/x.jpg`` and ``b/x.jpg`` become the styles ``a-x`` and ``b-x`` instead of one style.
-
-    Raises:
-        ConfigError: two images still share a name (or a placeholder token).
-    """
-    stems = [Path(p).stem for p in paths]
-    names = [
-        f"{Path(p).parent.name}-{stem}" if stems.count(stem) > 1 else stem
-        for p, stem in zip(paths, stems, strict=True)
-    ]
-    by_token: dict[str, str] = {}
-    for name, path in zip(names, paths, strict=True):
-        token = placeholder_token(name)
-        if token in by_token:
-            raise ConfigError(
-                f"model.style_images {by_token[token]} and {path} both name the style {token}; "
-                "rename one"
-            )
-        by_token[token] = path
-    return dict(zip(names, paths, strict=True))
 
 
 def _check_options(bank, inverter, style_images, prompt, adain, reference) -> None:

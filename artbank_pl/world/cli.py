@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,12 +55,8 @@ def write_images(
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for i in range(per_style):
-            path = folder / f"{i:04d}.png"
             shape = SHAPES[rng.integers(len(SHAPES))]
-            Image.fromarray(render(shape, style, rng)).save(path)
-            if captions:
-                path.with_suffix(".txt").write_text(caption(shape, None) + "\n")
-            paths.append(path)
+            paths.append(_save(folder / f"{i:04d}.png", render(shape, style, rng), shape, captions))
         written[style_slug(style)] = paths
     if not photos:
         return written
@@ -68,12 +65,28 @@ def write_images(
     written["photographs"] = []
     for i in range(photos):
         shape = SHAPES[i % len(SHAPES)]
-        path = folder / f"{shape}-{i:03d}.png"
-        Image.fromarray(render(shape, PHOTO, rng)).save(path)
-        if captions:
-            path.with_suffix(".txt").write_text(caption(shape, None) + "\n")
-        written["photographs"].append(path)
+        image = render(shape, PHOTO, rng)
+        written["photographs"].append(
+            _save(folder / f"{shape}-{i:03d}.png", image, shape, captions)
+        )
     return written
+
+
+def _save(path: Path, image: np.ndarray, shape: str, with_caption: bool) -> Path:
+    """Write one world image, and its shape as caption (``a circle``) beside it."""
+    Image.fromarray(image).save(path)
+    if with_caption:
+        path.with_suffix(".txt").write_text(caption(shape, None) + "\n")
+    return path
+
+
+def _defaults(function) -> dict[str, object]:
+    """Return the default of each keyword of ``function`` (the CLI's defaults' one source)."""
+    return {
+        name: p.default
+        for name, p in inspect.signature(function).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _parser(command: str, description: str, output_help: str) -> argparse.ArgumentParser:
@@ -110,10 +123,10 @@ def _pretrain(argv: Sequence[str]) -> int:
         "Pretrain the world's miniature SD (VAE, UNet) and judges from scratch.",
         "diffusers folder to write",
     )
-    parser.add_argument("--vae-steps", type=int, default=1000)
-    parser.add_argument("--unet-steps", type=int, default=5500)
-    parser.add_argument("--dataset-size", type=int, default=16384)
-    parser.add_argument("--judge-steps", type=int, default=500)
+    defaults = _defaults(pretrain)
+    for name in ("vae_steps", "unet_steps", "dataset_size", "judge_steps"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=defaults[name],
+                            help=name.replace("_", " "))  # fmt: skip
     opts = parser.parse_args(argv)
     print(json.dumps(pretrain(**vars(opts)), indent=2))
     return 0
@@ -127,7 +140,8 @@ def _judges(argv: Sequence[str]) -> int:
         "Train the style and content judges on generator output.",
         "folder for judges.json + weights",
     )
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=_defaults(train_judges)["steps"],
+                        help="optimisation steps of each judge")  # fmt: skip
     opts = parser.parse_args(argv)
     print(json.dumps(train_judges(opts.output, opts.seed, opts.steps), indent=2))
     return 0

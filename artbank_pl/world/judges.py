@@ -108,7 +108,7 @@ def train_judge(kind: str, seed: int, steps: int, batch_size: int = 64) -> tuple
     return judge, accuracy
 
 
-def train_judges(folder: str | Path, seed: int = 0, steps: int = 300) -> dict[str, float]:
+def train_judges(folder: str | Path, seed: int = 0, steps: int = 500) -> dict[str, float]:
     """Train both judges and save them to ``folder``; return their held-out accuracies."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
