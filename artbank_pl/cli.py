@@ -130,6 +130,10 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=r"The `srun` command is available")
     # KID keeps every feature: a warning for huge sets, not for an evaluation report
     warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save")
+    # said in one line, without the hint to set save_last (CheckpointOnSignal.on_fit_start)
+    warnings.filterwarnings("ignore", message=r'.*ckpt_path="last"\) is set, but there is no')
+    # artbank passes LightningCLI the command line itself, after resolving config names
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     # third-party deprecations the user cannot act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)")

@@ -30,6 +30,13 @@ class ArtbankCLI(LightningCLI):
             check_ckpt_path(self.config[subcommand].get("ckpt_path"))
         super()._parse_ckpt_path()
 
+    def instantiate_trainer(self, **kwargs):
+        """Build the Trainer, then make its checkpoints atomic and its runs stoppable."""
+        trainer = super().instantiate_trainer(**kwargs)
+        config = self.config.get(self.subcommand, {}) if self.subcommand else {}
+        make_run_resumable(trainer, self.subcommand, config.get("ckpt_path"))
+        return trainer
+
     def before_instantiate_classes(self) -> None:
         """Check the strategy and fill ``model.init_args.collections`` from the data config."""
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -51,6 +58,30 @@ class ArtbankCLI(LightningCLI):
         check = getattr(data_class, "check_model_args", None)
         if callable(check):
             check(dict(model_args), **dict(data.init_args))
+
+
+def make_run_resumable(trainer, subcommand: str | None, ckpt_path: str | None = None) -> None:
+    """Give every run atomic checkpoint files and, for ``fit``, a checkpoint on SIGTERM/SIGUSR1.
+
+    Both are installed here rather than in each config, so a user's own config (or a
+    ``trainer.plugins`` overlay such as configs/trainer/slurm.yaml) cannot lose them. A
+    user's own CheckpointIO plugin is kept.
+
+    Args:
+        trainer: the instantiated Trainer.
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        ckpt_path: the subcommand's ``--ckpt_path``.
+    """
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    from artbank_pl.callbacks.preemption import CheckpointOnSignal
+    from artbank_pl.checkpoint_io import AtomicCheckpointIO
+
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    has_one = any(isinstance(cb, CheckpointOnSignal) for cb in trainer.callbacks)
+    if subcommand == "fit" and not has_one:
+        trainer.callbacks.insert(0, CheckpointOnSignal(ckpt_path))
 
 
 def check_strategy(strategy: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
+from artbank_pl.datamodules.resumable import ResumableLoader
 from artbank_pl.datamodules.shards import manifest_collections, read_manifest, resize_shorter_side
 from artbank_pl.datamodules.stream import ShardStream, decode_image, from_npy, sample_meta
 from artbank_pl.errors import ConfigError, DataError
@@ -251,11 +253,10 @@ class ArtworkDataModule(LightningDataModule):
         batches = max(1, math.ceil(total / (parts * hp.batch_size)))
         return batches * hp.batch_size
 
-    def _loader(self, stream: ShardStream, batch_size: int, drop_last: bool) -> DataLoader:
+    def _loader_args(self, stream: ShardStream, batch_size: int, drop_last: bool) -> dict:
         stream.set_distributed(self.rank, self.world_size)
         workers = self.hparams.num_workers
-        return DataLoader(
-            stream,
+        return dict(
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=collate_artworks,
@@ -265,17 +266,38 @@ class ArtworkDataModule(LightningDataModule):
             prefetch_factor=4 if workers else None,
         )
 
+    def _training_progress(self) -> tuple[int, int] | None:
+        """(epoch, batches of it trained on) of the Trainer, for the stream's position.
+
+        ``processed`` counts the batch whose ``on_train_batch_end`` is saving a checkpoint,
+        which the resumed run does not repeat. After an epoch's last batch the resumed run
+        starts the next epoch (Lightning closes the finished one without fetching): that is
+        the count of epochs started, whether or not the last one was already closed.
+        """
+        if self.trainer is None:
+            return None
+        loop = self.trainer.fit_loop
+        if loop.epoch_loop.batch_progress.is_last_batch:
+            return loop.epoch_progress.current.ready, 0
+        return self.trainer.current_epoch, loop.epoch_loop.batch_progress.current.processed
+
     def train_dataloader(self) -> DataLoader:
-        """Endless resampled stream, ``samples_per_epoch`` per epoch, full batches only."""
+        """Endless resampled stream, ``samples_per_epoch`` per epoch, full batches only.
+
+        Its position is saved in checkpoints (:class:`ResumableLoader`): a resumed run reads
+        the batches the interrupted run would have read next.
+        """
         hp = self.hparams
         transform = ArtworkTransform(
             self.collection_index, hp.resolution, True, hp.center_crop, hp.random_flip,
             cached=self.cache is not None,
         )  # fmt: skip
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         stream = ShardStream(
-            self.train_urls, transform, True, self._samples_per_worker(), hp.shuffle_buffer
+            self.train_urls, transform, True, self._samples_per_worker(), hp.shuffle_buffer, seed
         )
-        return self._loader(stream, hp.batch_size, drop_last=True)
+        args = self._loader_args(stream, hp.batch_size, drop_last=True)
+        return ResumableLoader(stream, self._training_progress, **args)
 
     def val_dataloader(self) -> DataLoader:
         """One deterministic pass: every validation sample exactly once over all ranks."""
@@ -284,4 +306,5 @@ class ArtworkDataModule(LightningDataModule):
             log.info("no validation split: validating on the training shards")
         transform = ArtworkTransform(self.collection_index, hp.resolution, train=False)
         stream = ShardStream(self.val_urls, transform)
-        return self._loader(stream, hp.val_batch_size or hp.batch_size, drop_last=False)
+        batch_size = hp.val_batch_size or hp.batch_size
+        return DataLoader(stream, **self._loader_args(stream, batch_size, drop_last=False))

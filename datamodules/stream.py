@@ -9,6 +9,7 @@ owns every ``parts``-th shard; with fewer, every part reads all shards and keeps
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -37,11 +38,35 @@ class StreamPart:
     count: int
 
     @classmethod
-    def current(cls, rank: int, world_size: int) -> StreamPart:
-        """Return the part of the calling dataloader worker (or of the main process)."""
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+    def current(cls, rank: int, world_size: int, worker_shift: int = 0) -> StreamPart:
+        """Return the part of the calling dataloader worker (or of the main process).
+
+        Args:
+            rank: global rank of this process.
+            world_size: number of processes.
+            worker_shift: worker ``i`` reads the part of worker ``(i + shift) % workers``.
+        """
+        workers, worker = current_worker(worker_shift)
         return cls(rank * workers + worker, world_size * workers)
+
+
+def current_worker(shift: int = 0) -> tuple[int, int]:
+    """Return (dataloader workers, this worker's index shifted by ``shift``).
+
+    Outside a dataloader worker (the main process reads) that is ``(1, 0)``.
+    """
+    info = get_worker_info()
+    return (info.num_workers, (info.id + shift) % info.num_workers) if info else (1, 0)
+
+
+def stream_seed(seed: int, epoch: int, part: StreamPart) -> int:
+    """Seed of one part's shard order, shuffle and augmentation in one epoch.
+
+    A function of (seed, epoch, part) alone, not of any RNG's history, so that a resumed run
+    reads exactly the samples the uninterrupted run would have read.
+    """
+    text = f"{seed}/{epoch}/{part.index}/{part.count}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
 #: shards this process found unreadable, each logged once
@@ -109,6 +134,7 @@ class ShardStream(IterableDataset):
         num_samples: stop after this many items per part (the epoch length); ``None`` runs
             to the end of the pass.
         shuffle: shuffle-buffer size (0 turns it off).
+        seed: base seed of the shard order, shuffle and augmentation (see :func:`stream_seed`).
     """
 
     def __init__(
@@ -118,6 +144,7 @@ class ShardStream(IterableDataset):
         resample: bool = False,
         num_samples: int | None = None,
         shuffle: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if not urls:
@@ -127,8 +154,25 @@ class ShardStream(IterableDataset):
         self.resample = resample
         self.num_samples = num_samples
         self.shuffle = shuffle
+        self.seed = seed
         self.rank, self.world_size = 0, 1
         self.skipped = 0
+        self.epoch, self.skip_batches, self.batch_size = 0, 0, 1
+
+    def set_position(self, epoch: int, skip_batches: int = 0, batch_size: int = 1) -> None:
+        """Start the next pass at ``epoch``, after this rank's first ``skip_batches`` batches.
+
+        DataLoader workers hand out batches in turn (batch ``i`` comes from worker
+        ``i % workers``), and a new pass starts at worker 0. So worker ``i`` takes the part
+        of worker ``(i + skip_batches) % workers`` (the order goes on where it stopped), and
+        each part skips its share of the batches already trained on.
+        """
+        self.epoch, self.skip_batches, self.batch_size = epoch, skip_batches, batch_size
+
+    def _items_to_skip(self) -> int:
+        workers, worker = current_worker(self.skip_batches)
+        own_batches = max(0, -(-(self.skip_batches - worker) // workers))
+        return own_batches * self.batch_size
 
     def set_distributed(self, rank: int, world_size: int) -> None:
         """Set this process's rank and the world size (call before iterating)."""
@@ -156,15 +200,13 @@ class ShardStream(IterableDataset):
                 )
 
     def __iter__(self) -> Iterator[dict]:
-        part = StreamPart.current(self.rank, self.world_size)
-        # torch's RNG is seeded per worker and per epoch by the DataLoader (and by
-        # seed_everything in the main process), so this draw is reproducible.
-        seed = int(torch.randint(0, 2**62, ())) ^ (self.rank << 40)
-        rng = random.Random(seed)
+        part = StreamPart.current(self.rank, self.world_size, self.skip_batches)
+        rng = random.Random(stream_seed(self.seed, self.epoch, part))
         samples = self._raw_samples(part, rng)
         if self.shuffle:
             samples = shuffle_buffer(samples, self.shuffle, rng)
-        produced = 0
+        # skipped items still go through to_item: their draws from rng must happen
+        skip, produced = self._items_to_skip(), 0
         for sample in samples:
             if self.num_samples is not None and produced >= self.num_samples:
                 return
@@ -178,7 +220,8 @@ class ShardStream(IterableDataset):
                 )  # fmt: skip
                 continue
             produced += 1
-            yield item
+            if produced > skip:
+                yield item
 
 
 def sample_meta(sample: dict) -> dict:

@@ -55,3 +55,21 @@ class StepRecorder(Callback):
         if trainer.is_global_zero and trainer.global_step == self.ready_step and restart == "0":
             (self.out_dir / "ready").write_text(str(trainer.global_step))
         time.sleep(self.seconds_per_step)
+
+
+class KillAtStep(Callback):
+    """Send this process ``signum`` (SIGKILL by default) after optimizer step ``step``.
+
+    It runs before ModelCheckpoint (Lightning orders checkpoint callbacks last), so the
+    step it kills at is never checkpointed: the resumed run must redo steps.
+    """
+
+    def __init__(self, step: int, signum: int = 9) -> None:
+        self.step = step
+        self.signum = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import os
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

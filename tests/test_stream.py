@@ -182,3 +182,27 @@ def test_a_damaged_shard_is_skipped_with_a_line_and_the_stream_goes_on(shard_dir
     assert keys[-len(expected) :] == expected  # every good sample still comes
     for name in ("truncated.tar", "garbage.tar"):
         assert f"unreadable shard {tmp_path / name}" in caplog.text
+
+
+def resumable_batches(urls, workers, epoch=0, skip=None, seed=0):
+    """The keys of one epoch's batches from a ResumableLoader (outside a Trainer)."""
+    from artbank_pl.datamodules.resumable import ResumableLoader
+
+    stream = ShardStream(urls, key_and_part, True, num_samples=8, shuffle=16, seed=seed)
+    loader = ResumableLoader(
+        stream, lambda: None, batch_size=2, num_workers=workers, collate_fn=lambda b: b
+    )
+    if skip is not None:
+        loader.load_state_dict({"epoch": epoch, "batches": skip})
+    return [[item["key"] for item in batch] for batch in loader]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_resumed_mid_epoch_yields_the_rest_of_that_epoch(tmp_path, workers):
+    urls = write_shards(tmp_path, 4, 6)
+    epoch_0 = resumable_batches(urls, workers)
+    assert resumable_batches(urls, workers) == epoch_0  # a function of (seed, epoch, part)
+    assert resumable_batches(urls, workers, epoch=1, skip=0) != epoch_0
+    assert resumable_batches(urls, workers, seed=1) != epoch_0
+    for skip in (1, 3, len(epoch_0) - 1):
+        assert resumable_batches(urls, workers, epoch=0, skip=skip) == epoch_0[skip:], skip
