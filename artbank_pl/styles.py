@@ -6,6 +6,7 @@ safetensors. A pickled ``embeddings.pt`` of the official InST code is refused.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,26 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".
 
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """Return a folder's image files, sorted; captions (``<stem>.txt``) and others are left."""
-    entries = folder.rglob("*") if recursive else folder.iterdir()
+    """Return a folder's image files, sorted; captions (``<stem>.txt``) and others are left.
+
+    ``recursive`` descends into sub-folders, symlinked ones included (``Path.rglob`` skips
+    those without a word); a folder reached twice through links is read once.
+    """
+    entries = _walk_following_links(folder) if recursive else folder.iterdir()
     return sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _walk_following_links(folder: Path) -> list[Path]:
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        files += [Path(root) / name for name in names]
+    return files
 
 
 def style_image_names(paths: list[str]) -> dict[str, str]:

@@ -66,7 +66,10 @@ def find_images(input_dir: Path) -> list[SourceImage]:
         raise DataError(f"--input {input_dir} has no collection folders (one per style)")
     found = []
     for folder in folders:
-        for path in image_files(folder, recursive=True):
+        paths = image_files(folder, recursive=True)
+        if not paths:
+            log.warning("left out collection folder %s: it holds no image", folder)
+        for path in paths:
             txt = path.with_suffix(".txt")
             try:
                 caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None

@@ -117,3 +117,16 @@ def test_a_sample_whose_json_is_not_an_object_is_skipped(tmp_path):
     data.setup("fit")
     keys = [key for batch in data.train_dataloader() for key in batch["__key__"]]
     assert len(keys) == 3 and "bad" not in keys
+
+
+def test_symlinked_sub_folders_are_read_and_empty_collections_are_named(tmp_path, caplog):
+    root = write_collections(tmp_path / "in", {"a": 2, "b": 2})
+    elsewhere = write_collections(tmp_path / "elsewhere", {"more": 3})
+    (root / "a" / "linked").symlink_to(elsewhere / "more", target_is_directory=True)
+    (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)  # read once
+    (root / "empty").mkdir()
+    build_shards(root, tmp_path / "out", size=32, val_per_collection=0)
+    manifest = read_manifest(tmp_path / "out/manifest.json")
+    assert manifest["splits"]["train"]["counts"] == {"a": 5, "b": 2}
+    assert [c["name"] for c in manifest["collections"]] == ["a", "b"]
+    assert f"left out collection folder {root / 'empty'}: it holds no image" in caplog.text
