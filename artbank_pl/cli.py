@@ -132,6 +132,8 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save")
     # said in one line, without the hint to set save_last (CheckpointOnSignal.on_fit_start)
     warnings.filterwarnings("ignore", message=r'.*ckpt_path="last"\) is set, but there is no')
+    # the default logger is CSV without tensorboard: the extra is in the README
+    warnings.filterwarnings("ignore", message=r"Starting from v1.9.0, `tensorboardX` has been")
     # artbank passes LightningCLI the command line itself, after resolving config names
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     # third-party deprecations the user cannot act on

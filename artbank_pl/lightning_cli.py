@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from artbank_pl.errors import ConfigError
@@ -40,6 +42,7 @@ class ArtbankCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Check the strategy and fill ``model.init_args.collections`` from the data config."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_accelerator(config.get("trainer.accelerator"))
         check_strategy(config.get("trainer.strategy"))
         check_loggers(config.get("trainer.logger"))
         model_args, data = config.get("model.init_args"), config.get("data")
@@ -65,7 +68,11 @@ def make_run_resumable(trainer, subcommand: str | None, ckpt_path: str | None = 
 
     Both are installed here rather than in each config, so a user's own config (or a
     ``trainer.plugins`` overlay such as configs/trainer/slurm.yaml) cannot lose them. A
-    user's own CheckpointIO plugin is kept.
+    user's own CheckpointIO plugin is kept. A ``ModelCheckpoint`` without ``dirpath``
+    saves into ``<default_root_dir>/checkpoints`` (Lightning's default is a new
+    ``version_N`` folder per run, where ``--ckpt_path last`` of the next run cannot find
+    it): ``--trainer.default_root_dir`` moves everything a run writes, and
+    ``--ckpt_path last`` finds that run's last checkpoint.
 
     Args:
         trainer: the instantiated Trainer.
@@ -79,9 +86,21 @@ def make_run_resumable(trainer, subcommand: str | None, ckpt_path: str | None = 
 
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = os.path.realpath(Path(trainer.default_root_dir) / "checkpoints")
     has_one = any(isinstance(cb, CheckpointOnSignal) for cb in trainer.callbacks)
     if subcommand == "fit" and not has_one:
         trainer.callbacks.insert(0, CheckpointOnSignal(ckpt_path))
+
+
+def check_accelerator(accelerator: object) -> None:
+    """Fail in one line, before anything is built, if a GPU is asked for and none is visible."""
+    if str(accelerator).lower() in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator is {accelerator} but no CUDA GPU is visible: use "
+            "--trainer.accelerator cpu, or the CPU recipe --config artbank-cpu"
+        )
 
 
 def check_strategy(strategy: object) -> None:

@@ -34,10 +34,13 @@ class CheckpointOnSignal(Callback):
     Args:
         ckpt_path: the ``--ckpt_path`` the run was started with; ``last`` with no
             checkpoint to resume from is said in one line (the run starts from scratch).
+        sync_every_n_steps: with several processes, the ranks agree on a signal (one
+            all-reduce, a host sync) every this many steps rather than at every step.
     """
 
-    def __init__(self, ckpt_path: str | None = None) -> None:
+    def __init__(self, ckpt_path: str | None = None, sync_every_n_steps: int = 10) -> None:
         self.ckpt_path = ckpt_path
+        self.sync_every_n_steps = max(1, sync_every_n_steps)
         self.received: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -98,6 +101,8 @@ class CheckpointOnSignal(Callback):
         """Return the signal any rank received, so that every rank saves and stops together."""
         if trainer.world_size == 1:
             return self.received
+        if not self._previous or trainer.global_step % self.sync_every_n_steps:
+            return None  # no handlers here (SLURM requeue), or not a step the ranks check at
         mine = torch.tensor([self.received or 0], device=trainer.strategy.root_device)
         signum = int(trainer.strategy.reduce(mine, reduce_op="max").item())
         return signum or None

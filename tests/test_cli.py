@@ -78,7 +78,7 @@ def test_quickstart_trains_resumes_and_exports(demo_dir):
     last = out / "checkpoints/last.ckpt"
     assert last.stat().st_size < 1024 * 1024
     assert (out / "loss.png").stat().st_size > 0
-    assert list((out / "logs").glob("version_*/samples/step_*.png"))
+    assert list((out / "lightning_logs").glob("version_*/samples/step_*.png"))
     assert sorted(p.name for p in (out / "embeddings/diffusers").iterdir()) == [
         "hokusai.safetensors",
         "monet.safetensors",
@@ -90,6 +90,43 @@ def test_quickstart_trains_resumes_and_exports(demo_dir):
     assert resumed["optimizer_states"][0]["state"][0]["step"].item() == 6
     assert main(["export", "--ckpt", str(last), "--output", "exported"]) == 0
     assert len(list((demo_dir / "exported").rglob("*.safetensors"))) == 4
+
+
+@pytest.mark.slow
+def test_default_root_dir_moves_everything_a_run_writes(demo_dir):
+    run = ["--trainer.default_root_dir", "runs/mine", "--trainer.val_check_interval", "2"]
+    main(["fit", "--config", "quickstart", "--trainer.max_steps", "2", *run, *QUICK[2:]])
+    mine = demo_dir / "runs/mine"
+    assert (mine / "checkpoints/last.ckpt").is_file()
+    assert (mine / "loss.png").is_file()
+    assert list((mine / "lightning_logs").glob("version_0/samples/step_*.png"))
+    assert (mine / "lightning_logs/version_0/config.yaml").is_file()
+    assert list((mine / "embeddings/diffusers").glob("*.safetensors"))
+    assert sorted(p.name for p in (demo_dir / "outputs/demo").iterdir()) == ["images", "shards"]
+    assert not (demo_dir / "config.yaml").exists()
+    # the next run of that folder resumes from its own last checkpoint
+    main(["fit", "--config", "quickstart", "--trainer.max_steps", "4", "--ckpt_path", "last",
+          *run, *QUICK[2:]])  # fmt: skip
+    last = torch.load(mine / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_the_cpu_recipe_trains_on_a_users_collections_with_only_a_manifest(demo_dir):
+    manifest = str(demo_dir / "outputs/demo/shards/manifest.json")
+    small = ["--model.init_args.pretrained", "tiny", "--data.init_args.resolution", "32",
+             "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+             "--trainer.limit_val_batches", "1"]  # fmt: skip
+    main(["fit", "--config", "artbank-cpu", "--data.init_args.manifest", manifest, *small])
+    assert (demo_dir / "runs/artbank-cpu/checkpoints/last.ckpt").is_file()
+
+
+def test_the_gpu_recipe_on_a_cpu_machine_is_one_line(demo_dir, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    manifest = str(demo_dir / "outputs/demo/shards/manifest.json")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", "artbank-sd15", "--data.init_args.manifest", manifest])
+    assert "trainer.accelerator is gpu but no CUDA GPU is visible" in str(stop.value)
 
 
 def test_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):
@@ -153,7 +190,7 @@ def test_one_collection_fits_with_validation_and_tests_with_one_style(tmp_path, 
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", "quickstart", "--trainer.max_steps", "2", *QUICK])
     out = tmp_path / "outputs/demo"
-    metrics = (next((out / "logs").glob("version_*")) / "metrics.csv").read_text()
+    metrics = (next((out / "lightning_logs").glob("version_*")) / "metrics.csv").read_text()
     assert "val/loss/monet" in metrics and "val/style_sim/monet" in metrics
     (tmp_path / "config.yaml").write_text("# the user's own notes\n")
     main(["test", "--config", "evaluate-quickstart", "--model.init_args.steps", "4",
@@ -220,7 +257,8 @@ def test_a_logger_without_its_package_is_one_line(demo_dir, monkeypatch, logger,
         lambda name, *a: None if name in hidden else real_find_spec(name, *a),
     )
     with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", "quickstart", "--trainer.logger", logger])
+        main(["fit", "--config", "quickstart", "--trainer.logger", logger,
+              "--trainer.logger.save_dir", "outputs/demo"])  # fmt: skip
     assert f"trainer.logger {logger} needs {package}" in str(info.value.code)
     assert f"artbank-pl[{package}]" in str(info.value.code)
 
