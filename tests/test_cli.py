@@ -1,3 +1,4 @@
+import csv
 import json
 import shutil
 import subprocess
@@ -127,6 +128,21 @@ def test_the_gpu_recipe_on_a_cpu_machine_is_one_line(demo_dir, capsys, monkeypat
     with pytest.raises(SystemExit) as stop:
         main(["fit", "--config", "artbank-sd15", "--data.init_args.manifest", manifest])
     assert "trainer.accelerator is gpu but no CUDA GPU is visible" in str(stop.value)
+
+
+@pytest.mark.slow
+def test_checkpoints_are_ranked_by_the_val_loss_of_their_own_step(demo_dir):
+    main(["fit", "--config", "quickstart", "--trainer.max_steps", "6", *QUICK])  # val at 2, 4, 6
+    out = demo_dir / "outputs/demo"
+    log = next((out / "lightning_logs").glob("version_*")) / "metrics.csv"
+    rows = list(csv.DictReader(log.open()))
+    val_loss = {int(r["step"]) + 1: float(r["val/loss"]) for r in rows if r.get("val/loss")}
+    assert sorted(val_loss) == [2, 4, 6]
+    best = list((out / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1  # save_top_k: 1
+    ckpt = torch.load(best[0], map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == min(val_loss, key=val_loss.get)
+    assert torch.load(out / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
 
 
 def test_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):
