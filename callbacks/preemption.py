@@ -87,6 +87,8 @@ class CheckpointOnSignal(Callback):
         The signal can land after this callback's check of a step and before Lightning's,
         which then raises its ``SIGTERMException`` (on every rank at once).
         """
+        if not self._previous:
+            return  # not installed: not fit, or SLURM's requeue owns the signals
         if isinstance(exception, SIGTERMException) and exception.code in (None, 0):
             exception.code = self._save_and_name_exit(trainer, self.received or signal.SIGTERM)
 
