@@ -15,6 +15,11 @@ from pathlib import Path
 TEMP_GLOB = ".*.tmp"
 
 
+def temp_glob(name: str) -> str:
+    """Return the pattern of the temporaries :func:`write_temp` makes for a file ``name``."""
+    return f".{name}.*.tmp"
+
+
 def write_temp(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Let ``write`` fill a temporary file beside ``path``; return it, synced and mode 0644.
 

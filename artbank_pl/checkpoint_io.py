@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from artbank_pl.atomic import TEMP_GLOB, atomic_write
+from artbank_pl.atomic import atomic_write, temp_glob
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,6 @@ def remove_orphan_temporaries(path: Path) -> None:
     One process saves one file name at a time, so once ``path`` is renamed into place
     every other temporary of that name is an orphan.
     """
-    for orphan in path.parent.glob(TEMP_GLOB.replace("*", f"{path.name}.*", 1)):
+    for orphan in path.parent.glob(temp_glob(path.name)):
         orphan.unlink(missing_ok=True)
         log.info("removed %s, left by an interrupted checkpoint save", orphan)

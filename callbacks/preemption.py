@@ -44,6 +44,11 @@ class CheckpointOnSignal(Callback):
         self.received: int | None = None
         self._previous: dict[int, object] = {}
 
+    @property
+    def installed(self) -> bool:
+        """Whether this run's signals are handled here (not under SLURM's requeue)."""
+        return bool(self._previous)
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Say when ``--ckpt_path last`` found nothing to resume from."""
         if self.ckpt_path == "last" and trainer.ckpt_path is None:
@@ -87,8 +92,8 @@ class CheckpointOnSignal(Callback):
         The signal can land after this callback's check of a step and before Lightning's,
         which then raises its ``SIGTERMException`` (on every rank at once).
         """
-        if not self._previous:
-            return  # not installed: not fit, or SLURM's requeue owns the signals
+        if not self.installed:
+            return  # not fit, or SLURM's requeue owns the signals
         if isinstance(exception, SIGTERMException) and exception.code in (None, 0):
             exception.code = self._save_and_name_exit(trainer, self.received or signal.SIGTERM)
 
@@ -103,8 +108,8 @@ class CheckpointOnSignal(Callback):
         """Return the signal any rank received, so that every rank saves and stops together."""
         if trainer.world_size == 1:
             return self.received
-        if not self._previous or trainer.global_step % self.sync_every_n_steps:
-            return None  # no handlers here (SLURM requeue), or not a step the ranks check at
+        if not self.installed or trainer.global_step % self.sync_every_n_steps:
+            return None  # SLURM's requeue owns the signals, or not a step the ranks check at
         mine = torch.tensor([self.received or 0], device=trainer.strategy.root_device)
         signum = int(trainer.strategy.reduce(mine, reduce_op="max").item())
         return signum or None
