@@ -40,15 +40,24 @@ class ArtbankCLI(LightningCLI):
         return trainer
 
     def before_instantiate_classes(self) -> None:
-        """Check the strategy and fill ``model.init_args.collections`` from the data config."""
+        """Check the options and the data, and fill ``model.init_args.collections`` from it.
+
+        All of it before anything is built: a data class's ``check_config(model_args,
+        **init_args)`` refuses data that cannot train the model (loading SD takes a while).
+        """
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_accelerator(config.get("trainer.accelerator"))
         check_strategy(config.get("trainer.strategy"))
         check_loggers(config.get("trainer.logger"))
         model_args, data = config.get("model.init_args"), config.get("data")
-        if model_args is None or data is None or "collections" not in model_args:
+        if model_args is None or data is None:
             return
         data_class = import_object(data.class_path)
+        check = getattr(data_class, "check_config", None)
+        if callable(check):
+            check(dict(model_args), **dict(data.init_args))
+        if "collections" not in model_args:
+            return
         names = getattr(data_class, "collection_names", None)
         found = names(**dict(data.init_args)) if callable(names) else None
         if model_args.collections and found and list(model_args.collections) != list(found):
@@ -58,9 +67,6 @@ class ArtbankCLI(LightningCLI):
             )
         if not model_args.collections:
             model_args.collections = found
-        check = getattr(data_class, "check_model_args", None)
-        if callable(check):
-            check(dict(model_args), **dict(data.init_args))
 
 
 def make_run_resumable(trainer, subcommand: str | None, ckpt_path: str | None = None) -> None:

@@ -92,6 +92,8 @@ def _read_embedding_file(path: Path) -> torch.Tensor:
     if table.ndim == 0 or table.numel() == 0:
         shape = "a scalar" if table.ndim == 0 else f"an empty {tuple(table.shape)} tensor"
         raise CheckpointError(f"{path} holds {shape}; expected one [n, d] tensor")
+    if not torch.isfinite(table).all():
+        raise CheckpointError(f"{path} holds NaN or infinite values (a diverged run?)")
     return table if table.ndim == 2 else table.reshape(-1, table.shape[-1])
 
 
@@ -129,6 +131,7 @@ def load_bank_styles(source: str | Path, names: list[str] | None = None) -> dict
         styles = {_collection_of(source): _read_embedding_file(source)}
     else:
         raise CheckpointError(f"style source {source} does not exist")
+    # a checkpoint's bank is checked here; an embedding file names itself when read
     diverged = [name for name, table in styles.items() if not torch.isfinite(table).all()]
     if diverged:
         raise CheckpointError(

@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader
 
 from artbank_pl.datamodules.resumable import ResumableLoader
 from artbank_pl.datamodules.shards import manifest_collections, read_manifest, resize_shorter_side
-from artbank_pl.datamodules.stream import ShardStream, decode_image, from_npy, sample_meta
+from artbank_pl.datamodules.stream import (
+    ShardStream,
+    check_shards_open,
+    decode_image,
+    from_npy,
+    sample_meta,
+)
 from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.options import check_at_least, check_resolution
 
@@ -30,6 +36,25 @@ def expand_urls(pattern: str) -> list[str]:
     if not urls:
         raise DataError(f"shard pattern {pattern!r} names no shard")
     return urls
+
+
+def split_urls(
+    manifest_data: dict | None, manifest: str | None, pattern: str | None, split: str
+) -> list[str]:
+    """Return a split's shard paths: from ``pattern`` when given, else from the manifest.
+
+    Args:
+        manifest_data: the manifest as read by ``read_manifest`` (or ``None``).
+        manifest: its path (a file, or the folder holding ``manifest.json``).
+        pattern: a brace pattern of shards that overrides the manifest's.
+        split: ``train`` or ``val``.
+    """
+    if pattern:
+        return expand_urls(pattern)
+    if manifest_data is None:
+        return []
+    root = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
+    return [str(root / s) for s in manifest_data.get("splits", {}).get(split, {}).get("shards", [])]
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -158,12 +183,8 @@ class ArtworkDataModule(LightningDataModule):
         pin_memory: bool = True,
     ) -> None:
         super().__init__()
-        check_resolution("data.resolution", resolution)
-        check_at_least("data.batch_size", batch_size, 1)
-        check_at_least("data.val_batch_size", val_batch_size, 1)
-        check_at_least("data.num_workers", num_workers, 0)
-        check_at_least("data.samples_per_epoch", samples_per_epoch, 1)
-        check_at_least("data.shuffle_buffer", shuffle_buffer, 1)
+        self.check_options(resolution, batch_size, val_batch_size, num_workers,
+                           samples_per_epoch, shuffle_buffer)  # fmt: skip
         # the resolved names are the model's hyperparameter; two differing copies clash
         self.save_hyperparameters(ignore=["collections"])
         self._manifest = read_manifest(manifest) if manifest else None
@@ -180,25 +201,16 @@ class ArtworkDataModule(LightningDataModule):
         return names
 
     def _shard_urls(self, manifest, train_shards, val_shards) -> tuple[list[str], list[str]]:
-        splits, root = {}, None
-        if self._manifest is not None:
-            splits = self._manifest.get("splits", {})
-            root = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
-
-        def from_manifest(split: str) -> list[str]:
-            return [str(root / s) for s in splits.get(split, {}).get("shards", [])]
-
         self.cache = None if train_shards else (self._manifest or {}).get("cache")
         if self.cache and self.cache["resolution"] != self.hparams.resolution:
             raise ConfigError(
                 f"the shards of {manifest} cache latents at resolution "
                 f"{self.cache['resolution']}, but data.resolution is {self.hparams.resolution}"
             )
-        train = expand_urls(train_shards) if train_shards else from_manifest("train")
+        train = split_urls(self._manifest, manifest, train_shards, "train")
         if not train:
             raise ConfigError("no training shards: give `manifest` or `train_shards`")
-        val = expand_urls(val_shards) if val_shards else from_manifest("val")
-        return train, val or train
+        return train, split_urls(self._manifest, manifest, val_shards, "val") or train
 
     @staticmethod
     def collection_names(
@@ -216,13 +228,49 @@ class ArtworkDataModule(LightningDataModule):
         return manifest_collections(read_manifest(manifest))
 
     @staticmethod
-    def check_model_args(model_args: dict, manifest: str | None = None, **_: object) -> None:
-        """Refuse a latent cache made with another model than the one being trained.
+    def check_options(
+        resolution: int = 512,
+        batch_size: int = 4,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        samples_per_epoch: int | None = None,
+        shuffle_buffer: int = 256,
+        **_: object,
+    ) -> None:
+        """Refuse numeric options out of range, naming the option.
 
         Raises:
-            ConfigError: the cache's ``pretrained`` (or ``vision_model``) differs.
+            ConfigError: an option is out of its range.
         """
-        cache = read_manifest(manifest).get("cache") if manifest else None
+        check_resolution("data.resolution", resolution)
+        check_at_least("data.batch_size", batch_size, 1)
+        check_at_least("data.val_batch_size", val_batch_size, 1)
+        check_at_least("data.num_workers", num_workers, 0)
+        check_at_least("data.samples_per_epoch", samples_per_epoch, 1)
+        check_at_least("data.shuffle_buffer", shuffle_buffer, 1)
+
+    @classmethod
+    def check_config(
+        cls,
+        model_args: dict,
+        manifest: str | None = None,
+        train_shards: str | None = None,
+        **init_args: object,
+    ) -> None:
+        """Refuse, before the model is built, data that cannot train this model.
+
+        The CLI calls this before instantiating anything (loading Stable Diffusion takes
+        a while; a run that cannot read a shard should not wait for it).
+
+        Raises:
+            DataError: no training shard opens.
+            ConfigError: an option is out of range, or the latent cache was made with
+                another ``pretrained`` (or ``vision_model``) than the model's.
+        """
+        cls.check_options(**init_args)
+        data = read_manifest(manifest) if manifest else None
+        check_shards_open(split_urls(data, manifest, train_shards, "train"), "training")
+        cache = (data or {}).get("cache") if not train_shards else None
         if not cache:
             return
         for key in ("pretrained", "vision_model"):

@@ -124,6 +124,14 @@ def collate_content(items: list[dict]) -> dict:
     }
 
 
+def missing_content(content: str) -> str:
+    """Return the one line for a ``data.content`` that names nothing."""
+    return (
+        f"data.content {content} does not exist (give an image, a folder of images, a shard "
+        "pattern or a manifest.json)"
+    )
+
+
 class ContentDataModule(LightningDataModule):
     """Content images for ``artbank predict``: a folder, a shard manifest, or a brace pattern.
 
@@ -152,13 +160,36 @@ class ContentDataModule(LightningDataModule):
         array_count: int = 1,
     ) -> None:
         super().__init__()
+        self.check_config({}, None, resolution, batch_size, num_workers, array_index, array_count)
+        self.save_hyperparameters()
+        self.rank, self.world_size = 0, 1
+
+    @staticmethod
+    def check_config(
+        model_args: dict,
+        content: str | None = None,
+        resolution: int = 512,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        array_index: int = 0,
+        array_count: int = 1,
+        **_: object,
+    ) -> None:
+        """Refuse options out of range, naming the option (the CLI calls this first).
+
+        Raises:
+            ConfigError: a numeric option is out of range.
+            DataError: the array slice is not one of the array's, or the content (a path,
+                not a shard pattern or URL) does not exist.
+        """
         check_resolution("data.resolution", resolution)
         check_at_least("data.batch_size", batch_size, 1)
         check_at_least("data.num_workers", num_workers, 0)
         if not 0 <= array_index < array_count:
             raise DataError(f"array_index {array_index} is not in [0, array_count={array_count})")
-        self.save_hyperparameters()
-        self.rank, self.world_size = 0, 1
+        is_pattern = content is None or any(c in content for c in "{:")
+        if not is_pattern and not Path(content).exists():
+            raise DataError(missing_content(content))
 
     def setup(self, stage: str) -> None:
         """Take rank and world size from the Trainer (and the array slice)."""
@@ -183,10 +214,7 @@ class ContentDataModule(LightningDataModule):
             urls = expand_urls(content)
             missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
             if missing == [content]:
-                raise DataError(
-                    f"data.content {content} does not exist (give an image, a folder of "
-                    "images, a shard pattern or a manifest.json)"
-                )
+                raise DataError(missing_content(content))
             if missing:
                 raise DataError(f"content shards not found: {missing[:3]}")
         return ShardStream(urls, shard_content_item(resolution))

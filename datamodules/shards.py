@@ -24,7 +24,8 @@ import webdataset as wds
 from PIL import Image, ImageOps
 
 from artbank_pl.atomic import atomic_write_text
-from artbank_pl.errors import DataError
+from artbank_pl.errors import ConfigError, DataError
+from artbank_pl.options import check_at_least
 from artbank_pl.styles import image_files
 from artbank_pl.tool_args import ToolParser
 
@@ -62,8 +63,10 @@ def find_images(input_dir: Path) -> list[SourceImage]:
     if not input_dir.is_dir():
         raise DataError(f"--input {input_dir} is not a folder")
     folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DataError(f"--input {input_dir} has no collection folders (one per style)")
+    loose = image_files(input_dir)
+    if not folders or (loose and not any(image_files(f, recursive=True) for f in folders)):
+        held = f" (its {len(loose)} image(s) must go into them)" if loose else ""
+        raise DataError(f"--input {input_dir} has no collection folders, one per style{held}")
     found = []
     for folder in folders:
         paths = image_files(folder, recursive=True)
@@ -228,6 +231,23 @@ def _write_split(
     return counts
 
 
+def check_build_options(
+    size: int, maxcount: int, val_per_collection: int, image_format: str, quality: int
+) -> None:
+    """Refuse out-of-range ``shards build`` options, naming the option.
+
+    Raises:
+        ConfigError: an option is out of its range.
+    """
+    check_at_least("--size", size, 0)
+    check_at_least("--maxcount", maxcount, 1)
+    check_at_least("--val-per-collection", val_per_collection, 0)
+    if image_format not in ("jpg", "png"):
+        raise ConfigError(f"--format must be jpg or png, got {image_format!r}")
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"--quality must be in 1..100, got {quality}")
+
+
 def build_shards(
     input_dir: str | Path,
     output_dir: str | Path,
@@ -256,8 +276,7 @@ def build_shards(
         A report with the manifest path, counts written and paths skipped.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if image_format not in ("jpg", "png"):
-        raise DataError(f"--format must be jpg or png, got {image_format!r}")
+    check_build_options(size, maxcount, val_per_collection, image_format, quality)
     images = find_images(input_dir)
     names = sorted({image.collection for image in images})
     train, val = split_holdout(images, val_per_collection)

@@ -147,17 +147,3 @@ def test_a_bank_continues_exported_embeddings(tiny_task, tmp_path, bank_attentio
     save_file({"<x>": torch.full((2, 32), float("nan"))}, tmp_path / "nan.safetensors")
     with pytest.raises(CheckpointError, match="nan.safetensors holds NaN or infinite"):
         PromptBankTask(collections=["a"], init_embeddings=str(tmp_path / "nan.safetensors"), **args)
-
-
-@pytest.mark.parametrize(
-    ("tensor", "message"),
-    [
-        (torch.tensor(1.0), "holds a scalar"),
-        (torch.zeros(0, 32), r"holds an empty \(0, 32\) tensor"),
-        (torch.full((2, 32), float("inf")), "holds NaN or infinite values"),
-    ],
-)
-def test_an_unusable_embedding_file_is_refused_by_name(tmp_path, tensor, message):
-    save_file({"<x>": tensor}, tmp_path / "bad.safetensors")
-    with pytest.raises(CheckpointError, match=f"bad.safetensors {message}"):
-        load_bank_styles(tmp_path / "bad.safetensors")

@@ -1,5 +1,4 @@
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import webdataset as wds
@@ -109,19 +108,6 @@ def test_content_folder_is_split_once_over_ranks(tmp_path):
     assert sorted(keys) == [f"img{i:02d}" for i in range(5)]
 
 
-def test_content_may_be_one_image_and_a_missing_path_is_named(tmp_path):
-    from artbank_pl.datamodules import ContentDataModule
-    from artbank_pl.errors import DataError
-
-    write_collections(tmp_path, {"photos": 2}, size=(20, 30))
-    one = ContentDataModule(str(tmp_path / "photos" / "img01.png"), resolution=16, num_workers=0)
-    items = [item for batch in one.predict_dataloader() for item in batch["__key__"]]
-    assert items == ["img01"]
-    absent = ContentDataModule(str(tmp_path / "nowhere"), resolution=16, num_workers=0)
-    with pytest.raises(DataError, match=r"data.content .*nowhere does not exist"):
-        absent.predict_dataloader()
-
-
 def test_grid_takes_an_output_folder_and_names_one_without_a_manifest(tmp_path):
     from artbank_pl.errors import DataError
     from artbank_pl.grid import manifest_path
@@ -131,57 +117,6 @@ def test_grid_takes_an_output_folder_and_names_one_without_a_manifest(tmp_path):
         manifest_path(tmp_path / "out")
     (tmp_path / "out" / "manifest.jsonl").write_text("")
     assert manifest_path(tmp_path / "out") == tmp_path / "out" / "manifest.jsonl"
-
-
-def test_content_files_whose_keys_would_collide_get_distinct_stable_keys(tmp_path):
-    from artbank_pl.datamodules.content import FolderStream
-
-    write_collections(tmp_path, {"c": 1}, size=(20, 20))
-    image = (tmp_path / "c" / "img00.png").read_bytes()
-    names = ["photo.jpg", "photo.png", "a b.png", "a_b.png", "sub/y.png", "sub_y.png", "z.png"]
-    for name in names:
-        (tmp_path / "c" / name).parent.mkdir(exist_ok=True)
-        (tmp_path / "c" / name).write_bytes(image)
-    keys = [item["__key__"] for item in FolderStream(tmp_path / "c", 16)]
-    assert len(keys) == len(set(keys)) == len(names) + 1
-    assert "z" in keys and "img00" in keys  # keys that do not collide stay readable
-    again = [item["__key__"] for item in FolderStream(tmp_path / "c", 16)]
-    assert keys == again
-
-
-def test_hostile_content_images_are_skipped_and_counted(tmp_path, monkeypatch):
-    from PIL import Image
-
-    from artbank_pl.datamodules.content import FolderStream
-    from tests import hostile
-
-    write_collections(tmp_path, {"c": 2}, size=(24, 24))
-    # a bomb by PIL's own check, made small by lowering the limit for this test
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    Image.new("RGB", (100, 100)).save(tmp_path / "c" / "bomb.png")
-    hostile.bad_utf8_caption(tmp_path / "c" / "img01.png")
-    hostile.grey16(tmp_path / "c" / "grey.png")
-    stream = FolderStream(tmp_path / "c", 16)
-    keys = sorted(item["__key__"] for item in stream)
-    assert keys == ["grey", "img00"] and stream.skipped == 2
-
-
-def test_a_damaged_shard_is_skipped_with_a_line_and_the_stream_goes_on(shard_dir, tmp_path, caplog):
-    from artbank_pl.datamodules.stream import StreamPart, iter_part
-
-    good = sorted(str(p) for p in shard_dir.glob("train-*.tar"))
-    truncated = tmp_path / "truncated.tar"
-    truncated.write_bytes(Path(good[0]).read_bytes()[:700])
-    garbage = tmp_path / "garbage.tar"
-    garbage.write_bytes(b"\x00garbage" * 100)
-    empty = tmp_path / "empty.tar"
-    empty.write_bytes(b"")
-    urls = [str(truncated), str(garbage), str(empty), *good]
-    keys = [s["__key__"] for s in iter_part(urls, StreamPart(0, 1))]
-    expected = [s["__key__"] for s in iter_part(good, StreamPart(0, 1))]
-    assert keys[-len(expected) :] == expected  # every good sample still comes
-    for name in ("truncated.tar", "garbage.tar"):
-        assert f"unreadable shard {tmp_path / name}" in caplog.text
 
 
 def resumable_batches(urls, workers, epoch=0, skip=None, seed=0):

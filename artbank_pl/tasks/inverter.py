@@ -94,14 +94,15 @@ class InverterTask(StyleTask):
         channels_last: bool = False,
         clip_skip: int = 0,
     ) -> None:
+        # checked before the base class loads Stable Diffusion
+        check_at_least("model.num_tokens", num_tokens, 1)
+        check_at_least("model.inverter_layers", inverter_layers, 1)
+        check_at_least("model.inverter_heads", inverter_heads, 1)
         super().__init__(
             collections, templates or ["{}"], use_captions, pretrained, revision, variant,
             vae_fp32, lr, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio,
             min_snr_gamma, noise_offset, val_seed, compile_unet, channels_last, clip_skip,
         )  # fmt: skip
-        check_at_least("model.num_tokens", num_tokens, 1)
-        check_at_least("model.inverter_layers", inverter_layers, 1)
-        check_at_least("model.inverter_heads", inverter_heads, 1)
         self.vision = load_vision_encoder(vision_model)
         self.first_placeholder_id = add_placeholder_tokens(
             self.tokenizer, [placeholder], num_tokens

@@ -94,13 +94,14 @@ class PromptBankTask(StyleTask):
         channels_last: bool = False,
         clip_skip: int = 0,
     ) -> None:
+        # checked before the base class loads Stable Diffusion
+        check_at_least("model.num_tokens", num_tokens, 1)
+        check_at_least("model.bank_heads", bank_heads, 1)
         super().__init__(
             collections, templates, use_captions, pretrained, revision, variant, vae_fp32, lr,
             weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio, min_snr_gamma,
             noise_offset, val_seed, compile_unet, channels_last, clip_skip,
         )  # fmt: skip
-        check_at_least("model.num_tokens", num_tokens, 1)
-        check_at_least("model.bank_heads", bank_heads, 1)
         self.placeholders = [placeholder_token(name) for name in self.collections]
         token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)
         self.first_placeholder_id = token_ids[0][0]

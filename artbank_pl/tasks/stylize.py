@@ -124,16 +124,14 @@ class StylizeTask(FrozenDiffusionTask):
             check_sampling(swept_strength, steps, inversion, scheduler)
         for swept_scale in sweep_guidance_scales or [guidance_scale]:
             check_at_least("model.guidance_scale", swept_scale, 0)
+        # a bank is read before Stable Diffusion is loaded: a bad file is refused at once
+        bank_styles = load_bank_styles(bank, collections) if bank else None
         super().__init__(
             pretrained, revision, variant, vae_fp32, compile_unet=compile_unet,
             channels_last=channels_last, clip_skip=clip_skip,
         )  # fmt: skip
         width = self.text_encoder.get_input_embeddings().embedding_dim
-        styles = (
-            load_bank_styles(bank, collections)
-            if bank
-            else self._invert_style_images(inverter, style_images, vision_model)
-        )
+        styles = bank_styles or self._invert_style_images(inverter, style_images, vision_model)
         check_width(styles, width)
         self.style_names = list(styles)
         self._register_styles(styles)

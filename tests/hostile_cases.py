@@ -1,0 +1,397 @@
+"""The catalogue of hostile inputs and what the product must do with each.
+
+One :class:`Case` per category: how to build the input and run the product on it
+(:mod:`tests.hostile_runs`), and the expected outcome: exit code, a piece of the one line
+(or of the log line naming a skip), the skip count and exactly which good samples are used.
+``python -m tests.hostile_cases`` lists the categories by outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from tests import hostile
+from tests.hostile_runs import (
+    BASE_IMAGES,
+    Observed,
+    content_stream,
+    fit,
+    image_tree,
+    predict,
+    run_main,
+    shards_build,
+    training_stream,
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile-input category and its expected outcome.
+
+    Attributes:
+        category: what is hostile, as a user would say it.
+        run: builds the input under a folder and runs the product on it.
+        exit: the exit code (0: the run goes on; 1: one line, nothing else).
+        line: text the one line (exit 1) or the console and log (exit 0) must hold.
+        skipped: the skip count the product reports.
+        used: exactly the good samples the product must use (keys or sources).
+    """
+
+    category: str
+    run: Callable[[Path], Observed]
+    exit: int = 0
+    line: str = ""
+    skipped: int = 0
+    used: frozenset[str] = frozenset()
+
+    @property
+    def outcome(self) -> str:
+        """``one line``, ``skipped and counted`` or ``accepted``."""
+        if self.exit:
+            return "one line, exit 1"
+        return "skipped and counted" if self.skipped else "accepted, nothing lost"
+
+
+BASE = frozenset(BASE_IMAGES)
+TRAIN_KEYS = frozenset({"hokusai__wave", "monet__lilies", "monet__poppies"})
+PHOTOS = frozenset({"house/monet", "house/ukiyo", "tree/monet", "tree/ukiyo"})
+
+
+def fit_with(*options: str, **kwargs) -> Callable[[Path], Observed]:
+    """``artbank fit`` in a demo layout with ``options`` (see :func:`tests.hostile_runs.fit`)."""
+    return lambda ws: fit(ws, *options, **kwargs)
+
+
+def predict_with(*options: str, **kwargs) -> Callable[[Path], Observed]:
+    """``artbank predict`` with ``options`` (see :func:`tests.hostile_runs.predict`)."""
+    return lambda ws: predict(ws, *options, **kwargs)
+
+
+def build_with(extra: dict[str, Callable[[Path], Path]]) -> Callable[[Path], Observed]:
+    """``shards build`` on the base images plus ``extra`` (relative path -> writer)."""
+    return partial(shards_build, extra=extra)
+
+
+def content_with(extra: dict[str, Callable[[Path], Path]]) -> Callable[[Path], Observed]:
+    """Content images ``house.png`` and ``tree.png`` plus ``extra`` (relative path -> writer)."""
+    good = {"house.png": hostile.good_image, "tree.png": hostile.good_image}
+    return partial(content_stream, extra=good | extra)
+
+
+def _symlinked(root: Path) -> Path:
+    hostile.good_image(root / "elsewhere/boats.png")
+    (root / "monet/linked").symlink_to(root / "elsewhere", target_is_directory=True)
+    (root / "monet/loop").symlink_to(root / "monet", target_is_directory=True)
+    return root
+
+
+def _tree_then(change: Callable[[Path], object]) -> Callable[[Path], Observed]:
+    """``shards build`` on a base tree that ``change`` edits first."""
+
+    def run(ws: Path) -> Observed:
+        root = image_tree(ws / "in")
+        change(root)
+        return shards_build(ws, images=root)
+
+    return run
+
+
+def _output_is_a_file(ws: Path) -> Observed:
+    (ws / "a-file").write_text("a file")
+    return shards_build(ws, out=ws / "a-file")
+
+
+def _output_under_a_file(ws: Path) -> Observed:
+    (ws / "a-file").write_text("a file")
+    return shards_build(ws, out=ws / "a-file/shards")
+
+
+def _no_readable_image(ws: Path) -> Observed:
+    (ws / "in/monet").mkdir(parents=True)
+    hostile.not_an_image(ws / "in/monet/x.png")
+    return shards_build(ws, images=ws / "in")
+
+
+SHARDS_BUILD = [
+    Case("image: not an image", build_with({"monet/broken.png": hostile.not_an_image}),
+         line="broken.png", skipped=1, used=BASE),
+    Case("image: empty file", build_with({"monet/empty.jpg": hostile.empty_file}),
+         line="empty.jpg", skipped=1, used=BASE),
+    Case("image: truncated PNG", build_with({"monet/cut.png": hostile.truncated_image}),
+         line="cut.png", skipped=1, used=BASE),
+    Case("image: decompression bomb", build_with({"monet/bomb.png": hostile.decompression_bomb}),
+         line="bomb.png", skipped=1, used=BASE),
+    Case("image: 60000 x 1 strip", build_with({"monet/strip.png": hostile.elongated}),
+         line="too elongated", skipped=1, used=BASE),
+    Case("caption: invalid UTF-8", build_with({"monet/lilies.txt": hostile.bad_utf8_caption}),
+         line="lilies.png", skipped=1, used=BASE - {"monet/lilies.png"}),
+    Case("image: 16-bit greyscale PNG", build_with({"monet/grey.png": hostile.grey16}),
+         used=BASE | {"monet/grey.png"}),
+    Case("collection: symlinked sub-folder (and a link loop)", _tree_then(_symlinked),
+         used=BASE | {"monet/linked/boats.png", "elsewhere/boats.png"}),
+    Case("collection: empty folder", _tree_then(lambda root: (root / "degas").mkdir()),
+         line="left out collection folder", used=BASE),
+    Case("collection: one stem, two formats (x.png, x.jpg)",
+         build_with({"monet/x.png": hostile.good_image, "monet/x.jpg": hostile.good_image}),
+         used=BASE | {"monet/x.png", "monet/x.jpg"}),
+    Case("collection: one file name in two sub-folders",
+         build_with({"monet/a/x.png": hostile.good_image, "monet/b/x.png": hostile.good_image}),
+         used=BASE | {"monet/a/x.png", "monet/b/x.png"}),
+    Case("shards build: --input missing", partial(shards_build, images=Path("/nonexistent/in")),
+         exit=1, line="--input /nonexistent/in is not a folder"),
+    Case("shards build: --input without collection folders",
+         _tree_then(lambda root: [p.rename(root / p.name) for p in root.glob("*/*.png")]),
+         exit=1, line="has no collection folders"),
+    Case("shards build: no readable image at all", _no_readable_image,
+         exit=1, line="no readable image under"),
+    Case("shards build: --output an existing file", _output_is_a_file,
+         exit=1, line="a-file: File exists"),
+    Case("shards build: --output under a file", _output_under_a_file,
+         exit=1, line="a-file/shards: Not a directory"),
+    Case("shards build: --size negative", partial(shards_build, options=["--size", "-8"]),
+         exit=1, line="--size must be >= 0, got -8"),
+    Case("shards build: --maxcount 0", partial(shards_build, options=["--maxcount", "0"]),
+         exit=1, line="--maxcount must be >= 1, got 0"),
+    Case("shards build: --quality out of 1..100",
+         partial(shards_build, options=["--format", "jpg", "--quality", "300"]),
+         exit=1, line="--quality must be in 1..100, got 300"),
+]  # fmt: skip
+
+
+def _garbage_manifest(ws: Path) -> Observed:
+    (ws / "garbage.json").write_bytes(b"\xff\xfe{not json")
+    return fit(ws, "--data.init_args.manifest", "garbage.json")
+
+
+def _train(splits: dict) -> Callable[[dict], dict]:
+    return lambda manifest: {**manifest, "splits": splits}
+
+
+MANIFESTS = [
+    Case("manifest: a JSON list", fit_with(manifest_edit=lambda m: [m]),
+         exit=1, line="not an artbank shard manifest"),
+    Case("manifest: collections a string",
+         fit_with(manifest_edit=lambda m: {**m, "collections": "monet"}),
+         exit=1, line="'collections' must be a non-empty list"),
+    Case("manifest: collection entry without index",
+         fit_with(manifest_edit=lambda m: {**m, "collections": [{"name": "monet"}]}),
+         exit=1, line="needs a 'name' and an 'index'"),
+    Case("manifest: names missing shards",
+         fit_with(manifest_edit=_train({"train": {"shards": ["gone.tar"]}})),
+         exit=1, line="names 1 missing shard(s): ['gone.tar']"),
+    Case("manifest: shards not a list",
+         fit_with(manifest_edit=_train({"train": {"shards": "train-000000.tar"}})),
+         exit=1, line="splits.train.shards must be a list of file names"),
+    Case("manifest: /etc/passwd as a shard",
+         fit_with(manifest_edit=_train({"train": {"shards": ["/etc/passwd"]}})),
+         exit=1, line="shard '/etc/passwd' is outside the manifest's folder"),
+    Case("manifest: not JSON (invalid UTF-8)", _garbage_manifest,
+         exit=1, line="manifest garbage.json is not valid JSON"),
+    Case("manifest: missing file",
+         fit_with("--data.init_args.manifest", "absent/manifest.json"),
+         exit=1, line="manifest absent/manifest.json does not exist"),
+]  # fmt: skip
+
+
+def stream_with(extra=None, good: int = 3) -> Callable[[Path], Observed]:
+    """The training stream over the demo shards plus ``extra`` shards (name -> writer)."""
+    return partial(training_stream, extra_shards=extra or {}, good=good)
+
+
+def _mixed_shard(bad: dict) -> Callable[[Path], Path]:
+    """A shard holding one bad sample and one good one (key ``extra_good``)."""
+    return lambda path: hostile.shard(path, [bad, hostile.artwork("extra_good", "monet")])
+
+
+TRAINING_STREAM = [
+    Case("shard: truncated", stream_with({"cut.tar": hostile.truncated_shard}),
+         line="unreadable shard", skipped=1, used=TRAIN_KEYS),
+    Case("shard: garbage bytes", stream_with({"junk.tar": hostile.garbage_shard}),
+         line="junk.tar", skipped=1, used=TRAIN_KEYS),
+    Case("shard: empty file", stream_with({"empty.tar": hostile.empty_file}),
+         line="empty.tar", skipped=1, used=TRAIN_KEYS),
+    Case("sample: JSON not an object",
+         stream_with(good=4, extra={
+             "mixed.tar": _mixed_shard(hostile.artwork("bad", "monet", meta=[1, 2]))}),
+         line="skipping sample bad", skipped=1, used=TRAIN_KEYS | {"extra_good"}),
+    Case("sample: image bytes undecodable",
+         stream_with(good=4, extra={
+             "mixed.tar": _mixed_shard(hostile.artwork("bad", "monet", image=b"garbage"))}),
+         line="skipping sample bad", skipped=1, used=TRAIN_KEYS | {"extra_good"}),
+    Case("sample: collection not in the run",
+         stream_with(good=4, extra={
+             "mixed.tar": _mixed_shard(hostile.artwork("bad", "degas"))}),
+         line="'degas' is not in this run's collections", skipped=1,
+         used=TRAIN_KEYS | {"extra_good"}),
+    Case("sample: no image at all",
+         stream_with(good=4, extra={"mixed.tar": _mixed_shard(
+             {"__key__": "bad", "json": json.dumps({"collection": "monet"}).encode()})}),
+         line="skipping sample bad", skipped=1, used=TRAIN_KEYS | {"extra_good"}),
+    Case("shard: /etc/passwd as train_shards (no readable shard)",
+         fit_with("--data.init_args.train_shards", "/etc/passwd"),
+         exit=1, line="no readable training shard: /etc/passwd"),
+    Case("dataloader: more workers than samples",
+         fit_with("--data.init_args.num_workers", "4", refused_at_start=False),
+         exit=1, line="use fewer dataloader workers"),
+]  # fmt: skip
+
+
+def _ckpt(write: Callable[[Path], Path]) -> Callable[[Path], Observed]:
+    def run(ws: Path) -> Observed:
+        path = write(ws / "given.ckpt")
+        seen = fit(ws, "--ckpt_path", str(path))
+        assert not (ws / "unpickled").exists(), "a user's checkpoint was unpickled"
+        return seen
+
+    return run
+
+
+OPTIONS = [
+    Case("option: batch_size 0", fit_with("--data.init_args.batch_size", "0"),
+         exit=1, line="data.batch_size must be >= 1, got 0"),
+    Case("option: num_workers -1", fit_with("--data.init_args.num_workers=-1"),
+         exit=1, line="data.num_workers must be >= 0, got -1"),
+    Case("option: training resolution not a multiple of 8",
+         fit_with("--data.init_args.resolution", "30"),
+         exit=1, line="data.resolution must be a positive multiple of 8"),
+    Case("option: lr negative", fit_with("--model.init_args.lr=-1e-3"),
+         exit=1, line="model.lr must be >= 0, got -0.001"),
+    Case("option: num_tokens 0", fit_with("--model.init_args.num_tokens", "0"),
+         exit=1, line="model.num_tokens must be >= 1, got 0"),
+    Case("option: warmup_steps negative", fit_with("--model.init_args.warmup_steps=-1"),
+         exit=1, line="model.warmup_steps must be >= 0, got -1"),
+    Case("checkpoint: --ckpt_path missing", fit_with("--ckpt_path", "absent.ckpt"),
+         exit=1, line="--ckpt_path absent.ckpt does not exist"),
+    Case("checkpoint: truncated", _ckpt(hostile.truncated_checkpoint),
+         exit=1, line="given.ckpt cannot be loaded safely (weights_only=True)"),
+    Case("checkpoint: needs unpickling code (never run)",
+         _ckpt(lambda p: hostile.pickled_checkpoint(p, p.parent / "unpickled")),
+         exit=1, line="given.ckpt cannot be loaded safely (weights_only=True)"),
+]  # fmt: skip
+
+
+def _export(ws: Path, checkpoint: dict | None) -> Observed:
+    """``artbank export`` of ``checkpoint`` (``None``: a path that does not exist)."""
+    if checkpoint is not None:
+        torch.save(checkpoint, ws / "given.ckpt")
+    return run_main(["export", "--ckpt", str(ws / "given.ckpt"), "--output", str(ws / "out")], ws)
+
+
+def _bank_of(write: Callable[[Path], Path]) -> Callable[[Path], Observed]:
+    """predict with a bank folder whose ``monet`` file ``write`` makes hostile."""
+
+    def run(ws: Path) -> Observed:
+        folder = ws / "bank"
+        hostile.embedding_file(folder / "ukiyo.safetensors", torch.full((2, 32), 0.01))
+        write(folder / "monet.safetensors")
+        return predict(ws, bank_path=folder)
+
+    return run
+
+
+def _pickled_bank(ws: Path) -> Observed:
+    marker = ws / "unpickled"
+    hostile.pickled_checkpoint(ws / "embeddings.pt", marker)
+    seen = predict(ws, bank_path=ws / "embeddings.pt")
+    assert not marker.exists(), "a user's embedding file was unpickled"
+    return seen
+
+
+def _replace_with_file(out: Path) -> None:
+    out.rmdir()
+    out.write_text("a file where the output folder goes")
+
+
+def _garbage_records(out: Path) -> None:
+    lines = ["[1, 2]", "not json", '{"key": "house", "style": "monet", "file": "../../x.png"}']
+    (out / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _empty_output(out: Path) -> None:
+    (out / "monet").mkdir()
+    (out / "monet/house.png").write_bytes(b"")
+
+
+STYLIZE = [
+    Case("export: --ckpt missing", partial(_export, checkpoint=None),
+         exit=1, line="given.ckpt does not exist"),
+    Case("export: a checkpoint that is not a bank's",
+         partial(_export, checkpoint={"state_dict": {"unet.w": torch.zeros(2)}}),
+         exit=1, line="given.ckpt is not a PromptBankTask checkpoint"),
+    Case("embedding: NaN in a style file", _bank_of(hostile.nan_embedding),
+         exit=1, line="monet.safetensors holds NaN or infinite values"),
+    Case("embedding: a scalar",
+         _bank_of(lambda p: hostile.embedding_file(p, torch.tensor(1.0))),
+         exit=1, line="monet.safetensors holds a scalar"),
+    Case("embedding: an empty tensor",
+         _bank_of(lambda p: hostile.embedding_file(p, torch.zeros(0, 32))),
+         exit=1, line="monet.safetensors holds an empty (0, 32) tensor"),
+    Case("embedding: a pickle (never run)", _pickled_bank,
+         exit=1, line="embeddings.pt"),
+    Case("output: a garbage manifest.jsonl already there",
+         predict_with(prepare=_garbage_records),
+         line="skipped 3 of 3 lines that are not output records", used=PHOTOS),
+    Case("output: an empty file at an output's name", predict_with(prepare=_empty_output),
+         used=PHOTOS),
+    Case("output: the output folder is a file",
+         predict_with(prepare=_replace_with_file, refused_at_start=False),
+         exit=1, line="outputs/demo/stylized"),
+    Case("option: negative guidance", predict_with("--model.init_args.guidance_scale=-1"),
+         exit=1, line="guidance_scale must be >= 0"),
+    Case("option: stylization resolution not a multiple of 8",
+         predict_with("--data.init_args.resolution", "30"),
+         exit=1, line="data.resolution must be a positive multiple of 8"),
+    Case("content: one image file", lambda ws: predict(ws, "--data.init_args.content",
+                                                       str(ws / "photos/house.png")),
+         used=frozenset({"house/monet", "house/ukiyo"})),
+    Case("content: missing path", predict_with("--data.init_args.content", "nowhere"),
+         exit=1, line="data.content nowhere does not exist"),
+]  # fmt: skip
+
+GOOD_CONTENT = frozenset({"house", "tree"})
+
+CONTENT = [
+    Case("content image: not an image", content_with({"broken.png": hostile.not_an_image}),
+         line="broken.png", skipped=1, used=GOOD_CONTENT),
+    Case("content image: empty file", content_with({"empty.png": hostile.empty_file}),
+         line="empty.png", skipped=1, used=GOOD_CONTENT),
+    Case("content image: decompression bomb",
+         content_with({"bomb.png": hostile.decompression_bomb}),
+         line="bomb.png", skipped=1, used=GOOD_CONTENT),
+    Case("content image: 60000 x 1 strip", content_with({"strip.png": hostile.elongated}),
+         line="too elongated", skipped=1, used=GOOD_CONTENT),
+    Case("content image: truncated PNG", content_with({"cut.png": hostile.truncated_image}),
+         line="cut.png", skipped=1, used=GOOD_CONTENT),
+    Case("content caption: invalid UTF-8", content_with({"house.txt": hostile.bad_utf8_caption}),
+         line="house.png", skipped=1, used=frozenset({"tree"})),
+    Case("content image: 16-bit greyscale", content_with({"grey.png": hostile.grey16}),
+         used=GOOD_CONTENT | {"grey"}),
+    Case("content: keys that would collide",
+         partial(content_stream, extra={name: hostile.good_image for name in
+                 ("photo.jpg", "photo.png", "a b.png", "a_b.png", "sub/y.png", "sub_y.png")}),
+         # a short hash of the relative path keeps them apart, the same in every run
+         used=frozenset({"photo-09671c4e", "photo-18352732", "a_b-9e0b25b8", "a_b-c693bdcd",
+                         "sub_y-41cd388d", "sub_y-12ba9874"})),
+    Case("content: file names unsafe as output names",
+         partial(content_stream, extra={name: hostile.good_image for name in
+                 ("--rm -rf.png", "über café.png", "..hidden.png")}),
+         used=frozenset({"--rm_-rf", "_ber_caf_", "_hidden"})),
+    Case("content: a folder without images", partial(content_stream, extra={}),
+         exit=1, line="holds no image"),
+]  # fmt: skip
+
+CASES = [*SHARDS_BUILD, *MANIFESTS, *TRAINING_STREAM, *OPTIONS, *STYLIZE, *CONTENT]
+
+
+if __name__ == "__main__":
+    by_outcome = Counter(case.outcome for case in CASES)
+    print(f"{len(CASES)} categories: " + ", ".join(f"{n} {o}" for o, n in by_outcome.items()))
+    for case in CASES:
+        print(f"  {case.outcome:24} {case.category}")
