@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from artbank_pl.errors import ConfigError
+from artbank_pl.tasks.style import check_same_collections
 
 
 class ArtbankCLI(LightningCLI):
@@ -24,12 +25,15 @@ class ArtbankCLI(LightningCLI):
     class's ``collection_names(**init_args)`` (the manifest's, for ``ArtworkDataModule``).
     """
 
+    #: the collections of the ``--ckpt_path`` file's bank, if it names them
+    _ckpt_collections: list[str] | None = None
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters here, before any hook: check
         # the file first, so a missing, truncated or pickled one is one line
         subcommand = self.config.get("subcommand")
         if subcommand:
-            check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+            self._ckpt_collections = check_ckpt_path(self.config[subcommand].get("ckpt_path"))
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs):
@@ -60,6 +64,9 @@ class ArtbankCLI(LightningCLI):
             return
         names = getattr(data_class, "collection_names", None)
         found = names(**dict(data.init_args)) if callable(names) else None
+        if found:
+            # the checkpoint's hyperparameters were merged into model.init_args just now
+            check_same_collections(self._ckpt_collections, found)
         if model_args.collections and found and list(model_args.collections) != list(found):
             raise ConfigError(
                 f"model.collections {list(model_args.collections)} differ from the data's "
@@ -143,21 +150,24 @@ def check_loggers(logger: object) -> None:
             raise ConfigError(f"trainer.logger {short} needs {modules[0]}: {install}")
 
 
-def check_ckpt_path(ckpt_path: object) -> None:
+def check_ckpt_path(ckpt_path: object) -> list[str] | None:
     """Fail in one line, before the model is built, on a checkpoint that cannot resume.
 
-    ``last``, ``best``, ``hpc``, ``registry:...`` and remote URLs are Lightning's to resolve;
-    a local path must exist and load with ``weights_only=True`` (a truncated or pickled file
-    is refused).
+    ``last``, ``best``, ``hpc``, ``registry:...`` and remote URLs are Lightning's to resolve
+    (the task's ``on_load_checkpoint`` checks those); a local path must exist and load with
+    ``weights_only=True`` (a truncated or pickled file is refused).
+
+    Returns:
+        The collections the checkpoint's bank was trained on, if it names them.
     """
     name = str(ckpt_path or "")
     if not name or name in ("last", "best", "hpc") or name.startswith("registry") or "://" in name:
-        return
+        return None
     from artbank_pl.export import load_checkpoint
 
     if not Path(str(ckpt_path)).is_file():
         raise ConfigError(f"--ckpt_path {ckpt_path} does not exist")
-    load_checkpoint(str(ckpt_path))
+    return (load_checkpoint(str(ckpt_path)).get("hyper_parameters") or {}).get("collections")
 
 
 def import_object(class_path: str):

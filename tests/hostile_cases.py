@@ -253,7 +253,28 @@ def _ckpt(write: Callable[[Path], Path]) -> Callable[[Path], Observed]:
     return run
 
 
+def _other_collections(names: list[str]) -> Callable[[Path], Observed]:
+    """Resume from a checkpoint whose bank was trained on ``names`` (this run: the base)."""
+
+    def write(path: Path) -> Path:
+        hparams = {
+            "_class_path": "artbank_pl.tasks.PromptBankTask",
+            "collections": names,
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        }  # as saved
+        torch.save({"state_dict": {}, "global_step": 2, "hyper_parameters": hparams}, path)
+        return path
+
+    return _ckpt(write)
+
+
 OPTIONS = [
+    Case("resume: other collection names, same count",
+         _other_collections(["hokusai", "renoir"]),
+         exit=1, line="only in the checkpoint: ['renoir']; only in this run: ['monet']"),
+    Case("resume: other collection count",
+         _other_collections(["hokusai", "monet", "renoir"]),
+         exit=1, line="only in the checkpoint: ['renoir']; only in this run: []"),
     Case("option: batch_size 0", fit_with("--data.init_args.batch_size", "0"),
          exit=1, line="data.batch_size must be >= 1, got 0"),
     Case("option: num_workers -1", fit_with("--data.init_args.num_workers=-1"),

@@ -25,6 +25,26 @@ STYLE_TEMPLATES = (
 )
 
 
+def check_same_collections(saved: list[str] | None, current: list[str]) -> None:
+    """Refuse to resume a bank trained on ``saved`` collections in a run on ``current``.
+
+    Raises:
+        ConfigError: naming the collections only in the checkpoint and only in this run.
+    """
+    saved = list(saved or [])
+    if not saved or saved == list(current):
+        return
+    gone = [c for c in saved if c not in current]
+    new = [c for c in current if c not in saved]
+    detail = f"only in the checkpoint: {gone}; only in this run: {new}"
+    if not gone and not new:
+        detail = f"same names in another order: {saved} vs {list(current)}"
+    raise ConfigError(
+        f"the checkpoint was trained on other collections ({detail}); resume with the data "
+        "it was trained on, or start a new run"
+    )
+
+
 class StyleTask(FrozenDiffusionTask):
     """A frozen SD whose prompts carry trainable placeholder embeddings.
 
@@ -85,17 +105,8 @@ class StyleTask(FrozenDiffusionTask):
         Same-sized banks would otherwise load silently under the wrong names, and other
         sizes end in a raw size-mismatch traceback.
         """
-        saved = list((checkpoint.get("hyper_parameters") or {}).get("collections") or [])
-        if saved and saved != self.collections:
-            gone = [c for c in saved if c not in self.collections]
-            new = [c for c in self.collections if c not in saved]
-            detail = f"only in the checkpoint: {gone}; only in this run: {new}"
-            if not gone and not new:
-                detail = f"same names in another order: {saved} vs {self.collections}"
-            raise ConfigError(
-                f"the checkpoint was trained on other collections ({detail}); resume with "
-                "the data it was trained on, or start a new run"
-            )
+        saved = (checkpoint.get("hyper_parameters") or {}).get("collections")
+        check_same_collections(saved, self.collections)
 
     def placeholder_text(self, collection: int) -> str:
         """Return the (expanded) placeholder text for a sample of ``collection``."""
