@@ -10,20 +10,51 @@ from PIL import Image, ImageDraw
 from artbank_pl.atomic import atomic_write
 from artbank_pl.errors import DataError
 
+#: pixels per character of PIL's default bitmap font, and per text line
+CHAR_WIDTH, LINE_HEIGHT = 6, 12
 
-def tile(rows: list[list[Image.Image | None]], labels: list[str], cell: int = 128) -> Image.Image:
-    """Lay out ``rows`` of images (``None`` leaves a blank) under column ``labels``."""
-    header = 18
-    width, height = cell * len(labels), header + cell * len(rows)
-    canvas = Image.new("RGB", (width, height), "white")
+
+def wrap(label: str, width: int) -> list[str]:
+    """Split ``label`` into lines of at most ``width`` pixels, at spaces where possible."""
+    per_line = max(1, width // CHAR_WIDTH)
+    lines: list[str] = []
+    for word in label.split(" "):
+        while len(word) > per_line:  # a word longer than a line is cut, not lost
+            lines.append(word[:per_line])
+            word = word[per_line:]
+        if lines and len(lines[-1]) + 1 + len(word) <= per_line:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def tile(
+    rows: list[list[Image.Image | None]],
+    labels: list[str],
+    cell: int = 128,
+    row_labels: list[str] | None = None,
+) -> Image.Image:
+    """Lay out ``rows`` of images (``None`` leaves a blank) under column ``labels``.
+
+    Labels are wrapped to their cell's width, never clipped; ``row_labels`` go in a column
+    on the left.
+    """
+    columns = [wrap(label, cell - 8) for label in labels]
+    header = 6 + LINE_HEIGHT * max((len(c) for c in columns), default=1)
+    rows_text = [wrap(label, cell - 8) for label in row_labels or []]
+    left = cell if row_labels else 0
+    canvas = Image.new("RGB", (left + cell * len(labels), header + cell * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
-    for c, label in enumerate(labels):
-        draw.text((c * cell + 4, 3), label[:24], fill="black")
+    for c, lines in enumerate(columns):
+        draw.multiline_text((left + c * cell + 4, 3), "\n".join(lines), fill="black", spacing=2)
+    for r, lines in enumerate(rows_text):
+        draw.multiline_text((4, header + r * cell + 4), "\n".join(lines), fill="black", spacing=2)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             if image is not None:
                 thumb = image.convert("RGB").resize((cell, cell), Image.LANCZOS)
-                canvas.paste(thumb, (c * cell, header + r * cell))
+                canvas.paste(thumb, (left + c * cell, header + r * cell))
     return canvas
 
 

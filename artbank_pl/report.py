@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from pathlib import Path
 
 from PIL import Image
@@ -22,7 +23,10 @@ METRIC_LABELS = {
 
 
 def plot_metrics(results: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
-    """Bar charts per metric (styles x settings), and style vs content similarity per setting.
+    """Bar charts per metric (styles x settings), and style vs content similarity per style.
+
+    One legend for all panels sits under them (it covers no bar); in the trade-off panel
+    colour is the setting and the marker the style, each point labelled with its style.
 
     Args:
         results: ``{setting: {metric: {style: value}}}``.
@@ -36,29 +40,51 @@ def plot_metrics(results: dict[str, dict[str, dict[str, float]]], path: Path) ->
     settings = list(results)
     metrics = [m for m in METRIC_LABELS if any(m in r for r in results.values())]
     styles = sorted({s for r in results.values() for v in r.values() for s in v})
-    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.2 * (len(metrics) + 1), 3.8))
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(settings))]
+    panels = len(metrics) + 1
+    cols = min(3, panels)  # rows of three stay readable on a page
+    grid_rows = -(-panels // cols)
+    fig, grid = plt.subplots(grid_rows, cols, figsize=(4.6 * cols, 4.0 * grid_rows + 0.6),
+                             squeeze=False)  # fmt: skip
+    axes = list(grid.flat)
+    for unused in axes[panels:]:
+        unused.axis("off")
+    axes = axes[:panels]
     width = 0.8 / max(1, len(settings))
     for ax, metric in zip(axes, metrics, strict=False):
         for j, setting in enumerate(settings):
             values = [results[setting].get(metric, {}).get(s, float("nan")) for s in styles]
-            ax.bar([i + j * width for i in range(len(styles))], values, width, label=setting)
+            ax.bar([i + j * width for i in range(len(styles))], values, width,
+                   label=setting, color=colours[j])  # fmt: skip
         ax.set_xticks([i + width * (len(settings) - 1) / 2 for i in range(len(styles))])
-        ax.set_xticklabels(styles, rotation=20)
-        ax.set_title(METRIC_LABELS[metric], fontsize=8)
-    axes[0].legend(fontsize=6)
-    ax = axes[-1]
-    for setting in settings:
-        style = results[setting].get("style_sim", {})
-        content = results[setting].get("content_sim", {})
-        xs = [content[s] for s in styles if s in content and s in style]
-        ys = [style[s] for s in styles if s in content and s in style]
-        ax.scatter(xs, ys, label=setting)
-    ax.set(xlabel="content similarity", ylabel="style similarity", title="trade-off per setting")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
+        ax.set_xticklabels(styles, rotation=30, ha="right", fontsize=9)
+        ax.set_title(textwrap.fill(METRIC_LABELS[metric], 34), fontsize=10)
+    _plot_trade_off(axes[-1], results, styles, colours)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(settings)), fontsize=9,
+               title="setting", frameon=False)  # fmt: skip
+    legend_rows = 1 + (len(settings) - 1) // 4
+    fig.tight_layout(rect=(0, (0.5 + 0.25 * legend_rows) / fig.get_figheight(), 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
     return path
+
+
+def _plot_trade_off(ax, results: dict, styles: list[str], colours: list) -> None:
+    """Style vs content similarity: one point per (setting, style), labelled by style."""
+    markers = "osD^vP*Xh<>"
+    for j, setting in enumerate(results):
+        style = results[setting].get("style_sim", {})
+        content = results[setting].get("content_sim", {})
+        for k, name in enumerate(styles):
+            if name in style and name in content:
+                ax.scatter(content[name], style[name], color=colours[j],
+                           marker=markers[k % len(markers)], s=40)  # fmt: skip
+                ax.annotate(name, (content[name], style[name]), fontsize=8,
+                            xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("content similarity", fontsize=9)
+    ax.set_ylabel("style similarity", fontsize=9)
+    ax.set_title("trade-off (colour: setting)", fontsize=10)
 
 
 def write_report(
@@ -96,21 +122,67 @@ def write_report(
     return paths
 
 
+PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em}"
+    "th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+    "th[scope=row],thead th:first-child{text-align:left}"
+    "caption{text-align:left;font-weight:600;padding-bottom:4px}"
+    "tr.mean{background:#f4f4f4}figure{margin:1em 0}img{max-width:100%}"
+    "figcaption{color:#555;font-size:90%}"
+    "dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}dt{font-weight:600}"
+)
+
+
 def _html(results: dict, grids: dict, info: dict) -> str:
-    rows = []
-    for setting, metrics in results.items():
-        for metric, values in metrics.items():
-            for style, value in values.items():
-                rows.append(f"<tr><td>{html.escape(setting)}</td><td>{metric}</td>"
-                            f"<td>{html.escape(style)}</td><td>{value:.4f}</td></tr>")  # fmt: skip
-    images = "".join(
-        f"<h3>{html.escape(s)}</h3><img src='grid-{html.escape(s)}.png'>" for s in grids
+    """Return the page: run settings, a table per metric, the plot and the labelled grids."""
+    esc = html.escape
+    settings = list(results)
+    metrics = [m for m in METRIC_LABELS if any(m in r for r in results.values())]
+    metrics += sorted({m for r in results.values() for m in r} - set(metrics))
+    run = "".join(f"<dt>{esc(str(k))}</dt><dd>{esc(_text(v))}</dd>" for k, v in info.items())
+    tables = "".join(_metric_table(metric, results, settings) for metric in metrics)
+    figures = "".join(
+        f"<figure><img src='grid-{esc(style)}.png' alt='grid of style {esc(style)}'>"
+        f"<figcaption>{esc(style)}: first row the content images, then one row per "
+        "setting</figcaption></figure>"
+        for style in grids
     )
     return (
-        "<!doctype html><meta charset='utf-8'><title>artbank evaluation</title>"
-        f"<h1>artbank evaluation</h1><pre>{html.escape(json.dumps(info, indent=1))}</pre>"
-        "<img src='metrics.png'><table border=1 cellpadding=3>"
-        "<tr><th>setting</th><th>metric</th><th>style</th><th>value</th></tr>"
-        + "".join(rows)
-        + f"</table><h2>rows: settings; columns: content images</h2>{images}"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>artbank evaluation</title><style>{PAGE_STYLE}</style></head><body>"
+        f"<h1>artbank evaluation</h1><h2>Run</h2><dl>{run}</dl><h2>Metrics</h2>{tables}"
+        "<figure><img src='metrics.png' alt='metrics per style and setting'><figcaption>"
+        "bars: each metric per style and setting; right: style vs content similarity"
+        f"</figcaption></figure><h2>Grids</h2>{figures}</body></html>"
     )
+
+
+def _text(value: object) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
+def _metric_table(metric: str, results: dict, settings: list[str]) -> str:
+    """One metric as a table: a row per style (and their mean), a column per setting."""
+    esc = html.escape
+    styles = sorted({s for r in results.values() for s in r.get(metric, {})})
+    head = "".join(f"<th scope='col'>{esc(s)}</th>" for s in settings)
+    rows = []
+    for style in styles:
+        cells = "".join(_cell(results[s].get(metric, {}).get(style)) for s in settings)
+        rows.append(f"<tr><th scope='row'>{esc(style)}</th>{cells}</tr>")
+    means = []
+    for setting in settings:
+        values = list(results[setting].get(metric, {}).values())
+        means.append(_cell(sum(values) / len(values) if values else None))
+    rows.append(f"<tr class='mean'><th scope='row'>mean</th>{''.join(means)}</tr>")
+    label = METRIC_LABELS.get(metric, metric)
+    return (
+        f"<table data-metric='{esc(metric)}'><caption>{esc(label)}</caption>"
+        f"<thead><tr><th scope='col'>style</th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _cell(value: float | None) -> str:
+    return "<td>-</td>" if value is None else f"<td>{value:.4f}</td>"

@@ -25,18 +25,31 @@ def moving_average(values: list[float], window: int) -> list[float]:
 
 
 def plot_loss_curve(
-    steps: list[int], losses: list[float], path: Path, window: int = 25, title: str = ""
+    steps: list[int],
+    losses: list[float],
+    path: Path,
+    window: int = 25,
+    title: str = "",
+    val_steps: list[int] | None = None,
+    val_losses: list[float] | None = None,
 ) -> Path:
-    """Save a loss-vs-step PNG with a moving average, atomically."""
+    """Save a loss-vs-step PNG, atomically.
+
+    The per-step training loss is drawn faint under its moving average: with noise drawn
+    per step it swings widely, and the average is what tells learning. Validation losses
+    (fixed noise, so directly comparable) are drawn as points joined by a line.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, losses, color="0.75", linewidth=0.8, label="per step")
-    ax.plot(steps, moving_average(losses, window), color="C0", label=f"mean of {window}")
-    ax.set(xlabel="global step", ylabel="train loss", title=title or "training loss")
+    ax.plot(steps, losses, color="0.8", linewidth=0.8, label="train, per step")
+    ax.plot(steps, moving_average(losses, window), color="C0", label=f"train, mean of {window}")
+    if val_steps:
+        ax.plot(val_steps, val_losses, "o-", color="C1", markersize=4, label="validation")
+    ax.set(xlabel="global step", ylabel="loss", title=title or "loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -45,8 +58,20 @@ def plot_loss_curve(
     return path
 
 
+def loss_table(steps, losses, val_steps, val_losses) -> str:
+    """CSV text ``step,train_loss,val_loss`` over the steps of either (a blank if absent)."""
+    train, val = (
+        dict(zip(steps, losses, strict=True)),
+        dict(zip(val_steps, val_losses, strict=True)),
+    )
+    rows = [f"{step},{train.get(step, '')},{val.get(step, '')}\n" for step in sorted(train | val)]
+    return "step,train_loss,val_loss\n" + "".join(rows)
+
+
 class LossCurve(Callback):
-    """Record ``train/loss`` each step and plot it, with a CSV of the values, at fit end.
+    """Record train and validation loss; plot them, with a CSV of the values, at fit end.
+
+    ``train/loss`` is recorded each step, ``val/loss`` after each validation.
 
     The curve is kept in checkpoints (so it survives resumes); past ``max_points`` it is
     thinned to every second point, and from then on every second step is recorded, so a
@@ -67,6 +92,8 @@ class LossCurve(Callback):
         self.stride = 1
         self.steps: list[int] = []
         self.losses: list[float] = []
+        self.val_steps: list[int] = []
+        self.val_losses: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Remember this step's loss."""
@@ -79,15 +106,29 @@ class LossCurve(Callback):
             self.steps, self.losses = self.steps[::2], self.losses[::2]
             self.stride *= 2
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Remember this validation's loss (not the sanity check's)."""
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is None or trainer.sanity_checking:
+            return
+        if self.val_steps and self.val_steps[-1] == trainer.global_step:
+            self.val_losses[-1] = float(loss)  # validated twice at one step: keep the last
+            return
+        self.val_steps.append(trainer.global_step)
+        self.val_losses.append(float(loss))
+
     def state_dict(self) -> dict:
-        """Keep the curve across resumes."""
-        return {"steps": self.steps, "losses": self.losses, "stride": self.stride}
+        """Keep the curves across resumes."""
+        return {"steps": self.steps, "losses": self.losses, "stride": self.stride,
+                "val_steps": self.val_steps, "val_losses": self.val_losses}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore the curve recorded before a resume."""
+        """Restore the curves recorded before a resume."""
         self.steps = list(state_dict["steps"])
         self.losses = list(state_dict["losses"])
         self.stride = int(state_dict.get("stride", 1))
+        self.val_steps = list(state_dict.get("val_steps", []))
+        self.val_losses = list(state_dict.get("val_losses", []))
 
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -97,7 +138,8 @@ class LossCurve(Callback):
         path = Path(self.filename)
         if not path.is_absolute():
             path = Path(trainer.default_root_dir) / path
-        plot_loss_curve(self.steps, self.losses, path, self.window)
-        rows = "".join(f"{s},{v}\n" for s, v in zip(self.steps, self.losses, strict=True))
-        atomic_write_text(path.with_suffix(".csv"), "step,loss\n" + rows)
+        plot_loss_curve(self.steps, self.losses, path, self.window,
+                        val_steps=self.val_steps, val_losses=self.val_losses)  # fmt: skip
+        table = loss_table(self.steps, self.losses, self.val_steps, self.val_losses)
+        atomic_write_text(path.with_suffix(".csv"), table)
         log.info("loss curve: %s", path)

@@ -128,8 +128,10 @@ class SampleGrid(Callback):
             for c, r in zip(content, results, strict=True):
                 row += [to_pil(c, signed=True), to_pil(r, signed=False)]
             rows.append(row)
-        labels = ["style"] + ["content", "result"] * len(content)
-        self._log(trainer, tile(rows, labels, cell=96))
+        labels = ["style exemplar"] + ["content", "result"] * len(content)
+        names = pl_module.collections
+        row_labels = [names[k] if k < len(names) else str(k) for k in sorted(exemplars)]
+        self._log(trainer, tile(rows, labels, cell=96, row_labels=row_labels))
         if metrics is not None:
             for name, values in metrics.compute().items():
                 for collection, value in values.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import re
 from collections import Counter
@@ -75,10 +76,29 @@ class FolderStream(IterableDataset):
             raise DataError(f"content folder {root} holds no image")
         self.rank, self.world_size = 0, 1
         self.skipped = 0
+        self.batching = (1, 0)  # (batch size, workers) of the DataLoader, for __len__
+
+    def __len__(self) -> int:
+        """Return the rank's images, rounded up to whole batches per worker (``batching``)."""
+        return self.batched_length(*self.batching)
 
     def set_distributed(self, rank: int, world_size: int) -> None:
         """Set this process's rank and the world size."""
         self.rank, self.world_size = rank, world_size
+
+    def batched_length(self, batch_size: int, num_workers: int) -> int:
+        """Return this rank's image count, each worker's share rounded up to whole batches.
+
+        A ``DataLoader`` over an iterable dataset takes ``ceil(len / batch_size)`` as its
+        number of batches; with this length that is exact (each worker yields its own last,
+        partial batch), so the progress bar shows the right total.
+        """
+        workers = max(1, num_workers)
+        batches = 0
+        for worker in range(workers):
+            part = StreamPart(self.rank * workers + worker, self.world_size * workers)
+            batches += math.ceil(len(self.files[part.index :: part.count]) / batch_size)
+        return batches * batch_size
 
     def __iter__(self) -> Iterator[dict]:
         part = StreamPart.current(self.rank, self.world_size)
@@ -227,6 +247,8 @@ class ContentDataModule(LightningDataModule):
         """One pass over the content, every image exactly once over all ranks."""
         dataset = self._dataset()
         dataset.set_distributed(self.rank, self.world_size)
+        if isinstance(dataset, FolderStream):  # its length is known: the bar shows a total
+            dataset.batching = (self.hparams.batch_size, self.hparams.num_workers)
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

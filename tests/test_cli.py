@@ -89,6 +89,11 @@ def test_quickstart_trains_resumes_and_exports(demo_dir):
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 6
     assert resumed["optimizer_states"][0]["state"][0]["step"].item() == 6
+    # the loss curve goes on across the resume, validation loss included
+    table = [line.split(",") for line in (out / "loss.csv").read_text().splitlines()]
+    assert table[0] == ["step", "train_loss", "val_loss"]
+    assert [int(s) for s, _, _ in table[1:]] == [1, 2, 3, 4, 5, 6]
+    assert [int(s) for s, _, val in table[1:] if val] == [2, 4, 6]
     assert main(["export", "--ckpt", str(last), "--output", "exported"]) == 0
     assert len(list((demo_dir / "exported").rglob("*.safetensors"))) == 4
 

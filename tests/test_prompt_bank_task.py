@@ -209,8 +209,9 @@ def test_sample_grid_is_written_with_the_csv_logger(shard_dir, tmp_path, task_na
     # every logger gets the grid, not only the first
     assert [(key, step) for key, _, step in images.logged] == [("samples", 2)]
     image = Image.open(grid.last_path)
-    # 2 collections x (style + 2 x (content, result)) cells of 96 px, under an 18 px header
-    assert image.size == (5 * 96, 18 + 2 * 96)
+    # 2 collections x (name + style + 2 x (content, result)) cells of 96 px, under a header
+    # of one 12 px text line
+    assert image.size == (6 * 96, 6 + 12 + 2 * 96)
     # the inverter scores with its own CLIP model, the bank with the named one
     logged = (Path(fit.logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
     for name in ("style_sim", "content_sim", "ssim"):

@@ -141,3 +141,20 @@ def test_a_loader_resumed_mid_epoch_yields_the_rest_of_that_epoch(tmp_path, work
     assert resumable_batches(urls, workers, seed=1) != epoch_0
     for skip in (1, 3, len(epoch_0) - 1):
         assert resumable_batches(urls, workers, epoch=0, skip=skip) == epoch_0[skip:], skip
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_a_content_folder_knows_its_number_of_batches_for_the_progress_bar(tmp_path, workers):
+    from artbank_pl.datamodules import ContentDataModule
+
+    write_collections(tmp_path, {"c": 7}, size=(20, 20))
+    total = 0
+    for rank in (0, 1):
+        data = ContentDataModule(str(tmp_path / "c"), resolution=16, batch_size=2,
+                                 num_workers=workers)  # fmt: skip
+        data.rank, data.world_size = rank, 2
+        loader = data.predict_dataloader()
+        batches = list(loader)
+        assert len(loader) == len(batches)  # each worker ends on its own partial batch
+        total += sum(len(batch["__key__"]) for batch in batches)
+    assert total == 7

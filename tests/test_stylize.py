@@ -18,6 +18,7 @@ from artbank_pl.tasks import StylizeTask
 from artbank_pl.tasks.base import sample_seed
 from artbank_pl.tasks.sampling import SAMPLERS, img2img_timesteps, make_sampler
 from tests.conftest import write_collections
+from tests.report_page import ReportPage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -334,14 +335,22 @@ def test_artbank_test_writes_metrics_and_a_report_for_a_sweep(bank_export, conte
     for results in report["results"].values():
         assert set(results) == {"style_sim", "content_sim", "ssim", "kid"}
         assert set(results["style_sim"]) == {"monet", "ukiyo"}
-    first = report["results"]["strength=0.4 guidance=3"]
-    assert logged["test/style_sim/monet"] == pytest.approx(first["style_sim"]["monet"])
-    for name in ("metrics.png", "report.html", "grid-monet.png", "grid-ukiyo.png"):
+    for setting, results in report["results"].items():  # every setting logged, labelled
+        key = f"test/{setting.replace(' ', '_')}/style_sim/monet"
+        assert logged[key] == pytest.approx(results["style_sim"]["monet"])
+    page = ReportPage(tmp_path / "report/report.html")
+    assert set(page.tables) == {"style_sim", "content_sim", "ssim", "kid"}
+    for metric, table in page.tables.items():  # styles x settings, as in metrics.json
+        assert table["settings"] == list(report["results"])
+        for style in ("monet", "ukiyo"):
+            assert table["rows"][style] == [
+                f"{report['results'][s][metric][style]:.4f}" for s in table["settings"]
+            ]
+    assert sorted(page.images) == ["grid-monet.png", "grid-ukiyo.png", "metrics.png"]
+    for name in page.images:
         assert (tmp_path / "report" / name).stat().st_size > 0
-    from PIL import Image
-
-    # rows: content, then one per setting; two content images per row
-    assert Image.open(tmp_path / "report/grid-monet.png").size == (2 * 96, 18 + 3 * 96)
+    # a label column, then two content images; rows: content, then one per setting
+    assert Image.open(tmp_path / "report/grid-monet.png").size == (3 * 96, 18 + 3 * 96)
 
 
 def test_artbank_test_names_what_is_missing(bank_export, content_dir, tmp_path):

@@ -62,6 +62,7 @@ class StyleEvaluation:
             for metrics in self.metrics.values():
                 metrics.set_exemplars(k, images)
         self.samples: dict[str, list[list[Image.Image]]] = {}
+        self.sample_keys: list[str] = []  # the content images shown in the grids, in order
 
     def _metrics_model(self) -> str:
         hp = self.task.hparams
@@ -103,6 +104,7 @@ class StyleEvaluation:
                 outputs = images.permute(0, 3, 1, 2).float().div(255).to(task.device)
                 self.metrics[label].update(outputs, contents.to(task.device), [k] * n)
                 self._keep(style, label, contents, images, hp.report_images)
+        self.sample_keys += keys[: hp.report_images - len(self.sample_keys)]
 
     def _keep(self, style, label, contents, images, limit) -> None:
         rows = self.samples.setdefault(style, [[]])
@@ -122,8 +124,7 @@ class StyleEvaluation:
             labels = ["content"] + [setting_label(*s) for s in self.settings]
             grids = {}
             for style, rows in self.samples.items():
-                columns = [f"image {i + 1}" for i in range(max(len(r) for r in rows))]
-                grids[style] = tile(rows, columns, 96)
+                grids[style] = tile(rows, self.sample_keys, 96, row_labels=labels)
             hp = self.task.hparams
             info = {
                 "rows of each grid": labels, "prompt": hp.prompt, "inversion": hp.inversion,

@@ -270,12 +270,17 @@ class StylizeTask(FrozenDiffusionTask):
         self.evaluation.step(batch)
 
     def on_test_epoch_end(self) -> None:
-        """Reduce the metrics, log them (first setting) and write the report on rank 0."""
+        """Reduce the metrics, log them and write the report on rank 0.
+
+        One setting logs ``test/<metric>/<style>``; a sweep logs every setting, labelled:
+        ``test/strength=0.4_guidance=3/<metric>/<style>``.
+        """
         results = self.evaluation.finish(self.trainer.is_global_zero)
-        first = next(iter(results.values()))
-        for metric, values in first.items():
-            for style, value in values.items():
-                self.log(f"test/{metric}/{style}", value, rank_zero_only=True)
+        for setting, metrics in results.items():
+            prefix = f"test/{setting.replace(' ', '_')}/" if len(results) > 1 else "test/"
+            for metric, values in metrics.items():
+                for style, value in values.items():
+                    self.log(f"{prefix}{metric}/{style}", value, rank_zero_only=True)
 
 
 def _check_options(bank, inverter, style_images, prompt, adain, reference) -> None:
