@@ -53,6 +53,13 @@ def test_env_overrides_defaults(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--print_config"])
     assert "max_steps: 7" in capsys.readouterr().out
+    # the README's order: defaults < environment < --config < command-line options
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "quickstart", "--print_config"])
+    assert "max_steps: 300" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "quickstart", "--trainer.max_steps", "9", "--print_config"])
+    assert "max_steps: 9" in capsys.readouterr().out
 
 
 @pytest.fixture()
