@@ -153,7 +153,7 @@ def _html(results: dict, grids: dict, info: dict) -> str:
         f"<title>artbank evaluation</title><style>{PAGE_STYLE}</style></head><body>"
         f"<h1>artbank evaluation</h1><h2>Run</h2><dl>{run}</dl><h2>Metrics</h2>{tables}"
         "<figure><img src='metrics.png' alt='metrics per style and setting'><figcaption>"
-        "bars: each metric per style and setting; right: style vs content similarity"
+        "bars: each metric per style and setting; last panel: style vs content similarity"
         f"</figcaption></figure><h2>Grids</h2>{figures}</body></html>"
     )
 
