@@ -22,6 +22,12 @@ METRIC_LABELS = {
 }
 
 
+def metric_names(results: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Return the metrics in ``results``: the known ones in ``METRIC_LABELS`` order, then others."""
+    found = {metric for metrics in results.values() for metric in metrics}
+    return [m for m in METRIC_LABELS if m in found] + sorted(found - set(METRIC_LABELS))
+
+
 def plot_metrics(results: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
     """Bar charts per metric (styles x settings), and style vs content similarity per style.
 
@@ -38,7 +44,7 @@ def plot_metrics(results: dict[str, dict[str, dict[str, float]]], path: Path) ->
     import matplotlib.pyplot as plt
 
     settings = list(results)
-    metrics = [m for m in METRIC_LABELS if any(m in r for r in results.values())]
+    metrics = metric_names(results)
     styles = sorted({s for r in results.values() for v in r.values() for s in v})
     colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(settings))]
     panels = len(metrics) + 1
@@ -58,7 +64,7 @@ def plot_metrics(results: dict[str, dict[str, dict[str, float]]], path: Path) ->
                    label=setting, color=colours[j])  # fmt: skip
         ax.set_xticks([i + width * (len(settings) - 1) / 2 for i in range(len(styles))])
         ax.set_xticklabels(styles, rotation=30, ha="right", fontsize=9)
-        ax.set_title(textwrap.fill(METRIC_LABELS[metric], 34), fontsize=10)
+        ax.set_title(textwrap.fill(METRIC_LABELS.get(metric, metric), 34), fontsize=10)
     _plot_trade_off(axes[-1], results, styles, colours)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(settings)), fontsize=9,
@@ -138,8 +144,7 @@ def _html(results: dict, grids: dict, info: dict) -> str:
     """Return the page: run settings, a table per metric, the plot and the labelled grids."""
     esc = html.escape
     settings = list(results)
-    metrics = [m for m in METRIC_LABELS if any(m in r for r in results.values())]
-    metrics += sorted({m for r in results.values() for m in r} - set(metrics))
+    metrics = metric_names(results)
     run = "".join(f"<dt>{esc(str(k))}</dt><dd>{esc(_text(v))}</dd>" for k, v in info.items())
     tables = "".join(_metric_table(metric, results, settings) for metric in metrics)
     figures = "".join(

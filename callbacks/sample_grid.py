@@ -129,8 +129,7 @@ class SampleGrid(Callback):
                 row += [to_pil(c, signed=True), to_pil(r, signed=False)]
             rows.append(row)
         labels = ["style exemplar"] + ["content", "result"] * len(content)
-        names = pl_module.collections
-        row_labels = [names[k] if k < len(names) else str(k) for k in sorted(exemplars)]
+        row_labels = [pl_module.collections[k] for k in sorted(exemplars)]
         self._log(trainer, tile(rows, labels, cell=96, row_labels=row_labels))
         if metrics is not None:
             for name, values in metrics.compute().items():

@@ -79,26 +79,23 @@ class FolderStream(IterableDataset):
         self.batching = (1, 0)  # (batch size, workers) of the DataLoader, for __len__
 
     def __len__(self) -> int:
-        """Return the rank's images, rounded up to whole batches per worker (``batching``)."""
-        return self.batched_length(*self.batching)
+        """Return the rank's images, each worker's share rounded up to whole batches.
+
+        A ``DataLoader`` over an iterable dataset takes ``ceil(len / batch_size)`` as its
+        number of batches; with this length that is exact (each worker yields its own last,
+        partial batch), so the progress bar shows the right total. ``batching`` holds the
+        loader's (batch size, workers).
+        """
+        batch_size, workers = self.batching[0], max(1, self.batching[1])
+        batches = 0
+        for worker in range(workers):
+            part = StreamPart.of(self.rank, self.world_size, workers, worker)
+            batches += math.ceil(len(self.files[part.index :: part.count]) / batch_size)
+        return batches * batch_size
 
     def set_distributed(self, rank: int, world_size: int) -> None:
         """Set this process's rank and the world size."""
         self.rank, self.world_size = rank, world_size
-
-    def batched_length(self, batch_size: int, num_workers: int) -> int:
-        """Return this rank's image count, each worker's share rounded up to whole batches.
-
-        A ``DataLoader`` over an iterable dataset takes ``ceil(len / batch_size)`` as its
-        number of batches; with this length that is exact (each worker yields its own last,
-        partial batch), so the progress bar shows the right total.
-        """
-        workers = max(1, num_workers)
-        batches = 0
-        for worker in range(workers):
-            part = StreamPart(self.rank * workers + worker, self.world_size * workers)
-            batches += math.ceil(len(self.files[part.index :: part.count]) / batch_size)
-        return batches * batch_size
 
     def __iter__(self) -> Iterator[dict]:
         part = StreamPart.current(self.rank, self.world_size)
@@ -180,7 +177,10 @@ class ContentDataModule(LightningDataModule):
         array_count: int = 1,
     ) -> None:
         super().__init__()
-        self.check_config({}, None, resolution, batch_size, num_workers, array_index, array_count)
+        # the content path is checked when it is read (it may be a shard pattern)
+        self.check_config({}, resolution=resolution, batch_size=batch_size,
+                          num_workers=num_workers, array_index=array_index,
+                          array_count=array_count)  # fmt: skip
         self.save_hyperparameters()
         self.rank, self.world_size = 0, 1
 

@@ -63,13 +63,13 @@ def find_images(input_dir: Path) -> list[SourceImage]:
     if not input_dir.is_dir():
         raise DataError(f"--input {input_dir} is not a folder")
     folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    by_folder = {folder: image_files(folder, recursive=True) for folder in folders}
     loose = image_files(input_dir)
-    if not folders or (loose and not any(image_files(f, recursive=True) for f in folders)):
+    if not folders or (loose and not any(by_folder.values())):
         held = f" (its {len(loose)} image(s) must go into them)" if loose else ""
         raise DataError(f"--input {input_dir} has no collection folders, one per style{held}")
     found = []
-    for folder in folders:
-        paths = image_files(folder, recursive=True)
+    for folder, paths in by_folder.items():
         if not paths:
             log.warning("left out collection folder %s: it holds no image", folder)
         for path in paths:

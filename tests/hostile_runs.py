@@ -63,6 +63,17 @@ class _Records(logging.Handler):
 
 
 @contextlib.contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """Collect the messages logged meanwhile (INFO and up) into the list it yields."""
+    records = _Records()
+    logging.getLogger().addHandler(records)
+    try:
+        yield records.lines
+    finally:
+        logging.getLogger().removeHandler(records)
+
+
+@contextlib.contextmanager
 def inside(folder: Path) -> Iterator[None]:
     """Run with ``folder`` as working directory (configs name ``outputs/demo/...``)."""
     before = Path.cwd()
@@ -75,20 +86,15 @@ def inside(folder: Path) -> Iterator[None]:
 
 def run_main(argv: list[str], folder: Path) -> Observed:
     """Run ``artbank <argv>`` in ``folder``; an exception other than SystemExit propagates."""
-    records, printed = _Records(), io.StringIO()
-    root = logging.getLogger()
-    root.addHandler(records)
-    try:
-        with inside(folder), contextlib.redirect_stdout(printed):
-            try:
-                code = main(argv) or 0
-            except SystemExit as exit_:
-                if isinstance(exit_.code, str):
-                    return Observed(1, exit_.code)
-                code = exit_.code or 0
-    finally:
-        root.removeHandler(records)
-    return Observed(code, "\n".join([printed.getvalue(), *records.lines]))
+    printed = io.StringIO()
+    with captured_log() as lines, inside(folder), contextlib.redirect_stdout(printed):
+        try:
+            code = main(argv) or 0
+        except SystemExit as exit_:
+            if isinstance(exit_.code, str):
+                return Observed(1, exit_.code)
+            code = exit_.code or 0
+    return Observed(code, "\n".join([printed.getvalue(), *lines]))
 
 
 def run_refusing_early(argv: list[str], folder: Path, refused_at_start: bool) -> Observed:
@@ -106,15 +112,12 @@ def run_refusing_early(argv: list[str], folder: Path, refused_at_start: bool) ->
 
 def run_datamodule(read: Callable[[], tuple[list[str], int]]) -> Observed:
     """Call ``read`` (keys read, skip count) with the log captured; a user error is exit 1."""
-    records = _Records()
-    logging.getLogger().addHandler(records)
-    try:
-        keys, skipped = read()
-    except ArtbankError as err:
-        return Observed(1, str(err))
-    finally:
-        logging.getLogger().removeHandler(records)
-    return Observed(0, "\n".join(records.lines), skipped, set(keys))
+    with captured_log() as lines:
+        try:
+            keys, skipped = read()
+        except ArtbankError as err:
+            return Observed(1, str(err))
+    return Observed(0, "\n".join(lines), skipped, set(keys))
 
 
 # --- artbank shards build ---------------------------------------------------------------

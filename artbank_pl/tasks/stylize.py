@@ -131,7 +131,9 @@ class StylizeTask(FrozenDiffusionTask):
             channels_last=channels_last, clip_skip=clip_skip,
         )  # fmt: skip
         width = self.text_encoder.get_input_embeddings().embedding_dim
-        styles = bank_styles or self._invert_style_images(inverter, style_images, vision_model)
+        styles = (
+            bank_styles if bank else self._invert_style_images(inverter, style_images, vision_model)
+        )
         check_width(styles, width)
         self.style_names = list(styles)
         self._register_styles(styles)
