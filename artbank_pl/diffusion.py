@@ -7,13 +7,6 @@ Notation follows DDPM (Ho et al. 2020): ``abar_t`` is the cumulative product of
 from __future__ import annotations
 
 import torch
-from diffusers import DDPMScheduler
-
-
-def alphas_cumprod(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
-    """Return ``abar_t`` for each timestep, in float32 on the timesteps' device."""
-    table = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)
-    return table[timesteps]
 
 
 def add_noise(latents: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ class ArtbankCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         config = self.config.get(self.subcommand, {}) if self.subcommand else {}
         make_run_resumable(trainer, self.subcommand, config.get("ckpt_path"))
+        use_logging_step_progress_bar(trainer)
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -105,6 +106,23 @@ def make_run_resumable(trainer, subcommand: str | None, ckpt_path: str | None = 
     has_one = any(isinstance(cb, CheckpointOnSignal) for cb in trainer.callbacks)
     if subcommand == "fit" and not has_one:
         trainer.callbacks.insert(0, CheckpointOnSignal(ckpt_path))
+
+
+def use_logging_step_progress_bar(trainer) -> None:
+    """Swap Lightning's default tqdm bar for one that reads metrics only at logging steps.
+
+    The default bar reads every ``prog_bar`` value back after each batch, a host-device
+    sync per step; a bar a user configured (any other class, or other options) is kept.
+    """
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from artbank_pl.callbacks.progress import LoggingStepProgressBar
+
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback) is TQDMProgressBar:
+            trainer.callbacks[i] = LoggingStepProgressBar(
+                callback.refresh_rate, callback.process_position, callback._leave
+            )
 
 
 def check_accelerator(accelerator: object) -> None:

@@ -7,6 +7,7 @@ weights from ``tiny/vision_encoder.json``), a local folder, or a hub id such as
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from artbank_pl.sd import (
     outside_autocast,
     preset_config,
 )
+from artbank_pl.transfer import upload
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,9 +84,15 @@ def clip_preprocess(pixels: torch.Tensor, image_size: int) -> torch.Tensor:
     to uint8, which feeds CLIP an almost black image.)
     """
     x = clip_resize_crop(pixels, image_size)
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = _clip_mean_std(x.device)
     return (x - mean) / std
+
+
+@functools.cache
+def _clip_mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std ``[1, 3, 1, 1]`` on ``device``, copied there once per process."""
+    mean, std = upload([CLIP_MEAN, CLIP_STD], device, torch.float32).view(2, 1, 3, 1, 1)
+    return mean, std
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ The last line is ``ratio lightning/bare: R``, b's time per step over e's.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -46,6 +47,7 @@ from artbank_pl.datamodules.cache import cache_shards
 from artbank_pl.sd import half_dtype, load_parts
 from artbank_pl.tasks import InverterTask, PromptBankTask, StylizeTask
 from artbank_pl.tokenizer import add_placeholder_tokens
+from artbank_pl.transfer import upload
 
 PRESETS = {
     "tiny": {"pretrained": "tiny", "resolution": 64, "heads": 4},
@@ -54,16 +56,34 @@ PRESETS = {
 
 
 class Clock:
-    """Wall time between marks, synchronising CUDA first so GPU work is counted."""
+    """Marks in time: CUDA events on the GPU (no host-device sync), else the host clock.
+
+    An event is stamped when the GPU reaches it, so the time between two marks is what the
+    device saw, idle gaps included (a step the host cannot feed fast enough counts in full),
+    and marking does not stall the queue the way ``torch.cuda.synchronize`` would.
+    """
 
     def __init__(self, device: str) -> None:
         self.cuda = device == "cuda"
 
-    def now(self) -> float:
-        """Seconds, after all queued GPU work has finished."""
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
+    def mark(self):
+        """Return a mark of now: a recorded CUDA event, or ``perf_counter`` seconds."""
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, start, end) -> float:
+        """Seconds between two marks (waits for ``end`` to be reached)."""
+        if not self.cuda:
+            return end - start
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+
+    def intervals(self, marks: list) -> list[float]:
+        """Seconds between consecutive marks."""
+        return [self.seconds(a, b) for a, b in zip(marks, marks[1:], strict=False)]
 
 
 def reset_memory(device: str) -> None:
@@ -97,33 +117,34 @@ def synthetic_shards(root: Path, size: int) -> Path:
 
 
 class StepTimes(Callback):
-    """Time of each whole training iteration (data, step, hooks) seen by Lightning."""
+    """Marks at the end of each whole training iteration (data, step, hooks) in Lightning."""
 
     def __init__(self, clock: Clock) -> None:
-        self.clock, self.times, self.last = clock, [], None
+        self.clock, self.marks = clock, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """Record the time since the previous step ended."""
-        now = self.clock.now()
-        if self.last is not None:
-            self.times.append(now - self.last)
-        self.last = now
+        """Mark the end of this step."""
+        self.marks.append(self.clock.mark())
 
 
 class BatchTimes(Callback):
-    """Time and output count of each predict batch, up to the end of the last callback."""
+    """Marks around each predict batch, up to the end of the last callback, and the outputs."""
 
     def __init__(self, clock: Clock) -> None:
-        self.clock, self.times, self.outputs, self.start = clock, [], 0, 0.0
+        self.clock, self.spans, self.outputs = clock, [], 0
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        """Start the batch's clock."""
-        self.start = self.clock.now()
+        """Mark the batch's start."""
+        self.spans.append([self.clock.mark()])
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        """Stop it and count the images written."""
-        self.times.append(self.clock.now() - self.start)
+        """Mark its end and count the images written."""
+        self.spans[-1].append(self.clock.mark())
         self.outputs += len(outputs["images"])
+
+    def seconds(self) -> float:
+        """Total time inside the batches."""
+        return sum(self.clock.seconds(start, end) for start, end in self.spans)
 
 
 def run_lightning(task, data, args, clock) -> list[float]:
@@ -136,7 +157,7 @@ def run_lightning(task, data, args, clock) -> list[float]:
         callbacks=[timer],
     )  # fmt: skip
     trainer.fit(task, data)
-    return timer.times[args.warmup :]
+    return timer.clock.intervals(timer.marks)[args.warmup :]
 
 
 def run_bare(task, data, args, clock) -> list[float]:
@@ -151,21 +172,23 @@ def run_bare(task, data, args, clock) -> list[float]:
         torch.autocast(args.device, dtype=dtype) if "mixed" in args.precision else nullcontext()
     )
     data.setup("fit")
-    times, last = [], None
+    marks = []
     for step, batch in enumerate(data.train_dataloader()):
-        batch = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = {k: move(v, args.device) for k, v in batch.items()}
         with autocast:
             loss = task._batch_losses(batch, deterministic=False).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        now = clock.now()
-        if last is not None:
-            times.append(now - last)
-        last = now
+        marks.append(clock.mark())
         if step >= args.warmup + args.steps:
             break
-    return times[args.warmup :]
+    return clock.intervals(marks)[args.warmup :]
+
+
+def move(value, device: str):
+    """Return a batch value on ``device`` (tensors from pinned memory without blocking)."""
+    return upload(value, device) if torch.is_tensor(value) else value
 
 
 def make_peer_step(args) -> Callable[[torch.Tensor], None]:
@@ -207,42 +230,47 @@ def make_peer_step(args) -> Callable[[torch.Tensor], None]:
     return step
 
 
-def time_peer(args, clock) -> tuple[list[float], float | None]:
-    """Time the peer step on fixed pixels (its data loading is not counted)."""
-    reset_memory(args.device)
+def time_peer(args, clock) -> tuple[list[float], float]:
+    """Time the peer step on fixed pixels (its data loading is not counted).
+
+    Returns:
+        The timed per-step seconds and the FLOPs of one step (counted on the first).
+    """
     step = make_peer_step(args)
     pixels = torch.rand(args.batch_size, 3, args.resolution, args.resolution) * 2 - 1
     pixels = pixels.to(args.device)
-    times, last = [], clock.now()
-    for i in range(args.warmup + args.steps):
+    counter = FlopCounterMode(display=False)
+    with counter:
         step(pixels)
-        now = clock.now()
-        if i >= args.warmup:
-            times.append(now - last)
-        last = now
-    return times, peak_memory_gib(args.device)
+    marks = []
+    for _ in range(args.warmup + args.steps + 1):
+        step(pixels)
+        marks.append(clock.mark())
+    return clock.intervals(marks)[args.warmup :], counter.get_total_flops()
 
 
 def matmul_rate(device: str, dtype: torch.dtype) -> float:
     """Measured dense matmul FLOP/s of this device in ``dtype``."""
-    n = 4096 if device == "cuda" else 1024
+    n = 8192 if device == "cuda" else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     clock = Clock(device)
     for _ in range(3):
         a @ b
-    reps = 20 if device == "cuda" else 5
-    start = clock.now()
+    reps = 50 if device == "cuda" else 5
+    start = clock.mark()
     for _ in range(reps):
         a @ b
-    return 2 * n**3 * reps / (clock.now() - start)
+    return 2 * n**3 * reps / clock.seconds(start, clock.mark())
 
 
 def step_flops(task, data, args) -> float:
     """FLOPs of one training step of ``task`` (forward and backward), counted by torch."""
+    task.to(args.device)
+    task.cast_frozen(half_dtype(args.precision))
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    batch = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch = {k: move(v, args.device) for k, v in batch.items()}
     counter = FlopCounterMode(display=False)
     with counter:
         task._batch_losses(batch, deterministic=False).mean().backward()
@@ -250,11 +278,50 @@ def step_flops(task, data, args) -> float:
     return counter.get_total_flops()
 
 
+def time_training(args, clock, tasks: dict, data: dict) -> dict[str, dict]:
+    """Every training row, alternating, ``args.rounds`` times; then its FLOPs per step.
+
+    Each round builds each row afresh and times it, so drift on a shared machine hits every
+    row alike; the step times of all rounds are pooled for the median.
+
+    Args:
+        args: the command-line options.
+        clock: the clock of the device.
+        tasks: row name to a builder of its task (``None``: the diffusers peer).
+        data: row name to a builder of its datamodule.
+
+    Returns:
+        Row name to ``{"times", "memory", "flops"}``.
+    """
+    results = {name: {"times": [], "memory": None} for name in tasks}
+    for _ in range(args.rounds):
+        for name, build in tasks.items():
+            reset_memory(args.device)
+            if build is None:
+                times, flops = time_peer(args, clock)
+                results[name]["flops"] = flops
+            elif name.startswith("e."):
+                times = run_bare(build(), data[name](), args, clock)
+            else:
+                times = run_lightning(build(), data[name](), args, clock)
+            results[name]["times"] += times
+            results[name]["memory"] = peak_memory_gib(args.device)
+            gc.collect()
+    for name, build in tasks.items():
+        if build is not None:
+            results[name]["flops"] = step_flops(build(), data[name](), args)
+    return results
+
+
 STYLIZE_SETTINGS = {"ddim 50": ("ddim", 50), "dpmsolver++ 20": ("dpmsolver++", 20)}
 
 
-def time_stylize(args, clock, root: Path) -> dict[str, tuple[float, float | None]]:
-    """Images per second of diffusers' img2img pipeline and of our predict loop, per sampler."""
+def time_stylize(args, clock, root: Path) -> dict[str, dict]:
+    """Images per second of diffusers' img2img pipeline and of our predict loop, per sampler.
+
+    Returns:
+        Row name to ``{"rate": best img/s of the rounds, "memory", "flops" per image}``.
+    """
     from diffusers import StableDiffusionImg2ImgPipeline
 
     from artbank_pl.tasks.sampling import make_sampler
@@ -277,15 +344,21 @@ def time_stylize(args, clock, root: Path) -> dict[str, tuple[float, float | None
         pipe.set_progress_bar_config(disable=True)
         runs[f"ours {label}"] = lambda t=task: _stylize_ours(t, data, args, clock, root)
         runs[f"peer {label}"] = lambda p=pipe, n=steps: _stylize_peer(p, images, n, args, clock)
-    for run in runs.values():  # warm every row up
-        run()
-    results = {}
-    for _ in range(2):  # then alternate, so that drift on a shared machine hits all alike
+    flops = {}
+    for name, run in runs.items():  # warm every row up, counting its FLOPs per image
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run()
+        flops[name] = counter.get_total_flops() / args.stylize_images
+    results = {name: {"rates": [], "memory": None, "flops": flops[name]} for name in runs}
+    for _ in range(args.rounds):  # then alternate, so that drift hits every row alike
         for name, run in runs.items():
             reset_memory(args.device)
-            rate = run()
-            results.setdefault(name, []).append((rate, peak_memory_gib(args.device)))
-    return {name: max(rows, key=lambda r: r[0]) for name, rows in results.items()}
+            results[name]["rates"].append(run())
+            results[name]["memory"] = peak_memory_gib(args.device)
+    for row in results.values():
+        row["rate"] = statistics.median(row.pop("rates"))
+    return results
 
 
 def _stylize_ours(task, data, args, clock, root: Path) -> float:
@@ -301,29 +374,37 @@ def _stylize_ours(task, data, args, clock, root: Path) -> float:
         callbacks=[StylizedImageWriter(tempfile.mkdtemp(dir=root), "jpg"), timer],
     )  # fmt: skip
     trainer.predict(task, data, return_predictions=False)
-    return timer.outputs / sum(timer.times)
+    return timer.outputs / timer.seconds()
 
 
 def _stylize_peer(pipe, images, steps: int, args, clock) -> float:
     """Diffusers' img2img pipeline on the same images."""
-    # the pipeline shares our modules, which Lightning's teardown moved back to the CPU
+    # the pipeline shares our modules, which Lightning's teardown moved back to the CPU:
+    # move them in each run, before the clock starts
     pipe.to(args.device)
-    start = clock.now()
+    start = clock.mark()
     for i in range(0, len(images), args.stylize_batch):
         chunk = images[i : i + args.stylize_batch]
         pipe(["a painting"] * len(chunk), image=chunk, strength=0.7,
              num_inference_steps=steps, guidance_scale=7.5, output_type="np")  # fmt: skip
-    return len(images) / (clock.now() - start)
+    return len(images) / clock.seconds(start, clock.mark())
 
 
-def table(rows: list[tuple], floor_rate: float) -> str:
-    """Format rows of (name, img/s, peak GiB, reference img/s or None, share of the floor)."""
-    lines = [f"{'row':<38}{'img/s':>10}{'x peer':>9}{'% floor':>9}{'peak GiB':>10}"]
-    for name, rate, mem, reference, training in rows:
-        ratio = f"{rate / reference:.2f}" if reference else "-"
-        floor = f"{100 * rate / floor_rate:.1f}" if training else "-"
-        memory = f"{mem:.2f}" if mem is not None else "-"
-        lines.append(f"{name:<38}{rate:>10.2f}{ratio:>9}{floor:>9}{memory:>10}")
+def table(rows: list[dict], matmul: float) -> str:
+    """Format rows: img/s, against the peer, GFLOP per image, and the share of the floor.
+
+    A row's floor is its own counted FLOPs per image at the measured matmul rate.
+    """
+    lines = [f"{'row':<36}{'img/s':>9}{'x peer':>8}{'GFLOP/img':>11}{'floor':>9}"
+             f"{'% floor':>9}{'peak GiB':>10}"]  # fmt: skip
+    for row in rows:
+        ratio = f"{row['rate'] / row['reference']:.2f}" if row.get("reference") else "-"
+        floor = matmul / row["flops"]
+        memory = f"{row['memory']:.2f}" if row.get("memory") is not None else "-"
+        lines.append(
+            f"{row['name']:<36}{row['rate']:>9.2f}{ratio:>8}{row['flops'] / 1e9:>11.2f}"
+            f"{floor:>9.2f}{100 * row['rate'] / floor:>9.1f}{memory:>10}"
+        )
     return "\n".join(lines)
 
 
@@ -335,6 +416,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of every row")
     parser.add_argument("--stylize-images", type=int, default=8)
     parser.add_argument("--stylize-batch", type=int, default=4)
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA, else 32")
@@ -349,6 +431,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+TRAINING_ROWS = {
+    "a": "a. peer (diffusers TI step)",
+    "b": "b. ours, Lightning",
+    "g": "g. ours, cached latents",
+    "c": "c. ours, InST inverter",
+    "e": "e. bare PyTorch loop",
+}
+
+
 def main(argv=None) -> None:
     """Run every row and print the table; the last line is the Lightning/bare ratio."""
     args = parse_args(argv)
@@ -357,6 +448,8 @@ def main(argv=None) -> None:
     clock = Clock(args.device)
     root = Path(tempfile.mkdtemp(prefix="artbank-bench-"))
     manifest = synthetic_shards(root, args.resolution)
+    cached = cache_shards(manifest, root / "cached", args.pretrained, args.resolution,
+                          device=args.device)  # fmt: skip
 
     def data(source: Path = manifest) -> ArtworkDataModule:
         return ArtworkDataModule(
@@ -370,59 +463,46 @@ def main(argv=None) -> None:
             lr_schedule="constant",
         )  # fmt: skip
 
-    rate = lambda times: args.batch_size / statistics.median(times)  # noqa: E731
-    peer_times, peer_mem = time_peer(args, clock)
-    # b and e alternate, three times each, so that drift on a shared machine hits both alike
-    bare_times, light_times = [], []
-    for _ in range(3):
-        reset_memory(args.device)
-        bare_times += run_bare(bank(), data(), args, clock)
-        bare_mem = peak_memory_gib(args.device)
-        reset_memory(args.device)
-        task = bank()
-        light_times += run_lightning(task, data(), args, clock)
-        light_mem = peak_memory_gib(args.device)
-    args.export = root / "export"
+    def inverter() -> InverterTask:
+        return InverterTask(
+            collections=["alpha", "beta"], pretrained=args.pretrained,
+            vision_model=args.pretrained, inverter_heads=args.heads,
+        )  # fmt: skip
+
+    names = TRAINING_ROWS
+    tasks = {names["a"]: None, names["e"]: bank, names["b"]: bank, names["g"]: bank,
+             names["c"]: inverter}  # fmt: skip
+    sources = {name: data for name in tasks} | {names["g"]: lambda: data(cached)}
+    training = time_training(args, clock, tasks, sources)
     from artbank_pl.export import write_embeddings
 
-    write_embeddings(task.embeddings(), args.export, formats=("diffusers",))
-    args.export = args.export / "diffusers"
-    reset_memory(args.device)
-    inverter = InverterTask(
-        collections=["alpha", "beta"], pretrained=args.pretrained,
-        vision_model=args.pretrained, inverter_heads=args.heads,
-    )  # fmt: skip
-    inverter_times = run_lightning(inverter, data(), args, clock)
-    inverter_mem = peak_memory_gib(args.device)
-    cached = cache_shards(manifest, root / "cached", args.pretrained, args.resolution,
-                          device=args.device)  # fmt: skip
-    cached_times = run_lightning(bank(), data(cached), args, clock)
-    cached_mem = peak_memory_gib(args.device)
-    flops = step_flops(bank().to(args.device), data(), args)
-    mm_dtype = half_dtype(args.precision) if args.device == "cuda" else torch.float32
-    floor_rate = matmul_rate(args.device, mm_dtype) / (flops / args.batch_size)
+    write_embeddings(bank().embeddings(), root / "export", formats=("diffusers",))
+    args.export = root / "export" / "diffusers"
     stylize = time_stylize(args, clock, root)
+    mm_dtype = half_dtype(args.precision) if args.device == "cuda" else torch.float32
+    matmul = matmul_rate(args.device, mm_dtype)
 
-    peer = rate(peer_times)
-    rows = [
-        ("a. peer (diffusers TI step)", peer, peer_mem, peer, True),
-        ("b. ours, Lightning", rate(light_times), light_mem, peer, True),
-        ("g. ours, cached latents", rate(cached_times), cached_mem, peer, True),
-        ("c. ours, InST inverter", rate(inverter_times), inverter_mem, peer, False),
-        ("e. bare PyTorch loop", rate(bare_times), bare_mem, peer, True),
-        ("f. floor (FLOPs / matmul rate)", floor_rate, None, None, True),
-    ]
-    reference = stylize["peer ddim 50"][0]
+    peer = args.batch_size / statistics.median(training[names["a"]]["times"])
+    rows = []
+    for name in names.values():
+        row = training[name]
+        rate = args.batch_size / statistics.median(row["times"])
+        flops = row["flops"] / args.batch_size
+        rows.append(dict(row, name=name, rate=rate, reference=peer, flops=flops))
+    cached_flops = rows[list(names).index("g")]["flops"]
+    rows.append(dict(name="f. floor, cached step", rate=matmul / cached_flops, flops=cached_flops))
+    reference = stylize["peer ddim 50"]["rate"]
     for label in STYLIZE_SETTINGS:
-        rows.append((f"d. stylize {label}: diffusers", *stylize[f"peer {label}"], reference, False))
-        rows.append((f"d. stylize {label}: ours", *stylize[f"ours {label}"], reference, False))
+        for who, title in (("peer", "diffusers"), ("ours", "ours")):
+            row = stylize[f"{who} {label}"]
+            rows.append(dict(row, name=f"d. stylize {label}: {title}", reference=reference))
     print(f"preset {args.preset}, device {args.device}, precision {args.precision}, "
-          f"batch {args.batch_size}, {args.resolution} px, median of {args.steps} steps; "
-          f"stylize: strength 0.7, guidance 7.5, {args.stylize_images} images")  # fmt: skip
-    print(f"training step: {flops / args.batch_size / 1e9:.2f} GFLOP per image")
-    print(table(rows, floor_rate))
-    ratio = statistics.median(light_times) / statistics.median(bare_times)
-    print(f"ratio lightning/bare: {ratio:.3f}")
+          f"batch {args.batch_size}, {args.resolution} px, median of {args.rounds} x "
+          f"{args.steps} steps; stylize: strength 0.7, guidance 7.5, {args.stylize_images} "
+          f"images, median of {args.rounds} runs; matmul {matmul / 1e12:.2f} TFLOP/s")  # fmt: skip
+    print(table(rows, matmul))
+    light, bare = training[names["b"]]["times"], training[names["e"]]["times"]
+    print(f"ratio lightning/bare: {statistics.median(light) / statistics.median(bare):.3f}")
 
 
 if __name__ == "__main__":

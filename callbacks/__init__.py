@@ -1,14 +1,16 @@
-"""Lightning callbacks: exports, loss curve, sample grids, image writer, checkpoint on signal."""
+"""Lightning callbacks: exports, loss curve, progress, sample grids, image writer, preemption."""
 
 from artbank_pl.callbacks.export import EmbeddingExport
 from artbank_pl.callbacks.loss_curve import LossCurve
 from artbank_pl.callbacks.prediction_writer import StylizedImageWriter
 from artbank_pl.callbacks.preemption import CheckpointOnSignal
+from artbank_pl.callbacks.progress import LoggingStepProgressBar
 from artbank_pl.callbacks.sample_grid import SampleGrid
 
 __all__ = [
     "CheckpointOnSignal",
     "EmbeddingExport",
+    "LoggingStepProgressBar",
     "LossCurve",
     "SampleGrid",
     "StylizedImageWriter",

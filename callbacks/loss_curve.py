@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -71,7 +72,8 @@ def loss_table(steps, losses, val_steps, val_losses) -> str:
 class LossCurve(Callback):
     """Record train and validation loss; plot them, with a CSV of the values, at fit end.
 
-    ``train/loss`` is recorded each step, ``val/loss`` after each validation.
+    The training step's loss is recorded each step and read back every
+    ``log_every_n_steps``; ``val/loss`` after each validation.
 
     The curve is kept in checkpoints (so it survives resumes); past ``max_points`` it is
     thinned to every second point, and from then on every second step is recorded, so a
@@ -94,23 +96,45 @@ class LossCurve(Callback):
         self.losses: list[float] = []
         self.val_steps: list[int] = []
         self.val_losses: list[float] = []
+        self.pending: list[tuple[int, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """Remember this step's loss."""
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is None or trainer.global_step % self.stride:
+        """Remember this step's loss; read the pending ones back every N steps.
+
+        The loss stays on the device until then: reading it every step would make the host
+        wait for the GPU once per step.
+        """
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor) or trainer.global_step % self.stride:
             return
-        self.steps.append(trainer.global_step)
-        self.losses.append(float(loss))
-        if len(self.steps) > self.max_points:
-            self.steps, self.losses = self.steps[::2], self.losses[::2]
-            self.stride *= 2
+        # Lightning hands on the loss divided by the accumulation count: undo it
+        scale = getattr(trainer, "accumulate_grad_batches", 1)
+        self.pending.append((trainer.global_step, loss.detach() * scale))
+        if len(self.pending) >= max(1, trainer.log_every_n_steps):
+            self.flush()
+
+    def flush(self) -> None:
+        """Move the pending losses to the host lists (one read for all of them)."""
+        if not self.pending:
+            return
+        steps, losses = zip(*self.pending, strict=True)
+        self.pending = []
+        values = torch.stack([loss.float() for loss in losses]).tolist()
+        for step, value in zip(steps, values, strict=True):
+            if step % self.stride:
+                continue  # thinned while pending
+            self.steps.append(step)
+            self.losses.append(value)
+            if len(self.steps) > self.max_points:
+                self.steps, self.losses = self.steps[::2], self.losses[::2]
+                self.stride *= 2
 
     def on_validation_end(self, trainer, pl_module) -> None:
         """Remember this validation's loss (not the sanity check's)."""
         loss = trainer.callback_metrics.get("val/loss")
         if loss is None or trainer.sanity_checking:
             return
+        self.flush()
         if self.val_steps and self.val_steps[-1] == trainer.global_step:
             self.val_losses[-1] = float(loss)  # validated twice at one step: keep the last
             return
@@ -119,6 +143,7 @@ class LossCurve(Callback):
 
     def state_dict(self) -> dict:
         """Keep the curves across resumes."""
+        self.flush()
         return {"steps": self.steps, "losses": self.losses, "stride": self.stride,
                 "val_steps": self.val_steps, "val_losses": self.val_losses}  # fmt: skip
 
@@ -133,6 +158,7 @@ class LossCurve(Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the PNG and ``<name>.csv`` next to it."""
+        self.flush()
         if not self.losses:
             return
         path = Path(self.filename)

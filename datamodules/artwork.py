@@ -126,9 +126,15 @@ class ArtworkTransform:
 
 
 def collate_artworks(items: list[dict]) -> dict:
-    """Stack tensors (pixels or cached moments and CLIP features) and collection indices."""
+    """Stack tensors (pixels or cached moments and CLIP features) and collection indices.
+
+    The indices come twice: as a tensor (moved to the device with the batch) and as a list
+    of ints (host reads of which collections a batch holds need not wait for the GPU).
+    """
+    collections = [item["collection_idx"] for item in items]
     batch = {
-        "collection_idx": torch.tensor([item["collection_idx"] for item in items]),
+        "collection_idx": torch.tensor(collections),
+        "collection_list": collections,
         "caption": [item["caption"] for item in items],
         "__key__": [item["__key__"] for item in items],
     }

@@ -51,8 +51,11 @@ def test_each_sample_gets_its_own_inverted_embedding():
     assert not torch.allclose(vectors[0], vectors[1])
     prompts = task.build_prompts(batch, deterministic=True)
     assert prompts == ["<inst> <inst>_1"] * 2  # the paper's caption: the placeholder alone
-    cond = task.conditioning(batch, prompts)
-    alone = task.conditioning({"pixel_values": batch["pixel_values"][1:]}, prompts[1:])
+    first = task.first_placeholder_id
+    cond = task.conditioning(batch, task.prompt_tokens(prompts, first))
+    alone = task.conditioning(
+        {"pixel_values": batch["pixel_values"][1:]}, task.prompt_tokens(prompts[1:], first)
+    )
     torch.testing.assert_close(cond[1:], alone, rtol=1e-5, atol=1e-5)
 
 

@@ -238,11 +238,11 @@ def test_loss_curve_stays_bounded():
 
     curve = LossCurve(max_points=8)
     for step in range(1, 101):
-        trainer = SimpleNamespace(
-            callback_metrics={"train/loss": torch.tensor(1.0 / step)}, global_step=step
-        )
-        curve.on_train_batch_end(trainer, None, None, None, step)
+        trainer = SimpleNamespace(global_step=step, log_every_n_steps=3, accumulate_grad_batches=1)
+        curve.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0 / step)}, None, step)
+    curve.flush()
     assert len(curve.steps) <= 8 and curve.steps[-1] >= 90
+    assert curve.losses == pytest.approx([1.0 / step for step in curve.steps], rel=1e-6)
     assert curve.steps == sorted(curve.steps) and len(set(curve.steps)) == len(curve.steps)
 
 

@@ -64,15 +64,17 @@ class ImplicitStylePromptBank(nn.Module):
         """
         self.prompts.copy_(tables.to(self.prompts.dtype))
 
-    def forward(self, collection_idx: torch.Tensor) -> torch.Tensor:
-        """Return the token embeddings ``[B, n, d]`` for a batch of collection indices ``[B]``.
+    def forward(self, collection_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the token embeddings ``[B, n, d]`` of collection indices ``[B]`` (all: ``K``).
 
-        Each collection is computed once per call, so a sample's embeddings do not depend
-        on which other samples share its batch.
+        Every collection is computed once per call (SSAM attends within a collection, so
+        this equals computing the batch's own collections, and needs no ``unique``, which
+        would make the host wait for the GPU); a sample's embeddings thus do not depend on
+        which other samples share its batch.
         """
-        unique, inverse = torch.unique(collection_idx, return_inverse=True)
-        return self.attention(self.prompts[unique])[inverse]
+        table = self.attention(self.prompts)
+        return table if collection_idx is None else table[collection_idx]
 
     def embeddings(self) -> torch.Tensor:
         """Return every collection's token embeddings, ``[K, n, d]``."""
-        return self(torch.arange(self.num_collections, device=self.prompts.device))
+        return self()

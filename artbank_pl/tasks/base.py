@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+import random
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -24,9 +25,9 @@ from artbank_pl.sd import (
     load_parts,
     outside_autocast,
 )
+from artbank_pl.tasks.prompts import PromptTokens, tokenize_prompts
 from artbank_pl.tasks.sampling import SamplingMixin
-
-VectorLookup = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from artbank_pl.transfer import upload
 
 
 def sample_seed(key: str, seed: int) -> int:
@@ -50,12 +51,16 @@ def training_draw_seed(seed: int, rank: int, draw_index: int) -> int:
 
 @contextmanager
 def _spliced_embeddings(
-    embedding: nn.Module, mask: torch.Tensor, vectors: torch.Tensor
+    embedding: nn.Module, tokens: PromptTokens, vectors: torch.Tensor
 ) -> Iterator[None]:
-    """Replace the token-embedding outputs at ``mask`` by ``vectors`` for one forward."""
+    """Replace the token-embedding outputs at ``tokens``' placeholders by ``vectors``.
+
+    An index write at positions known in advance: a boolean-mask scatter would make the
+    host wait for the GPU to count the mask.
+    """
 
     def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output.masked_scatter(mask.unsqueeze(-1), vectors.to(output.dtype))
+        return output.index_put((tokens.rows, tokens.cols), vectors.to(output.dtype))
 
     handle = embedding.register_forward_hook(hook)
     try:
@@ -201,27 +206,25 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         return type(result)(missing_keys=[], unexpected_keys=[])
 
     # ------------------------------------------------------------------ conditioning
-    def tokenize(
+    def prompt_tokens(
         self, prompts: Sequence[str], first_placeholder_id: int | None = None
-    ) -> torch.Tensor:
-        """Tokenize prompts to ``[B, 77]`` ids, padded and truncated, on this device.
+    ) -> PromptTokens:
+        """Tokenize prompts to ``[B, 77]`` ids on this device, with their placeholders' places.
 
         Raises:
             ConfigError: truncation would cut a placeholder (style) token off a prompt.
         """
-        length = self.tokenizer.model_max_length
-        rows = self.tokenizer(list(prompts)).input_ids
-        if first_placeholder_id is not None:
-            for prompt, ids in zip(prompts, rows, strict=True):
-                if any(i >= first_placeholder_id for i in ids[length - 1 :]):
-                    raise ConfigError(
-                        f"prompt {prompt!r} is {len(ids)} tokens: its style tokens fall past "
-                        f"CLIP's {length}-token limit; shorten the prompt or its caption"
-                    )
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        fitted = [ids[: length - 1] + [eos] if len(ids) > length else ids for ids in rows]
-        padded = [ids + [pad] * (length - len(ids)) for ids in fitted]
-        return torch.tensor(padded, device=self.device)
+        return tokenize_prompts(self.tokenizer, prompts, first_placeholder_id, self.device)
+
+    def tokenize(
+        self, prompts: Sequence[str], first_placeholder_id: int | None = None
+    ) -> torch.Tensor:
+        """Tokenize prompts to ``[B, 77]`` ids on this device, padded and truncated.
+
+        Raises:
+            ConfigError: truncation would cut a placeholder (style) token off a prompt.
+        """
+        return self.prompt_tokens(prompts, first_placeholder_id).ids
 
     def text_hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Return the text conditioning of ids: the last layer, or ``clip_skip`` layers back."""
@@ -232,32 +235,24 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             out = self.text_encoder(input_ids, output_hidden_states=True)
             return self.text_encoder.final_layer_norm(out.hidden_states[-(skip + 1)])
 
-    def encode_text(
-        self, input_ids: torch.Tensor, first_placeholder_id: int, lookup: VectorLookup
-    ) -> torch.Tensor:
+    def encode_text(self, tokens: PromptTokens, vectors: torch.Tensor) -> torch.Tensor:
         """Run the text encoder with placeholder token embeddings spliced in.
 
-        Ids at or above ``first_placeholder_id`` are placeholders: their token embeddings
-        (before position embeddings are added, as in textual inversion) become
-        ``lookup(ids)``, so the vocabulary matrix is never touched and gradients flow
-        into whatever ``lookup`` computes from.
+        The token embeddings at the placeholders (before position embeddings are added, as
+        in textual inversion) become ``vectors``, so the vocabulary matrix is never touched
+        and gradients flow into whatever ``vectors`` were computed from.
 
         Args:
-            input_ids: ``[B, L]`` token ids.
-            first_placeholder_id: the smallest placeholder id.
-            lookup: maps ``(input_ids, mask)`` to the ``[M, d]`` vectors of the ``M``
-                placeholder positions in ``mask``, in row-major order.
+            tokens: the prompts' ids and placeholder positions.
+            vectors: ``[M, d]``, one per placeholder token, in ``tokens``' order.
 
         Returns:
             The last hidden state ``[B, L, d]`` in the text encoder's dtype.
         """
-        mask = input_ids >= first_placeholder_id
-        if not mask.any():
-            return self.text_hidden_states(input_ids)
-        vectors = lookup(input_ids, mask)
-        safe_ids = input_ids.masked_fill(mask, 0)  # any in-vocabulary id; it is replaced
-        with _spliced_embeddings(self.text_encoder.get_input_embeddings(), mask, vectors):
-            return self.text_hidden_states(safe_ids)
+        if not tokens.count:
+            return self.text_hidden_states(tokens.ids)
+        with _spliced_embeddings(self.text_encoder.get_input_embeddings(), tokens, vectors):
+            return self.text_hidden_states(tokens.vocabulary_ids())
 
     @torch.no_grad()
     def encode_latents(
@@ -310,19 +305,20 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         return ((decoded + 1) / 2).clamp(0, 1)
 
     # ------------------------------------------------------------------ loss
-    def training_generators(self) -> tuple[torch.Generator, torch.Generator]:
-        """Fresh (device, CPU) generators for this training batch's random draws.
+    def training_generators(self) -> tuple[torch.Generator, random.Random]:
+        """Fresh (device, host) generators for this training batch's random draws.
 
         Seeded from ``seed_everything``'s seed (``PL_GLOBAL_SEED``, else ``val_seed``), the
         global rank and the count of training batches so far, which Lightning restores on
-        resume: see :func:`training_draw_seed`.
+        resume: see :func:`training_draw_seed`. The host one is Python's, so that host draws
+        (caption prompts' templates) never touch a tensor.
         """
         seed = int(os.environ.get("PL_GLOBAL_SEED", self.hparams.val_seed))
         trainer = self._trainer
         index = trainer.fit_loop.epoch_loop.batch_progress.total.ready if trainer else 0
         value = training_draw_seed(seed, self.global_rank, index)
         device_gen = torch.Generator(device=self.device).manual_seed(value)
-        return device_gen, torch.Generator().manual_seed(value)
+        return device_gen, random.Random(value)
 
     def _noise_and_timesteps(
         self,
@@ -343,7 +339,15 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             gen = torch.Generator().manual_seed(sample_seed(key, self.hparams.val_seed))
             steps.append(torch.randint(0, num_steps, (1,), generator=gen))
             noises.append(diffusion.offset_noise((1, *latents.shape[1:]), offset, gen))
-        return torch.cat(noises).to(self.device), torch.cat(steps).to(self.device)
+        return upload(torch.cat(noises), self.device), upload(torch.cat(steps), self.device)
+
+    def alphas_cumprod(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """``abar_t`` of ``timesteps`` (float32), from a table copied to the device once."""
+        table = getattr(self, "_abar_table", None)
+        if table is None or table.device != timesteps.device:
+            table = upload(self.noise_scheduler.alphas_cumprod.float(), timesteps.device)
+            self._abar_table = table
+        return table[timesteps]
 
     def diffusion_loss(
         self,
@@ -365,7 +369,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             ``[B]`` losses, min-SNR weighted when ``min_snr_gamma`` is set.
         """
         noise, timesteps = self._noise_and_timesteps(latents, keys, generator)
-        abar = diffusion.alphas_cumprod(self.noise_scheduler, timesteps)
+        abar = self.alphas_cumprod(timesteps)
         noisy = diffusion.add_noise(latents, noise, abar)
         dtype = self.unet.dtype
         with outside_autocast(self.device):

@@ -9,6 +9,7 @@ import torch
 from artbank_pl.modules.inverter import AttentionInverter
 from artbank_pl.optim import LRSchedule
 from artbank_pl.options import check_at_least
+from artbank_pl.tasks.prompts import PromptTokens
 from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
     add_placeholder_tokens,
@@ -137,31 +138,15 @@ class InverterTask(StyleTask):
         """Return the placeholder expanded to its tokens (the same for every sample)."""
         return expand_placeholder(self.placeholder, self.placeholder, self.inverter.num_tokens)
 
-    def conditioning(self, batch: dict, prompts: list[str]) -> torch.Tensor:
-        """Encode prompts with each sample's own inverted embeddings spliced in.
+    def conditioning(self, batch: dict, tokens: PromptTokens) -> torch.Tensor:
+        """Encode the prompts with each sample's own inverted embeddings spliced in.
 
-        Cached CLIP features (``artbank shards cache --vision-model``) are used when the
-        batch has them.
+        Row ``b``'s placeholder token ``j`` gets ``vectors[b, j]``. Cached CLIP features
+        (``artbank shards cache --vision-model``) are used when the batch has them.
         """
         if "clip" in batch:
             vectors = self.inverter(batch["clip"].to(self.device))
         else:
             vectors = self.style_vectors(batch["pixel_values"])
-        first = self.first_placeholder_id
-        ids = self.tokenize(prompts, first)
-        return self.encode_text(ids, first, per_sample_lookup(vectors, first))
-
-
-def per_sample_lookup(vectors: torch.Tensor, first_placeholder_id: int):
-    """Return a lookup that gives row ``b``'s placeholder token ``j`` the vector ``vectors[b, j]``.
-
-    Args:
-        vectors: ``[B, n, d]`` per-sample token embeddings.
-        first_placeholder_id: id of the placeholder's first token (token ``j`` is ``id + j``).
-    """
-
-    def lookup(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        rows = mask.nonzero()[:, 0]
-        return vectors[rows, input_ids[mask] - first_placeholder_id]
-
-    return lookup
+        flat_index = tokens.rows * vectors.shape[1] + tokens.offsets
+        return self.encode_text(tokens, vectors.flatten(0, 1)[flat_index])

@@ -11,6 +11,7 @@ from artbank_pl.modules import ImplicitStylePromptBank
 from artbank_pl.modules.ssam import BankAttention
 from artbank_pl.optim import LRSchedule
 from artbank_pl.options import check_at_least
+from artbank_pl.tasks.prompts import PromptTokens
 from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
     add_placeholder_tokens,
@@ -139,22 +140,24 @@ class PromptBankTask(StyleTask):
         placeholder = self.placeholders[collection]
         return expand_placeholder(placeholder, placeholder, self.bank.num_tokens)
 
-    def placeholder_vectors(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Map the placeholder ids at ``mask`` to the bank's vectors ``[M, d]``."""
-        flat = input_ids[mask] - self.first_placeholder_id
-        n = self.bank.num_tokens
-        collection, slot = flat // n, flat % n
-        unique, inverse = torch.unique(collection, return_inverse=True)
-        return self.bank(unique)[inverse, slot]
+    def bank_vectors(self, tokens: PromptTokens) -> torch.Tensor:
+        """Return the bank's vectors ``[M, d]`` for the placeholder tokens of ``tokens``.
+
+        Placeholder id ``first + k * n + j`` is collection ``k``'s token ``j``, so an
+        index into the flattened bank picks it. Every collection is computed (the bank's
+        attention is per collection, so one collection's rows do not depend on the
+        others): an index gather needs no host-device sync, where selecting only the
+        batch's collections would.
+        """
+        return self.bank.embeddings().flatten(0, 1)[tokens.offsets]
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text conditioning ``[B, 77, d]`` with the bank spliced into the prompts."""
-        ids = self.tokenize(prompts, self.first_placeholder_id)
-        return self.encode_text(ids, self.first_placeholder_id, self.placeholder_vectors)
+        return self.conditioning({}, self.prompt_tokens(prompts, self.first_placeholder_id))
 
-    def conditioning(self, batch: dict, prompts: list[str]) -> torch.Tensor:
+    def conditioning(self, batch: dict, tokens: PromptTokens) -> torch.Tensor:
         """Encode the prompts; each placeholder names its collection's bank rows."""
-        return self.encode_prompts(prompts)
+        return self.encode_text(tokens, self.bank_vectors(tokens))
 
     def embeddings(self) -> dict[str, torch.Tensor]:
         """Each collection's token embeddings ``[n, d]`` (float32, CPU), bank in eval mode."""

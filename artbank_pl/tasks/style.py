@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import zlib
 
 import torch
@@ -11,6 +12,7 @@ from artbank_pl.errors import ConfigError
 from artbank_pl.metrics import PerCollectionMean
 from artbank_pl.optim import LRSchedule
 from artbank_pl.tasks.base import FrozenDiffusionTask
+from artbank_pl.tasks.prompts import PromptTokens, TemplateTable
 
 STYLE_TEMPLATES = (
     "a painting in the style of {}",
@@ -43,6 +45,17 @@ def check_same_collections(saved: list[str] | None, current: list[str]) -> None:
         f"the checkpoint was trained on other collections ({detail}); resume with the data "
         "it was trained on, or start a new run"
     )
+
+
+def batch_collections(batch: dict) -> list[int]:
+    """Return the batch's collection indices as host ints.
+
+    ``collate_artworks`` sends them as a list beside the tensor, because reading the
+    tensor back after Lightning has moved the batch to the GPU waits for the GPU.
+    """
+    if "collection_list" in batch:
+        return list(batch["collection_list"])
+    return batch["collection_idx"].tolist()
 
 
 class StyleTask(FrozenDiffusionTask):
@@ -112,8 +125,8 @@ class StyleTask(FrozenDiffusionTask):
         """Return the (expanded) placeholder text for a sample of ``collection``."""
         raise NotImplementedError
 
-    def conditioning(self, batch: dict, prompts: list[str]) -> torch.Tensor:
-        """Return the text conditioning ``[B, 77, d]`` of ``prompts`` for ``batch``."""
+    def conditioning(self, batch: dict, tokens: PromptTokens) -> torch.Tensor:
+        """Return the text conditioning ``[B, 77, d]`` of the prompts ``tokens`` for ``batch``."""
         raise NotImplementedError
 
     def prompt_for(self, collection: int, template: str, caption: str | None) -> str:
@@ -124,29 +137,61 @@ class StyleTask(FrozenDiffusionTask):
         return text
 
     def build_prompts(
-        self, batch: dict, deterministic: bool = False, generator: torch.Generator | None = None
+        self, batch: dict, deterministic: bool = False, generator: random.Random | None = None
     ) -> list[str]:
-        """Prompts for a batch: templates drawn from a CPU ``generator``, or fixed per key."""
-        collections = batch["collection_idx"].tolist()
+        """Prompts for a batch: templates drawn from a host ``generator``, or fixed per key."""
+        collections = batch_collections(batch)
         captions = batch.get("caption") or [None] * len(collections)
         if deterministic:
             picks = [zlib.crc32(key.encode()) % len(self.templates) for key in batch["__key__"]]
         else:
-            picks = torch.randint(len(self.templates), (len(collections),), generator=generator)
-            picks = picks.tolist()
+            generator = generator or random.Random()
+            picks = [generator.randrange(len(self.templates)) for _ in collections]
         return [
             self.prompt_for(collection, self.templates[pick], caption)
             for collection, pick, caption in zip(collections, picks, captions, strict=True)
         ]
 
+    def template_table(self) -> TemplateTable:
+        """Every (template, collection) prompt without a caption, tokenized once on this device."""
+        table = getattr(self, "_template_table", None)
+        if table is None or table.device != self.device:
+            prompts = [
+                [template.format(self.placeholder_text(k)) for k in range(len(self.collections))]
+                for template in self.templates
+            ]
+            table = TemplateTable(self.tokenizer, prompts, self.first_placeholder_id, self.device)
+            self._template_table = table
+        return table
+
+    def training_tokens(
+        self, batch: dict, device_gen: torch.Generator, host_gen: random.Random
+    ) -> PromptTokens:
+        """Return the prompts of a training batch, with templates drawn at random.
+
+        Without captions the prompts are gathered from :meth:`template_table` with template
+        indices drawn on the device, so nothing is tokenized or copied in the step; captions
+        vary per sample, so prompts that carry one are tokenized on the host.
+        """
+        if self.hparams.use_captions and any(batch.get("caption") or ()):
+            prompts = self.build_prompts(batch, generator=host_gen)
+            return self.prompt_tokens(prompts, self.first_placeholder_id)
+        table = self.template_table()
+        count = len(batch["collection_idx"])
+        picks = torch.randint(
+            table.num_templates, (count,), generator=device_gen, device=self.device
+        )
+        return table.tokens(picks, batch["collection_idx"].to(self.device))
+
     def _batch_losses(self, batch: dict, deterministic: bool) -> torch.Tensor:
         if deterministic:  # validation: the posterior mean and fixed noise per sample key
             latents = self.batch_latents(batch, sample=False)
-            cond = self.conditioning(batch, self.build_prompts(batch, deterministic=True))
+            prompts = self.build_prompts(batch, deterministic=True)
+            cond = self.conditioning(batch, self.prompt_tokens(prompts, self.first_placeholder_id))
             return self.diffusion_loss(latents, cond, batch["__key__"])
-        device_gen, cpu_gen = self.training_generators()
+        device_gen, host_gen = self.training_generators()
         latents = self.batch_latents(batch, sample=True, generator=device_gen)
-        cond = self.conditioning(batch, self.build_prompts(batch, generator=cpu_gen))
+        cond = self.conditioning(batch, self.training_tokens(batch, device_gen, host_gen))
         return self.diffusion_loss(latents, cond, generator=device_gen)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -156,12 +201,21 @@ class StyleTask(FrozenDiffusionTask):
         batch_size = losses.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if self._is_logging_step():
-            # only on steps the logger writes: reading the indices back syncs the GPU
-            idx = batch["collection_idx"].to(losses.device)
-            for k in torch.unique(idx).tolist():
-                name = self.collections[k]
-                self.log(f"train/loss/{name}", losses[idx == k].mean(), batch_size=batch_size)
+            self._log_collection_losses(batch, losses.detach())
         return loss
+
+    def _log_collection_losses(self, batch: dict, losses: torch.Tensor) -> None:
+        """Log ``train/loss/<collection>`` for the collections in the batch.
+
+        Per-collection sums are an index add on the device, and which collections are
+        present is read from the host copy of the indices, so nothing waits for the GPU.
+        """
+        present = batch_collections(batch)
+        idx = batch["collection_idx"].to(losses.device)
+        sums = losses.new_zeros(len(self.collections)).index_add_(0, idx, losses)
+        for k in sorted(set(present)):
+            count = present.count(k)
+            self.log(f"train/loss/{self.collections[k]}", sums[k] / count, batch_size=count)
 
     def _is_logging_step(self) -> bool:
         trainer = self._trainer
@@ -218,7 +272,8 @@ class StyleTask(FrozenDiffusionTask):
         prompts = [self.prompt_for(collection, "{}", c) for c in captions or [None]]
         style = {"pixel_values": style_pixels[None].expand(len(prompts), -1, -1, -1),
                  "collection_idx": torch.tensor([collection] * len(prompts))}  # fmt: skip
-        cond = self.conditioning(style, prompts).expand(len(content), -1, -1)
+        tokens = self.prompt_tokens(prompts, self.first_placeholder_id)
+        cond = self.conditioning(style, tokens).expand(len(content), -1, -1)
         uncond = self.text_hidden_states(self.tokenize([""]))
         z0 = self.encode_latents(content, sample=False)
         if adain:

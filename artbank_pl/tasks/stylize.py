@@ -167,10 +167,6 @@ class StylizeTask(FrozenDiffusionTask):
             rows.append(table.float())
         self.register_buffer("style_table", torch.cat(rows), persistent=False)
 
-    def style_lookup(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Vectors of the style tokens at ``mask`` (ids are consecutive rows of the table)."""
-        return self.style_table[input_ids[mask] - self.first_placeholder_id]
-
     def prompt_for(self, style: str, caption: str) -> str:
         """Build one prompt: ``*`` becomes the style tokens, ``{caption}`` the caption."""
         text = self.hparams.prompt.replace("{caption}", caption or "").strip()
@@ -178,8 +174,9 @@ class StylizeTask(FrozenDiffusionTask):
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Text conditioning of prompts, with style tokens spliced in."""
-        ids = self.tokenize(prompts, self.first_placeholder_id)
-        return self.encode_text(ids, self.first_placeholder_id, self.style_lookup)
+        tokens = self.prompt_tokens(prompts, self.first_placeholder_id)
+        # the style tokens' ids are consecutive rows of the table
+        return self.encode_text(tokens, self.style_table[tokens.offsets])
 
     def style_latent(self, style: str) -> torch.Tensor:
         """Return the AdaIN reference latent of a style (style image or ``adain_reference``)."""
