@@ -80,8 +80,10 @@ class ArtworkTransform:
         train: random crop and flip (training) or centre crop (validation).
         center_crop: crop from the centre even in training.
         random_flip: flip horizontally with probability 0.5 in training.
-        cached: training reads the cached VAE moments (and CLIP features) of
-            ``artbank shards cache`` instead of decoding pixels; flip picks the mirrored cache.
+        cached: read the cached VAE moments (and CLIP features) of ``artbank shards cache``
+            (flip picks the mirrored cache). Training then decodes no pixels; validation
+            still decodes them for the callbacks that show images (``SampleGrid``), but the
+            loss is computed from the cache, without a VAE encode.
     """
 
     def __init__(
@@ -117,7 +119,8 @@ class ArtworkTransform:
             item["moments"] = from_npy(sample[f"moments{suffix}.npy"])
             if f"clip{suffix}.npy" in sample:
                 item["clip"] = from_npy(sample[f"clip{suffix}.npy"])
-            return item
+            if self.train:
+                return item
         image = resize_shorter_side(decode_image(sample), self.resolution)
         crop_rng = rng if self.train and not self.center_crop else None
         image = crop_square(image, self.resolution, crop_rng)
@@ -338,6 +341,8 @@ class ArtworkDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Endless resampled stream, ``samples_per_epoch`` per epoch, full batches only.
 
+        One iterator (and one set of worker processes) serves every epoch.
+
         Its position is saved in checkpoints (:class:`ResumableLoader`): a resumed run reads
         the batches the interrupted run would have read next.
         """
@@ -348,17 +353,33 @@ class ArtworkDataModule(LightningDataModule):
         )  # fmt: skip
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         stream = ShardStream(
-            self.train_urls, transform, True, self._samples_per_worker(), hp.shuffle_buffer, seed
+            self.train_urls,
+            transform,
+            True,
+            self._samples_per_worker(),
+            hp.shuffle_buffer,
+            seed,
+            chain_epochs=True,
         )
         args = self._loader_args(stream, hp.batch_size, drop_last=True)
-        return ResumableLoader(stream, self._training_progress, **args)
+        self._train_loader = ResumableLoader(stream, self._training_progress, **args)
+        return self._train_loader
+
+    def teardown(self, stage: str) -> None:
+        """Stop the training stream's worker processes, which live across epochs."""
+        loader = getattr(self, "_train_loader", None)
+        if loader is not None:
+            loader.close()
 
     def val_dataloader(self) -> DataLoader:
         """One deterministic pass: every validation sample exactly once over all ranks."""
         hp = self.hparams
         if self.val_urls == self.train_urls:  # said here: only a run that validates asks
             log.info("no validation split: validating on the training shards")
-        transform = ArtworkTransform(self.collection_index, hp.resolution, train=False)
+        cached = self.cache is not None and not hp.val_shards  # the manifest's own shards
+        transform = ArtworkTransform(
+            self.collection_index, hp.resolution, train=False, cached=cached
+        )
         stream = ShardStream(self.val_urls, transform)
         batch_size = hp.val_batch_size or hp.batch_size
         return DataLoader(stream, **self._loader_args(stream, batch_size, drop_last=False))

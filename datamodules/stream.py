@@ -168,6 +168,8 @@ class ShardStream(IterableDataset):
             to the end of the pass.
         shuffle: shuffle-buffer size (0 turns it off).
         seed: base seed of the shard order, shuffle and augmentation (see :func:`stream_seed`).
+        chain_epochs: with ``resample`` and ``num_samples``, go on to the next epoch's
+            items instead of stopping at the end of one (an endless iterator of epochs).
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class ShardStream(IterableDataset):
         num_samples: int | None = None,
         shuffle: int = 0,
         seed: int = 0,
+        chain_epochs: bool = False,
     ) -> None:
         super().__init__()
         if not urls:
@@ -188,6 +191,7 @@ class ShardStream(IterableDataset):
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = seed
+        self.chain_epochs = chain_epochs and resample and num_samples is not None
         self.rank, self.world_size = 0, 1
         self.skipped = 0
         self.epoch, self.skip_batches, self.batch_size = 0, 0, 1
@@ -233,13 +237,28 @@ class ShardStream(IterableDataset):
                 )
 
     def __iter__(self) -> Iterator[dict]:
+        """Yield this part's items from the set position on.
+
+        With ``chain_epochs`` the stream goes on epoch after epoch in the same worker:
+        each epoch's order is still a function of (seed, epoch, part),
+        but the worker is not forked again and starts filling the next epoch's shuffle
+        buffer while the loader still hands out the batches it queued.
+        """
         part = StreamPart.current(self.rank, self.world_size, self.skip_batches)
-        rng = random.Random(stream_seed(self.seed, self.epoch, part))
+        epoch, skip = self.epoch, self._items_to_skip()
+        while True:
+            yield from self._epoch_items(part, epoch, skip)
+            if not self.chain_epochs:
+                return
+            epoch, skip = epoch + 1, 0
+
+    def _epoch_items(self, part: StreamPart, epoch: int, skip: int) -> Iterator[dict]:
+        rng = random.Random(stream_seed(self.seed, epoch, part))
         samples = self._raw_samples(part, rng)
         if self.shuffle:
             samples = shuffle_buffer(samples, self.shuffle, rng)
         # skipped items still go through to_item: their draws from rng must happen
-        skip, produced = self._items_to_skip(), 0
+        produced = 0
         for sample in samples:
             if self.num_samples is not None and produced >= self.num_samples:
                 return

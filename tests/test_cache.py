@@ -44,7 +44,22 @@ def test_training_reads_the_cache(cached):
         loss.backward()
         assert torch.isfinite(loss)
     val = next(iter(dm.val_dataloader()))
-    assert val["pixel_values"].shape == (2, 3, 32, 32)  # validation decodes the images
+    assert val["pixel_values"].shape == (2, 3, 32, 32)  # decoded for SampleGrid's exemplars
+    assert val["moments"].shape == (2, 8, 4, 4)  # the loss reads the cache
+
+
+def test_validation_loss_comes_from_the_cache_without_a_vae_encode(cached):
+    dm = ArtworkDataModule(manifest=str(cached), resolution=32, batch_size=2, num_workers=0)
+    val = next(iter(dm.val_dataloader()))
+    task = PromptBankTask(collections=dm.collections, num_tokens=2, bank_heads=4)
+    encodes = []
+    task.vae.encoder.register_forward_pre_hook(lambda module, args: encodes.append(1))
+    from_cache = task._batch_losses(val, deterministic=True)
+    assert encodes == []
+    pixels_only = {k: v for k, v in val.items() if k != "moments"}
+    from_pixels = task._batch_losses(pixels_only, deterministic=True)
+    assert len(encodes) == 1
+    torch.testing.assert_close(from_cache, from_pixels, atol=2e-3, rtol=2e-3)
 
 
 def test_cache_of_another_resolution_or_model_is_refused(cached, capsys):

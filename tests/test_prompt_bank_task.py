@@ -352,3 +352,21 @@ def test_after_one_step_at_lr_0_every_bank_mode_exports_the_initializer(shard_di
     word = task.text_encoder.get_input_embeddings().weight[word_id].float()
     for mode, table in exported.items():
         assert (table - word).abs().max() <= 1e-6, mode
+
+
+def test_a_compiled_unet_sees_only_the_batch_sizes_it_was_compiled_for():
+    task = PromptBankTask(collections=["a", "b"], num_tokens=2, bank_heads=4, compile_unet=True)
+    seen = []
+    task.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(5, 4, 8, 8, generator=gen)
+    timesteps = torch.tensor([10, 200, 400, 600, 999])
+    context = torch.randn(5, 77, 32, generator=gen)
+    with torch.no_grad():
+        reference = task.unet(latents, timesteps, context).sample
+    seen.clear()
+    for count in (3, 2, 3, 5, 4, 1):
+        out = task.unet_forward(latents[:count], timesteps[:count], context[:count])
+        assert out.shape[0] == count
+        torch.testing.assert_close(out, reference[:count], atol=1e-5, rtol=1e-5)
+    assert seen == [3, 3, 3, 5, 5, 3]  # one new shape per larger batch, none for smaller

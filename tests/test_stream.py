@@ -1,3 +1,4 @@
+import os
 from collections import Counter
 
 import pytest
@@ -11,7 +12,7 @@ from tests.conftest import write_collections
 
 def key_and_part(sample, rng):
     info = get_worker_info()
-    return {"key": sample["__key__"], "worker": info.id if info else 0}
+    return {"key": sample["__key__"], "worker": info.id if info else 0, "pid": os.getpid()}
 
 
 def write_shards(root, num_shards, per_shard):
@@ -141,6 +142,34 @@ def test_a_loader_resumed_mid_epoch_yields_the_rest_of_that_epoch(tmp_path, work
     assert resumable_batches(urls, workers, seed=1) != epoch_0
     for skip in (1, 3, len(epoch_0) - 1):
         assert resumable_batches(urls, workers, epoch=0, skip=skip) == epoch_0[skip:], skip
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_chained_loader_keeps_its_workers_and_each_epochs_order(tmp_path, workers):
+    from artbank_pl.datamodules.resumable import ResumableLoader
+
+    urls = write_shards(tmp_path, 4, 6)
+    stream = ShardStream(urls, key_and_part, True, num_samples=8, shuffle=16, chain_epochs=True)
+    loader = ResumableLoader(
+        stream, lambda: None, batch_size=2, num_workers=workers, collate_fn=lambda b: b
+    )
+    assert loader.batches_per_epoch == 4 * max(1, workers)
+    epochs = [list(loader) for _ in range(3)]
+    for epoch, batches in enumerate(epochs):
+        keys = [[item["key"] for item in batch] for batch in batches]
+        # the same batches as a fresh loader started at that epoch
+        assert keys == resumable_batches(urls, workers, epoch=epoch, skip=0), epoch
+    pids = [{item["pid"] for batch in batches for item in batch} for batches in epochs]
+    assert pids[0] == pids[1] == pids[2]  # the workers were not forked again
+    assert (os.getpid() in pids[0]) == (workers == 0)
+    loader.load_state_dict({"epoch": 1, "batches": 3})  # a resume starts a new iterator there
+    resumed = [[item["key"] for item in batch] for batch in loader]
+    assert resumed == resumable_batches(urls, workers, epoch=1, skip=0)[3:]
+    live = loader._live.batches
+    loader.close()
+    assert loader._live is None
+    if workers:
+        assert not any(worker.is_alive() for worker in live._workers)
 
 
 @pytest.mark.parametrize("workers", [0, 2, 3])

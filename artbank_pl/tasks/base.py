@@ -371,10 +371,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         noise, timesteps = self._noise_and_timesteps(latents, keys, generator)
         abar = self.alphas_cumprod(timesteps)
         noisy = diffusion.add_noise(latents, noise, abar)
-        dtype = self.unet.dtype
-        with outside_autocast(self.device):
-            pred = self.unet(noisy.to(dtype), timesteps, encoder_hidden_states.to(dtype)).sample
-        pred = pred.float()
+        pred = self.unet_forward(noisy, timesteps, encoder_hidden_states)
         target = diffusion.training_target(self.prediction_type, latents, noise, abar)
         losses = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         gamma = self.hparams.min_snr_gamma

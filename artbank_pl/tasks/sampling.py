@@ -99,6 +99,14 @@ def _abar_at(sampler: SchedulerMixin, timestep: torch.Tensor) -> float:
     return float(sampler.alphas_cumprod[int(timestep)])
 
 
+def pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` with copies of its last row appended up to ``size`` rows (no gradient to them)."""
+    missing = size - x.shape[0]
+    if missing <= 0:
+        return x
+    return torch.cat([x, x[-1:].detach().expand(missing, *x.shape[1:])])
+
+
 class SamplingMixin:
     """Sampling for a task that has ``unet``, ``noise_scheduler`` and ``prediction_type``."""
 
@@ -116,17 +124,42 @@ class SamplingMixin:
         unconditional and conditional halves run as one batch (diffusers guides only when
         ``s > 1``; so do we).
         """
-        dtype = self.unet.dtype
         t = timestep.to(latents.device).expand(latents.shape[0])
         if uncond is None or guidance_scale <= 1.0:
-            with outside_autocast(latents.device):
-                return self.unet(latents.to(dtype), t, cond.to(dtype)).sample.float()
-        both = torch.cat([latents, latents]).to(dtype)
-        context = torch.cat([uncond.expand_as(cond), cond]).to(dtype)
-        with outside_autocast(latents.device):
-            out = self.unet(both, torch.cat([t, t]), context).sample.float()
-        out_u, out_c = out.chunk(2)
+            return self.unet_forward(latents, t, cond)
+        both = torch.cat([latents, latents])
+        context = torch.cat([uncond.expand_as(cond), cond])
+        out_u, out_c = self.unet_forward(both, torch.cat([t, t]), context).chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
+
+    def unet_forward(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        """Return the frozen UNet's float32 output, run in its own dtype outside autocast.
+
+        A compiled UNet (``compile_unet``) is compiled for static shapes: a batch smaller
+        than a size it was compiled for (the last batch of an epoch or a dataset, a
+        validation or sample-grid batch) is padded to that size with copies of its last
+        row, whose outputs are dropped, instead of compiling the UNet once more.
+        """
+        count = latents.shape[0]
+        size = self._compiled_batch_size(count)
+        latents, timesteps, context = (pad_rows(x, size) for x in (latents, timesteps, context))
+        dtype = self.unet.dtype
+        with outside_autocast(latents.device):
+            out = self.unet(latents.to(dtype), timesteps, context.to(dtype)).sample
+        return out[:count].float()
+
+    def _compiled_batch_size(self, count: int) -> int:
+        """Return the batch size to run ``count`` rows at: the smallest compiled one that fits."""
+        if not getattr(self.hparams, "compile_unet", False):
+            return count
+        sizes = self.__dict__.setdefault("_unet_batch_sizes", set())
+        fitting = [size for size in sizes if size >= count]
+        if fitting:
+            return min(fitting)
+        sizes.add(count)  # a new static shape: compiled once, reused from now on
+        return count
 
     def ddim_invert(
         self, z0: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, steps: int
