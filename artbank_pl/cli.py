@@ -41,8 +41,13 @@ def _export(argv: Sequence[str]) -> int:
     parser.add_argument("--ckpt", "--ckpt-path", required=True, help="Lightning checkpoint (.ckpt)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument(
+        "--raw", action="store_true",
+        help="export the raw weights, not the TrainablesEMA average a checkpoint holds",
+    )  # fmt: skip
     opts = parser.parse_args(argv)
-    paths = write_embeddings(bank_embeddings_from_checkpoint(opts.ckpt), opts.output, opts.formats)
+    styles = bank_embeddings_from_checkpoint(opts.ckpt, averaged=not opts.raw)
+    paths = write_embeddings(styles, opts.output, opts.formats)
     for path in paths:
         print(path)
     return 0

@@ -14,6 +14,7 @@ Every file records its collection, placeholder and vector count in the safetenso
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from artbank_pl.atomic import atomic_write
 from artbank_pl.errors import ArtbankError
 from artbank_pl.modules import ImplicitStylePromptBank
 from artbank_pl.tokenizer import placeholder_token
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("diffusers", "a1111")
 
@@ -93,15 +96,33 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from err
 
 
-def bank_embeddings_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def averaged_state(checkpoint: dict) -> dict[str, torch.Tensor] | None:
+    """Return the ``TrainablesEMA`` average a loaded checkpoint holds, by parameter name."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if str(key).startswith("TrainablesEMA") and isinstance(state, dict):
+            return state.get("average")
+    return None
+
+
+def bank_embeddings_from_checkpoint(
+    path: str | Path, averaged: bool = True
+) -> dict[str, torch.Tensor]:
     """Rebuild the prompt bank of a ``PromptBankTask`` checkpoint and read its embeddings.
 
     Needs no Stable Diffusion weights: the bank's shape and options come from the
     checkpoint's hyperparameters and tensors.
+
+    Args:
+        path: the checkpoint.
+        averaged: read the ``TrainablesEMA`` average when the checkpoint has one.
     """
     ckpt = load_checkpoint(path)
     hparams = ckpt.get("hyper_parameters") or {}
     state = ckpt.get("state_dict") or {}
+    average = averaged_state(ckpt) if averaged else None
+    if average:
+        log.info("%s: exporting the TrainablesEMA average (--raw for the raw weights)", path)
+        state = state | average
     bank_state = {k.removeprefix("bank."): v for k, v in state.items() if k.startswith("bank.")}
     if "prompts" not in bank_state or not hparams.get("collections"):
         raise CheckpointError(f"{path} is not a PromptBankTask checkpoint (no bank or collections)")

@@ -1,5 +1,6 @@
-"""Lightning callbacks: exports, loss curve, progress, sample grids, image writer, preemption."""
+"""Lightning callbacks: exports, EMA, loss curve, progress, sample grids, writer, preemption."""
 
+from artbank_pl.callbacks.ema import TrainablesEMA
 from artbank_pl.callbacks.export import EmbeddingExport
 from artbank_pl.callbacks.loss_curve import LossCurve
 from artbank_pl.callbacks.prediction_writer import StylizedImageWriter
@@ -14,4 +15,5 @@ __all__ = [
     "LossCurve",
     "SampleGrid",
     "StylizedImageWriter",
+    "TrainablesEMA",
 ]

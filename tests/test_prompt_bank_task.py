@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from safetensors.torch import load_file
 
 from artbank_pl.datamodules import ArtworkDataModule
 from artbank_pl.errors import ConfigError
@@ -370,3 +371,73 @@ def test_a_compiled_unet_sees_only_the_batch_sizes_it_was_compiled_for():
         assert out.shape[0] == count
         torch.testing.assert_close(out, reference[:count], atol=1e-5, rtol=1e-5)
     assert seen == [3, 3, 3, 5, 5, 3]  # one new shape per larger batch, none for smaller
+
+
+class RecordTrainables(Callback):
+    """The trainable weights after each optimizer step (placed before the EMA)."""
+
+    def __init__(self):
+        self.start, self.steps = None, []
+
+    def on_fit_start(self, trainer, pl_module):
+        self.start = [p.detach().clone() for p in pl_module.trainable_parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append([p.detach().clone() for p in pl_module.trainable_parameters()])
+
+
+def test_the_ema_of_the_trainables_is_validated_kept_exported_and_resumed(shard_dir, tmp_path):
+    from artbank_pl.callbacks import EmbeddingExport, TrainablesEMA
+    from artbank_pl.export import bank_embeddings_from_checkpoint
+
+    def fit(max_steps, ckpt_path=None):
+        task = PromptBankTask(collections=list(COLLECTIONS), num_tokens=2, bank_heads=4, lr=0.05)
+        record, ema = RecordTrainables(), TrainablesEMA(decay=0.5, warmup=False)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        fitter = trainer(
+            tmp_path, max_steps, enable_checkpointing=True,
+            callbacks=[record, ema, EmbeddingExport(dirpath=str(tmp_path / "emb")), checkpoint],
+        )  # fmt: skip
+        fitter.fit(task, datamodule(shard_dir), ckpt_path=ckpt_path)
+        return task, record, ema
+
+    task, record, ema = fit(3)
+    expected = record.start
+    assert ema.names == [n for n, p in task.named_parameters() if p.requires_grad]
+    assert sum(t.numel() for t in ema.average) == sum(p.numel() for p in expected)
+    for weights in record.steps:
+        expected = [0.5 * e + 0.5 * w for e, w in zip(expected, weights, strict=True)]
+    raw_last = record.steps[-1]
+    for param, average, raw in zip(task.trainable_parameters(), expected, raw_last, strict=True):
+        torch.testing.assert_close(param.detach(), average)  # the module ends averaged
+        assert not torch.equal(average, raw)
+    exported = load_file(tmp_path / "emb" / "diffusers" / "monet.safetensors")
+    torch.testing.assert_close(next(iter(exported.values())), task.embeddings()["monet"])
+    last = tmp_path / "ckpt" / "last.ckpt"
+    from_ckpt = bank_embeddings_from_checkpoint(last)
+    torch.testing.assert_close(from_ckpt["monet"], task.embeddings()["monet"])
+    raw = bank_embeddings_from_checkpoint(last, averaged=False)["monet"]
+    assert not torch.allclose(raw, from_ckpt["monet"])
+    _, record, ema = fit(4, ckpt_path=str(last))  # the resumed average goes on from the saved
+    assert ema.updates == 4 and len(record.steps) == 1
+    expected = [0.5 * e + 0.5 * w for e, w in zip(expected, record.steps[0], strict=True)]
+    for average, wanted in zip(ema.average, expected, strict=True):
+        torch.testing.assert_close(average, wanted)
+
+
+def test_validation_runs_with_the_average_and_training_goes_on_with_the_raw_weights():
+    from artbank_pl.callbacks import TrainablesEMA
+
+    module = torch.nn.Linear(3, 2)
+    ema = TrainablesEMA(decay=0.9, warmup=False)
+    ema.on_fit_start(None, module)
+    raw = [p.detach().clone() + 1 for p in module.parameters()]
+    with torch.no_grad():
+        for param, value in zip(module.parameters(), raw, strict=True):
+            param.copy_(value)
+    average = [a.clone() for a in ema.average]
+    ema.on_validation_start(None, module)
+    assert all(torch.equal(p, a) for p, a in zip(module.parameters(), average, strict=True))
+    ema.on_validation_end(None, module)
+    assert all(torch.equal(p, r) for p, r in zip(module.parameters(), raw, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(ema.average, average, strict=True))
