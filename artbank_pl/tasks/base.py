@@ -343,11 +343,12 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
 
     def alphas_cumprod(self, timesteps: torch.Tensor) -> torch.Tensor:
         """``abar_t`` of ``timesteps`` (float32), from a table copied to the device once."""
-        table = getattr(self, "_abar_table", None)
-        if table is None or table.device != timesteps.device:
-            table = upload(self.noise_scheduler.alphas_cumprod.float(), timesteps.device)
-            self._abar_table = table
-        return table[timesteps]
+        source = self.noise_scheduler.alphas_cumprod
+        cached = getattr(self, "_abar_table", None)  # (source table, its device copy)
+        if cached is None or cached[0] is not source or cached[1].device != timesteps.device:
+            cached = (source, upload(source.float(), timesteps.device))
+            self._abar_table = cached
+        return cached[1][timesteps]
 
     def diffusion_loss(
         self,
