@@ -22,5 +22,5 @@ def upload(data, device: torch.device | str, dtype: torch.dtype | None = None) -
     host = data if torch.is_tensor(data) else torch.tensor(data, dtype=dtype)
     device = torch.device(device)
     if device.type != "cuda" or host.device.type != "cpu":
-        return host if host.device == device else host.to(device)
+        return host.to(device)  # the same tensor when it is there already
     return host.pin_memory().to(device, non_blocking=True)

@@ -278,7 +278,7 @@ def step_flops(task, data, args) -> float:
     return counter.get_total_flops()
 
 
-def time_training(args, clock, tasks: dict, data: dict) -> dict[str, dict]:
+def time_training(args, clock, rows: dict) -> dict[str, dict]:
     """Every training row, alternating, ``args.rounds`` times; then its FLOPs per step.
 
     Each round builds each row afresh and times it, so drift on a shared machine hits every
@@ -287,29 +287,28 @@ def time_training(args, clock, tasks: dict, data: dict) -> dict[str, dict]:
     Args:
         args: the command-line options.
         clock: the clock of the device.
-        tasks: row name to a builder of its task (``None``: the diffusers peer).
-        data: row name to a builder of its datamodule.
+        rows: row name to ``(loop, task builder, datamodule builder)``, ``loop`` being
+            :func:`run_lightning` or :func:`run_bare`; ``None`` for the diffusers peer.
 
     Returns:
         Row name to ``{"times", "memory", "flops"}``.
     """
-    results = {name: {"times": [], "memory": None} for name in tasks}
+    results = {name: {"times": [], "memory": None} for name in rows}
     for _ in range(args.rounds):
-        for name, build in tasks.items():
+        for name, row in rows.items():
             reset_memory(args.device)
-            if build is None:
-                times, flops = time_peer(args, clock)
-                results[name]["flops"] = flops
-            elif name.startswith("e."):
-                times = run_bare(build(), data[name](), args, clock)
+            if row is None:
+                times, results[name]["flops"] = time_peer(args, clock)
             else:
-                times = run_lightning(build(), data[name](), args, clock)
+                loop, build, data = row
+                times = loop(build(), data(), args, clock)
             results[name]["times"] += times
             results[name]["memory"] = peak_memory_gib(args.device)
             gc.collect()
-    for name, build in tasks.items():
-        if build is not None:
-            results[name]["flops"] = step_flops(build(), data[name](), args)
+    for name, row in rows.items():
+        if row is not None:
+            _, build, data = row
+            results[name]["flops"] = step_flops(build(), data(), args)
     return results
 
 
@@ -470,10 +469,13 @@ def main(argv=None) -> None:
         )  # fmt: skip
 
     names = TRAINING_ROWS
-    tasks = {names["a"]: None, names["e"]: bank, names["b"]: bank, names["g"]: bank,
-             names["c"]: inverter}  # fmt: skip
-    sources = {name: data for name in tasks} | {names["g"]: lambda: data(cached)}
-    training = time_training(args, clock, tasks, sources)
+    training = time_training(args, clock, {
+        names["a"]: None,
+        names["e"]: (run_bare, bank, data),
+        names["b"]: (run_lightning, bank, data),
+        names["g"]: (run_lightning, bank, lambda: data(cached)),
+        names["c"]: (run_lightning, inverter, data),
+    })  # fmt: skip
     from artbank_pl.export import write_embeddings
 
     write_embeddings(bank().embeddings(), root / "export", formats=("diffusers",))

@@ -42,22 +42,20 @@ class TrainablesEMA(Callback):
         self.updates = 0
         self.names: list[str] = []
         self.average: list[torch.Tensor] | None = None
-        self._loaded: list[torch.Tensor] | None = None
+        self.params: list[torch.nn.Parameter] = []
+        self._loaded: dict[str, torch.Tensor] | None = None
         self._swapped = False
 
-    @staticmethod
-    def _named_params(pl_module: LightningModule) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
-
-    def _params(self, pl_module: LightningModule) -> list[torch.nn.Parameter]:
-        return list(self._named_params(pl_module).values())
-
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the average at the current weights, or at the checkpoint's average."""
-        named = self._named_params(pl_module)
-        self.names = list(named)
+        """Start the average at the current weights, or at the checkpoint's average.
+
+        The trainables are listed once here: walking the module's parameters each step
+        would visit every frozen Stable Diffusion tensor too.
+        """
+        named = {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+        self.names, self.params = list(named), list(named.values())
         if self._loaded is None:
-            self.average = [p.detach().float().clone() for p in named.values()]
+            self.average = [p.detach().float().clone() for p in self.params]
             return
         loaded, self._loaded = self._loaded, None
         if list(loaded) != self.names or any(loaded[n].shape != p.shape for n, p in named.items()):
@@ -77,14 +75,14 @@ class TrainablesEMA(Callback):
         """Fold the weights of this optimizer step into the average."""
         if trainer.fit_loop._should_accumulate() or trainer.global_step % self.every_n_steps:
             return
-        params = [p.detach().float() for p in self._params(pl_module)]
+        params = [p.detach().float() for p in self.params]
         torch._foreach_lerp_(self.average, params, 1.0 - self.current_decay())
         self.updates += 1
 
-    def _swap(self, pl_module: LightningModule) -> None:
+    def _swap(self) -> None:
         """Exchange the module's trainables and the average (an involution)."""
         with torch.no_grad():
-            for param, average in zip(self._params(pl_module), self.average, strict=True):
+            for param, average in zip(self.params, self.average, strict=True):
                 raw = param.detach().float().clone()
                 param.copy_(average)
                 average.copy_(raw)
@@ -93,19 +91,19 @@ class TrainablesEMA(Callback):
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Validate with the averaged weights."""
         if self.average is not None and not self._swapped:
-            self._swap(pl_module)
+            self._swap()
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Put the raw weights back for training."""
         if self._swapped:
-            self._swap(pl_module)
+            self._swap()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Leave the module with the averaged weights (before ``on_fit_end`` exports)."""
         if self.average is None:
             return
         with torch.no_grad():
-            for param, average in zip(self._params(pl_module), self.average, strict=True):
+            for param, average in zip(self.params, self.average, strict=True):
                 param.copy_(average)
 
     def state_dict(self) -> dict:

@@ -441,3 +441,20 @@ def test_validation_runs_with_the_average_and_training_goes_on_with_the_raw_weig
     ema.on_validation_end(None, module)
     assert all(torch.equal(p, r) for p, r in zip(module.parameters(), raw, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(ema.average, average, strict=True))
+
+
+def test_the_template_table_gives_the_tokens_of_the_same_prompts_tokenized(tiny_task):
+    from artbank_pl.tasks.prompts import tokenize_prompts
+
+    table = tiny_task.template_table()
+    templates = torch.tensor([0, 8, 3, 0])  # template 8 is the placeholder alone
+    collections = torch.tensor([1, 0, 1, 0])
+    gathered = table.tokens(templates, collections)
+    prompts = [
+        tiny_task.templates[t].format(tiny_task.placeholder_text(k))
+        for t, k in zip(templates.tolist(), collections.tolist(), strict=True)
+    ]
+    expected = tokenize_prompts(tiny_task.tokenizer, prompts, tiny_task.first_placeholder_id, "cpu")
+    for field in ("ids", "rows", "cols", "offsets"):
+        assert torch.equal(getattr(gathered, field), getattr(expected, field)), field
+    assert expected.count == 4 * tiny_task.bank.num_tokens

@@ -35,14 +35,14 @@ class PromptTokens:
         rows: ``[M]`` prompt (row) of each placeholder token.
         cols: ``[M]`` position (column) of each placeholder token.
         offsets: ``[M]`` each placeholder token's id minus ``first_placeholder_id``.
-        first_placeholder_id: the smallest placeholder id.
+        first_placeholder_id: the smallest placeholder id (``None``: no placeholders).
     """
 
     ids: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
     offsets: torch.Tensor
-    first_placeholder_id: int
+    first_placeholder_id: int | None
 
     @property
     def count(self) -> int:
@@ -51,6 +51,8 @@ class PromptTokens:
 
     def vocabulary_ids(self) -> torch.Tensor:
         """Return the ids with every placeholder replaced by an in-vocabulary id (spliced over)."""
+        if self.first_placeholder_id is None:
+            return self.ids
         return self.ids.masked_fill(self.ids >= self.first_placeholder_id, 0)
 
 
@@ -97,13 +99,13 @@ def tokenize_prompts(
     """Tokenize prompts on the host and copy ids and placeholder positions in one copy."""
     rows = token_rows(tokenizer, prompts, first_placeholder_id)
     places = placeholder_positions(rows, first_placeholder_id)
-    length = len(rows[0]) if rows else tokenizer.model_max_length
+    length = tokenizer.model_max_length
     columns = [v for column in zip(*places, strict=True) for v in column]  # rows, cols, offsets
     flat = [token for ids in rows for token in ids] + columns
     packed = upload(flat, device, torch.long)
     ids, rest = packed[: len(rows) * length].view(len(rows), length), packed[len(rows) * length :]
     row, col, offset = rest.view(3, len(places)) if places else rest.new_empty(3, 0)
-    return PromptTokens(ids, row, col, offset, first_placeholder_id or 0)
+    return PromptTokens(ids, row, col, offset, first_placeholder_id)
 
 
 class TemplateTable:
@@ -131,17 +133,16 @@ class TemplateTable:
         flat = [p for row in prompts for p in row]
         rows = token_rows(tokenizer, flat, first_placeholder_id)
         count = len(prompts[0])
-        starts, width = [], None
-        for t in range(len(prompts)):
-            for k in range(count):
-                cols = [c for c, i in enumerate(rows[t * count + k]) if i >= first_placeholder_id]
-                if not cols or cols != list(range(cols[0], cols[0] + len(cols))):
-                    raise ValueError(f"prompt {prompts[t][k]!r}: placeholder is not one run")
-                if k == 0:
-                    starts.append(cols[0])
-                if (cols[0], len(cols)) != (starts[t], width or len(cols)):
-                    raise ValueError(f"prompt {prompts[t][k]!r}: placeholder moves with the style")
-                width = len(cols)
+        found = [[c for c, i in enumerate(ids) if i >= first_placeholder_id] for ids in rows]
+        starts = [found[t * count][0] if found[t * count] else 0 for t in range(len(prompts))]
+        width = len(found[0])
+        for i, (prompt, cols) in enumerate(zip(flat, found, strict=True)):
+            start = starts[i // count]
+            if not width or cols != list(range(start, start + width)):
+                raise ValueError(
+                    f"prompt {prompt!r}: its placeholder tokens are not the run of {width} at "
+                    f"column {start} that every prompt of its template must share"
+                )
         self.first_placeholder_id = first_placeholder_id
         self.device = torch.device(device)
         self.ids = upload(rows, device, torch.long).view(len(prompts), count, -1)

@@ -154,7 +154,9 @@ class SamplingMixin:
         """Return the batch size to run ``count`` rows at: the smallest compiled one that fits."""
         if not getattr(self.hparams, "compile_unet", False):
             return count
-        sizes = self.__dict__.setdefault("_unet_batch_sizes", set())
+        sizes = getattr(self, "_unet_batch_sizes", None)
+        if sizes is None:
+            sizes = self._unet_batch_sizes = set()
         fitting = [size for size in sizes if size >= count]
         if fitting:
             return min(fitting)
