@@ -35,6 +35,8 @@ demo: $(STAMP)
 	$(ARTBANK) shards build --input $(DEMO)/inst-images/collections \
 		--output $(DEMO)/inst-shards --size 32 --format png
 	$(ARTBANK) fit --config quickstart-inst
+	$(ARTBANK) export --ckpt $(DEMO)/inst/checkpoints/last.ckpt --output $(DEMO)/inst/export \
+		--style-images $(DEMO)/inst-images/collections/dotted/0000.png
 	# 4. stylize the photographs with the bank and with the inverter, then a side-by-side grid
 	$(ARTBANK) predict --config stylize-quickstart
 	$(ARTBANK) predict --config stylize-quickstart \

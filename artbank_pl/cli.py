@@ -25,28 +25,39 @@ TOOLS_HELP = """data tools (not LightningCLI):
   artbank shards build --input DIR --output DIR   build WebDataset shards + manifest
   artbank shards cache --manifest M --output DIR --pretrained P --resolution R
                                                    cache VAE latents / CLIP features
-  artbank export --ckpt FILE --output DIR          write per-collection embedding files
+  artbank export --ckpt FILE --output DIR [--style-images IMG...]
+                                                   write per-style embedding files
   artbank grid MANIFEST... --output PNG            content | stylized grid
   artbank configs list | show NAME                 the shipped configs (--config NAME)
   artbank world images | pretrain | judges         the planted style world"""
 
 
 def _export(argv: Sequence[str]) -> int:
-    from artbank_pl.export import FORMATS, bank_embeddings_from_checkpoint, write_embeddings
+    from artbank_pl.export import FORMATS, write_embeddings
+    from artbank_pl.styles import checkpoint_styles
 
     parser = ToolParser(
         prog="artbank export",
-        description="Write per-collection embedding files from a PromptBankTask checkpoint.",
+        description="Write per-style embedding files (diffusers and A1111/ComfyUI) from a "
+        "PromptBankTask checkpoint (one per collection) or from an InverterTask checkpoint "
+        "and style images (one per image, named by its stem).",
     )
     parser.add_argument("--ckpt", "--ckpt-path", required=True, help="Lightning checkpoint (.ckpt)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument(
+        "--style-images", nargs="+", metavar="IMAGE",
+        help="style images to invert (InverterTask checkpoints only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--vision-model", help="CLIP vision model of the inverter (default: its training one)"
+    )
+    parser.add_argument(
         "--raw", action="store_true",
         help="export the raw weights, not the TrainablesEMA average a checkpoint holds",
     )  # fmt: skip
     opts = parser.parse_args(argv)
-    styles = bank_embeddings_from_checkpoint(opts.ckpt, averaged=not opts.raw)
+    styles = checkpoint_styles(opts.ckpt, opts.style_images, opts.vision_model, not opts.raw)
     paths = write_embeddings(styles, opts.output, opts.formats)
     for path in paths:
         print(path)

@@ -1,6 +1,8 @@
-"""Export prompt-bank embeddings as files that diffusers, AUTOMATIC1111 and ComfyUI load.
+"""Export style embeddings as files that diffusers, AUTOMATIC1111 and ComfyUI load.
 
-Per collection, two safetensors files:
+The styles are a prompt bank's collections, or style images turned into embeddings by an
+InST inverter (:func:`artbank_pl.styles.checkpoint_styles`). Per style, two safetensors
+files (``<name>`` is the collection, or the style image's stem):
 
 - ``diffusers/<name>.safetensors``: ``{placeholder: tensor[n, d]}``, read by
   ``pipe.load_textual_inversion(path)`` (tokens ``<name>``, ``<name>_1``, ...);
@@ -125,7 +127,12 @@ def bank_embeddings_from_checkpoint(
         state = state | average
     bank_state = {k.removeprefix("bank."): v for k, v in state.items() if k.startswith("bank.")}
     if "prompts" not in bank_state or not hparams.get("collections"):
-        raise CheckpointError(f"{path} is not a PromptBankTask checkpoint (no bank or collections)")
+        hint = (
+            ": an InverterTask checkpoint exports with style images (--style-images)"
+            if any(k.startswith("inverter.") for k in state)
+            else " (no bank or collections)"
+        )
+        raise CheckpointError(f"{path} is not a PromptBankTask checkpoint{hint}")
     num_collections, num_tokens, dim = bank_state["prompts"].shape
     bank = ImplicitStylePromptBank(
         num_collections,

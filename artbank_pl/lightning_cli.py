@@ -55,6 +55,9 @@ class ArtbankCLI(LightningCLI):
         check_strategy(config.get("trainer.strategy"))
         check_loggers(config.get("trainer.logger"))
         model_args, data = config.get("model.init_args"), config.get("data")
+        model = config.get("model")
+        if self.subcommand == "test" and getattr(model, "class_path", None):
+            check_test_loop(import_object(model.class_path))
         if model_args is None or data is None:
             return
         data_class = import_object(data.class_path)
@@ -166,6 +169,18 @@ def check_loggers(logger: object) -> None:
         if not any(importlib.util.find_spec(m) for m in modules):
             install = f"pip install 'artbank-pl[{extra}]'" if extra else f"pip install {modules[0]}"
             raise ConfigError(f"trainer.logger {short} needs {modules[0]}: {install}")
+
+
+def check_test_loop(model_class: type) -> None:
+    """Fail in one line if ``artbank test`` is given a model without a test loop."""
+    if model_class.test_step is LightningModule.test_step:
+        hint = (
+            "; artbank test evaluates stylization with artbank_pl.tasks.EvaluateTask "
+            "(--config evaluate-quickstart)"
+            if model_class.__name__ == "StylizeTask"
+            else ""
+        )
+        raise ConfigError(f"model {model_class.__name__} has no test loop{hint}")
 
 
 def check_ckpt_path(ckpt_path: object) -> list[str] | None:

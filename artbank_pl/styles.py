@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.export import (
     CheckpointError,
+    averaged_state,
     bank_embeddings_from_checkpoint,
     file_stem,
     load_checkpoint,
@@ -155,17 +156,23 @@ def select_styles(
     return {n: styles[n] if n in styles else styles[by_stem[file_stem(n)]] for n in names}
 
 
-def load_inverter(path: str | Path) -> tuple[AttentionInverter, dict]:
+def load_inverter(path: str | Path, averaged: bool = True) -> tuple[AttentionInverter, dict]:
     """Rebuild an ``InverterTask``'s inverter from its checkpoint.
+
+    Args:
+        path: the checkpoint.
+        averaged: read the ``TrainablesEMA`` average when the checkpoint has one.
 
     Returns:
         The inverter in eval mode, and the checkpoint's hyperparameters.
     """
     ckpt = load_checkpoint(path)
     hparams = ckpt.get("hyper_parameters") or {}
+    state = ckpt.get("state_dict") or {}
+    average = averaged_state(ckpt) if averaged else None
     state = {
         k.removeprefix("inverter."): v
-        for k, v in (ckpt.get("state_dict") or {}).items()
+        for k, v in (state | (average or {})).items()
         if k.startswith("inverter.")
     }
     if "queries" not in state:
@@ -181,6 +188,57 @@ def load_inverter(path: str | Path) -> tuple[AttentionInverter, dict]:
     )
     inverter.load_state_dict(state)
     return inverter.eval(), hparams
+
+
+def invert_style_images(
+    checkpoint: str | Path,
+    images: list[str],
+    vision_model: str | None = None,
+    averaged: bool = True,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Turn style images into pseudo-word embeddings with an ``InverterTask`` checkpoint.
+
+    Args:
+        checkpoint: the inverter's checkpoint.
+        images: style images; each becomes a style named by :func:`style_image_names`.
+        vision_model: CLIP vision model (default: the one the inverter was trained with).
+        averaged: use the checkpoint's ``TrainablesEMA`` average when it has one.
+
+    Returns:
+        ``{style: [n, d]}`` and the name of the vision model used.
+    """
+    # CLIP's vision model needs transformers, which `artbank export` of a bank does not
+    from artbank_pl.vision import image_features, load_vision_encoder
+
+    inverter, hparams = load_inverter(checkpoint, averaged)
+    vision_model = vision_model or hparams.get("vision_model", "tiny")
+    vision = load_vision_encoder(vision_model)
+    kind = hparams.get("image_features", "patch")
+    styles = {}
+    for name, path in style_image_names(images).items():
+        with torch.no_grad():
+            styles[name] = inverter(image_features(vision, load_image(path), kind))[0]
+    return styles, vision_model
+
+
+def checkpoint_styles(
+    checkpoint: str | Path,
+    style_images: list[str] | None = None,
+    vision_model: str | None = None,
+    averaged: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Per-style embeddings ``{name: [n, d]}`` of a checkpoint, as ``artbank export`` writes them.
+
+    Args:
+        checkpoint: a ``PromptBankTask`` checkpoint (one style per collection), or an
+            ``InverterTask`` checkpoint when ``style_images`` are given (one per image).
+        style_images: style images to invert.
+        vision_model: CLIP vision model of the inverter (default: its training one).
+        averaged: read the ``TrainablesEMA`` average when the checkpoint has one.
+    """
+    if style_images:
+        return invert_style_images(checkpoint, style_images, vision_model, averaged)[0]
+    return bank_embeddings_from_checkpoint(checkpoint, averaged)
 
 
 def load_image(path: str | Path, max_side: int = 1024) -> torch.Tensor:

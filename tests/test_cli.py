@@ -32,6 +32,33 @@ def test_fit_help_shows_docstrings(capsys):
     assert "min-SNR-gamma" in out
 
 
+EVALUATION_OPTIONS = ("metrics_model", "exemplars", "report_dir", "sweep_strengths", "judges")
+
+
+def test_predict_help_shows_only_what_predict_uses(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--model.help", "artbank_pl.tasks.StylizeTask"])
+    stylize_help = capsys.readouterr().out
+    assert "--model.strength" in stylize_help
+    for option in EVALUATION_OPTIONS:
+        assert f"--model.{option}" not in stylize_help
+    with pytest.raises(SystemExit):
+        main(["test", "--model.help", "artbank_pl.tasks.EvaluateTask"])
+    evaluate_help = capsys.readouterr().out
+    for option in ("strength", "inversion", *EVALUATION_OPTIONS):  # the stylizer's too
+        assert f"--model.{option}" in evaluate_help
+
+
+def test_testing_a_model_without_a_test_loop_names_the_evaluator(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main([
+            "test", "--model", "artbank_pl.tasks.StylizeTask", "--model.bank", str(tmp_path),
+            "--data", "artbank_pl.datamodules.ContentDataModule", "--data.content", str(tmp_path),
+        ])  # fmt: skip
+    assert "StylizeTask has no test loop" in str(info.value.code)
+    assert "artbank_pl.tasks.EvaluateTask" in str(info.value.code)
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_parses(config, capsys):
     with pytest.raises(SystemExit) as info:

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from artbank_pl.export import CheckpointError, bank_embeddings_from_checkpoint, write_embeddings
 from artbank_pl.sd import build_tiny_parts
-from artbank_pl.styles import load_bank_styles
+from artbank_pl.styles import load_bank_styles, style_image_names
 from artbank_pl.tokenizer import placeholder_token, token_strings
 
 
@@ -147,3 +147,40 @@ def test_a_bank_continues_exported_embeddings(tiny_task, tmp_path, bank_attentio
     save_file({"<x>": torch.full((2, 32), float("nan"))}, tmp_path / "nan.safetensors")
     with pytest.raises(CheckpointError, match="nan.safetensors holds NaN or infinite"):
         PromptBankTask(collections=["a"], init_embeddings=str(tmp_path / "nan.safetensors"), **args)
+
+
+def test_an_inverter_exports_style_images_to_the_same_files(shard_dir, image_root, tmp_path):
+    from lightning.pytorch import seed_everything
+
+    from artbank_pl.cli import main
+    from artbank_pl.datamodules import ArtworkDataModule
+    from artbank_pl.tasks import InverterTask, StylizeTask
+
+    seed_everything(0, verbose=False)
+    task = InverterTask(collections=["hokusai", "monet"], vision_model="tiny", inverter_heads=4)
+    data = ArtworkDataModule(manifest=str(shard_dir / "manifest.json"), resolution=64,
+                             batch_size=2, num_workers=0, samples_per_epoch=4)  # fmt: skip
+    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(task, data)
+    ckpt = tmp_path / "inst.ckpt"
+    trainer.save_checkpoint(ckpt)
+    images = [str(sorted((image_root / name).glob("*.png"))[0]) for name in ("monet", "hokusai")]
+    stems = list(style_image_names(images))  # monet-img00, hokusai-img00: one stem, 2 folders
+    assert main(["export", "--ckpt", str(ckpt), "--style-images", *images,
+                 "--output", str(tmp_path / "out")]) == 0  # fmt: skip
+    # the files the stylizer's own inversion of those images gives, loadable as a bank
+    stylizer = StylizeTask(inverter=str(ckpt), style_images=images)
+    exported = StylizeTask(bank=str(tmp_path / "out/diffusers"), collections=stems)
+    assert torch.equal(exported.style_table, stylizer.style_table)
+    pipe = tiny_pipeline()
+    for stem in stems:
+        rows = load_file(tmp_path / f"out/a1111/artbank-{stem}.safetensors")["emb_params"]
+        pipe.load_textual_inversion(tmp_path / f"out/diffusers/{stem}.safetensors")
+        ids = pipe.tokenizer.convert_tokens_to_ids(
+            token_strings(placeholder_token(stem), len(rows))
+        )
+        assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], rows)
+    # the inverter's checkpoint without images is refused by name
+    with pytest.raises(SystemExit, match="InverterTask checkpoint exports with style images"):
+        main(["export", "--ckpt", str(ckpt), "--output", str(tmp_path / "none")])

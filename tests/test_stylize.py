@@ -14,7 +14,7 @@ from PIL import Image
 from artbank_pl.callbacks import StylizedImageWriter
 from artbank_pl.datamodules import ContentDataModule
 from artbank_pl.export import CheckpointError, write_embeddings
-from artbank_pl.tasks import StylizeTask
+from artbank_pl.tasks import EvaluateTask, StylizeTask
 from artbank_pl.tasks.base import sample_seed
 from artbank_pl.tasks.sampling import SAMPLERS, img2img_timesteps, make_sampler
 from tests.conftest import write_collections
@@ -43,9 +43,13 @@ def content_dir(tmp_path_factory):
     return root / "photos"
 
 
-def stylizer(bank_export, **kwargs):
+def stylizer(bank_export, task_class=StylizeTask, **kwargs):
     args = dict(bank=str(bank_export), steps=10, strength=0.6, guidance_scale=3.0)
-    return StylizeTask(**(args | kwargs)).eval()
+    return task_class(**(args | kwargs)).eval()
+
+
+def evaluator(bank_export, **kwargs):
+    return stylizer(bank_export, EvaluateTask, **kwargs)
 
 
 def reference_stochastic_img2img(task, z0, cond, uncond, seed, strength, steps, scale):
@@ -323,7 +327,7 @@ def test_ddp_predict_on_two_cpu_processes_covers_each_input_once(
 def test_artbank_test_writes_metrics_and_a_report_for_a_sweep(bank_export, content_dir, tmp_path):
     exemplars = tmp_path / "exemplars"
     write_collections(exemplars, {"monet": 3, "ukiyo": 3}, size=(32, 32), seed=5)
-    task = stylizer(
+    task = evaluator(
         bank_export, metrics_model="tiny", exemplars=str(exemplars),
         report_dir=str(tmp_path / "report"), sweep_strengths=[0.4, 0.8], report_images=2,
     )  # fmt: skip
@@ -359,9 +363,9 @@ def test_artbank_test_names_what_is_missing(bank_export, content_dir, tmp_path):
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     data = ContentDataModule(str(content_dir), resolution=32, batch_size=3, num_workers=0)
     with pytest.raises(ConfigError, match="model.metrics_model"):
-        trainer.test(stylizer(bank_export), data)
+        trainer.test(evaluator(bank_export), data)
     with pytest.raises(ConfigError, match="model.exemplars"):
-        trainer.test(stylizer(bank_export, metrics_model="tiny"), data)
+        trainer.test(evaluator(bank_export, metrics_model="tiny"), data)
 
 
 def test_a_swept_guidance_of_0_and_strength_are_used_as_given(bank_export, monkeypatch):
@@ -385,7 +389,9 @@ def test_sampling_options_are_checked_before_anything_runs(bank_export):
     with pytest.raises(Exception, match="steps=10 x strength=0.05 leaves no denoising step"):
         stylizer(bank_export, strength=0.05)
     with pytest.raises(Exception, match="guidance_scale must be >= 0"):
-        stylizer(bank_export, sweep_guidance_scales=[5.0, -1.0])
+        evaluator(bank_export, sweep_guidance_scales=[5.0, -1.0])
+    with pytest.raises(Exception, match="steps=10 x strength=0.05 leaves no denoising step"):
+        evaluator(bank_export, sweep_strengths=[0.5, 0.05])
 
 
 @pytest.mark.parametrize("image_format", ["png", "jpg", "webp"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -12,8 +14,11 @@ from PIL import Image
 from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
+from artbank_pl.options import check_at_least
 from artbank_pl.report import write_report
 from artbank_pl.styles import image_files, load_image, style_image_names
+from artbank_pl.tasks.sampling import check_sampling
+from artbank_pl.tasks.stylize import StylizeTask
 from artbank_pl.vision import clip_resize_crop, load_vision_encoder
 from artbank_pl.world.judges import load_judges
 
@@ -36,10 +41,10 @@ def exemplar_images(paths: list[Path], size: int) -> torch.Tensor:
 
 
 class StyleEvaluation:
-    """The evaluation state of one ``artbank test`` run of a ``StylizeTask``.
+    """The evaluation state of one ``artbank test`` run of an :class:`EvaluateTask`.
 
     Args:
-        task: the stylizer (its hyperparameters choose model, exemplars and sweep).
+        task: the evaluator (its hyperparameters choose model, exemplars and sweep).
     """
 
     def __init__(self, task) -> None:
@@ -133,3 +138,71 @@ class StyleEvaluation:
             paths = write_report(hp.report_dir, results, grids, info)
             log.info("evaluation report: %s", paths["html"])
         return results
+
+
+class EvaluateTask(StylizeTask):
+    """Score stylization with the world's judges and CLIP, and write a report (``artbank test``).
+
+    It stylizes as :class:`~artbank_pl.tasks.StylizeTask` does (every option of it applies),
+    under each (strength, guidance) setting of a sweep, and logs ``test/<metric>/<style>``
+    (``test/<setting>/<metric>/<style>`` for a sweep).
+
+    Args:
+        metrics_model: CLIP model that scores outputs (a hub id, a local folder or ``tiny``;
+            default: the inverter's own vision model).
+        exemplars: folder with one sub-folder of images per bank collection, the style
+            references (inverter styles use their style image).
+        report_dir: where ``metrics.json`` and the report are written.
+        sweep_strengths: strengths to compare (default: ``strength``).
+        sweep_guidance_scales: guidance scales to compare (default: ``guidance_scale``).
+        report_images: content images per style shown in the report's grids.
+        judges: the planted world's judges (``world`` or a folder): adds ``style_accuracy``
+            and ``content_accuracy`` per style.
+        **stylize_args: the :class:`~artbank_pl.tasks.StylizeTask` options.
+    """
+
+    def __init__(
+        self,
+        metrics_model: str | None = None,
+        exemplars: str | None = None,
+        report_dir: str = "report",
+        sweep_strengths: list[float] | None = None,
+        sweep_guidance_scales: list[float] | None = None,
+        report_images: int = 4,
+        judges: str | None = None,
+        **stylize_args: Any,
+    ) -> None:
+        _check_sweep(sweep_strengths or [], sweep_guidance_scales or [], stylize_args)
+        super().__init__(**stylize_args)
+
+    def on_test_start(self) -> None:
+        """Load the metrics model and the style exemplars."""
+        self.evaluation = StyleEvaluation(self)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Stylize the test content under every setting and style, and score it."""
+        self.evaluation.step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        """Reduce the metrics, log them and write the report on rank 0.
+
+        One setting logs ``test/<metric>/<style>``; a sweep logs every setting, labelled:
+        ``test/strength=0.4_guidance=3/<metric>/<style>``.
+        """
+        results = self.evaluation.finish(self.trainer.is_global_zero)
+        for setting, metrics in results.items():
+            prefix = f"test/{setting.replace(' ', '_')}/" if len(results) > 1 else "test/"
+            for metric, values in metrics.items():
+                for style, value in values.items():
+                    self.log(f"{prefix}{metric}/{style}", value, rank_zero_only=True)
+
+
+def _check_sweep(strengths: list[float], scales: list[float], stylize_args: dict) -> None:
+    """Check the swept settings against the stylizer's options before any model is loaded."""
+    options = inspect.signature(StylizeTask).bind_partial(**stylize_args)
+    options.apply_defaults()
+    args = options.arguments
+    for strength in strengths:
+        check_sampling(strength, args["steps"], args["inversion"], args["scheduler"])
+    for scale in scales:
+        check_at_least("model.guidance_scale", scale, 0)

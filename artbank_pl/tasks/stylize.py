@@ -10,19 +10,16 @@ import torch
 from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
 from artbank_pl.options import check_at_least
-from artbank_pl.sd import freeze
 from artbank_pl.styles import (
     check_width,
+    invert_style_images,
     load_bank_styles,
     load_image,
-    load_inverter,
     style_image_names,
 )
 from artbank_pl.tasks.base import FrozenDiffusionTask, sample_seed
-from artbank_pl.tasks.evaluation import StyleEvaluation
 from artbank_pl.tasks.sampling import Sampler, check_sampling
 from artbank_pl.tokenizer import add_placeholder_tokens, expand_placeholder, placeholder_token
-from artbank_pl.vision import image_features, load_vision_encoder
 
 Inversion = Literal["stochastic", "noise", "ddim"]
 STYLE_MARK = "*"
@@ -30,6 +27,9 @@ STYLE_MARK = "*"
 
 class StylizeTask(FrozenDiffusionTask):
     """Stylize content images with trained styles (run with ``artbank predict``).
+
+    ``artbank test`` runs :class:`~artbank_pl.tasks.EvaluateTask`, this stylizer plus the
+    evaluation's options (metrics model, exemplars, sweep, report).
 
     Styles come from a prompt bank (a checkpoint or its export, optionally a subset of its
     collections) or from an InST inverter checkpoint plus style images. Every content image
@@ -71,16 +71,6 @@ class StylizeTask(FrozenDiffusionTask):
         clip_skip: condition on the output of the text encoder's ``clip_skip``-th layer from
             the end (1: the penultimate, for models trained that way), final-normed as
             diffusers does; 0 is the last layer.
-        metrics_model: CLIP model that scores outputs in ``artbank test`` (default: the
-            inverter's own vision model).
-        exemplars: folder with one sub-folder of images per bank collection, the style
-            references of ``artbank test`` (inverter styles use their style image).
-        report_dir: where ``artbank test`` writes ``metrics.json`` and the report.
-        sweep_strengths: strengths to compare in ``artbank test`` (default: ``strength``).
-        sweep_guidance_scales: guidance scales to compare (default: ``guidance_scale``).
-        report_images: content images per style shown in the report's grids.
-        judges: the planted world's judges (``world`` or a folder) for ``artbank test``:
-            adds ``style_accuracy`` and ``content_accuracy`` per style.
     """
 
     frozen_names = ("unet", "vae", "text_encoder")
@@ -111,19 +101,10 @@ class StylizeTask(FrozenDiffusionTask):
         compile_unet: bool = False,
         channels_last: bool = False,
         clip_skip: int = 0,
-        metrics_model: str | None = None,
-        exemplars: str | None = None,
-        report_dir: str = "report",
-        sweep_strengths: list[float] | None = None,
-        sweep_guidance_scales: list[float] | None = None,
-        report_images: int = 4,
-        judges: str | None = None,
     ) -> None:
         _check_options(bank, inverter, style_images, prompt, adain, adain_reference)
-        for swept_strength in sweep_strengths or [strength]:
-            check_sampling(swept_strength, steps, inversion, scheduler)
-        for swept_scale in sweep_guidance_scales or [guidance_scale]:
-            check_at_least("model.guidance_scale", swept_scale, 0)
+        check_sampling(strength, steps, inversion, scheduler)
+        check_at_least("model.guidance_scale", guidance_scale, 0)
         # a bank is read before Stable Diffusion is loaded: a bad file is refused at once
         bank_styles = load_bank_styles(bank, collections) if bank else None
         super().__init__(
@@ -131,9 +112,12 @@ class StylizeTask(FrozenDiffusionTask):
             channels_last=channels_last, clip_skip=clip_skip,
         )  # fmt: skip
         width = self.text_encoder.get_input_embeddings().embedding_dim
-        styles = (
-            bank_styles if bank else self._invert_style_images(inverter, style_images, vision_model)
-        )
+        if bank:
+            styles = bank_styles
+        else:
+            styles, self.inverter_vision_model = invert_style_images(
+                inverter, style_images, vision_model
+            )
         check_width(styles, width)
         self.style_names = list(styles)
         self._register_styles(styles)
@@ -141,20 +125,6 @@ class StylizeTask(FrozenDiffusionTask):
         self._style_latents: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ styles
-    def _invert_style_images(
-        self, checkpoint: str, images: list[str], vision_model: str | None
-    ) -> dict[str, torch.Tensor]:
-        inverter, hparams = load_inverter(checkpoint)
-        self.inverter_vision_model = vision_model or hparams.get("vision_model", "tiny")
-        vision = freeze(load_vision_encoder(self.inverter_vision_model))
-        styles = {}
-        kind = hparams.get("image_features", "patch")
-        for name, path in style_image_names(images).items():
-            with torch.no_grad():
-                features = image_features(vision, load_image(path), kind)
-                styles[name] = inverter(features)[0]
-        return styles
-
     def _register_styles(self, styles: dict[str, torch.Tensor]) -> None:
         """Add each style's placeholder tokens and keep their vectors as one lookup table."""
         self.placeholders, rows = {}, []
@@ -258,28 +228,6 @@ class StylizeTask(FrozenDiffusionTask):
                 out["seeds"] += seeds
                 out["sources"] += [sources[i] for i in group]
         return out
-
-    # ------------------------------------------------------------------ test
-    def on_test_start(self) -> None:
-        """Load the metrics model and the style exemplars."""
-        self.evaluation = StyleEvaluation(self)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        """Stylize the test content under every setting and style, and score it."""
-        self.evaluation.step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        """Reduce the metrics, log them and write the report on rank 0.
-
-        One setting logs ``test/<metric>/<style>``; a sweep logs every setting, labelled:
-        ``test/strength=0.4_guidance=3/<metric>/<style>``.
-        """
-        results = self.evaluation.finish(self.trainer.is_global_zero)
-        for setting, metrics in results.items():
-            prefix = f"test/{setting.replace(' ', '_')}/" if len(results) > 1 else "test/"
-            for metric, values in metrics.items():
-                for style, value in values.items():
-                    self.log(f"{prefix}{metric}/{style}", value, rank_zero_only=True)
 
 
 def _check_options(bank, inverter, style_images, prompt, adain, reference) -> None:
