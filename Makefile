@@ -38,11 +38,14 @@ demo: $(STAMP)
 	$(ARTBANK) export --ckpt $(DEMO)/inst/checkpoints/last.ckpt --output $(DEMO)/inst/export \
 		--style-images $(DEMO)/inst-images/collections/dotted/0000.png
 	# 4. stylize the photographs with the bank and with the inverter, then a side-by-side grid
-	$(ARTBANK) predict --config stylize-quickstart
+	#    (AdaIN: each style starts from the latent statistics of its collection's first image)
+	$(ARTBANK) predict --config stylize-quickstart \
+		--model.init_args.adain true --model.init_args.adain_reference $(DEMO)/images/collections
 	$(ARTBANK) predict --config stylize-quickstart \
 		--model.init_args.bank null \
 		--model.init_args.inverter $(DEMO)/inst/checkpoints/last.ckpt \
 		--model.init_args.style_images '[$(DEMO)/inst-images/collections/dotted/0000.png]' \
+		--model.init_args.prompt '*, {caption}' \
 		--trainer.callbacks.init_args.output_dir $(DEMO)/stylized-inst
 	$(ARTBANK) grid $(DEMO)/stylized/manifest.jsonl $(DEMO)/stylized-inst/manifest.jsonl \
 		--output $(DEMO)/grid.png

@@ -39,6 +39,21 @@ def image_files(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def image_caption(image: Path) -> str | None:
+    """Return the caption beside an image (its ``<stem>.txt``, stripped), or ``None``.
+
+    Raises:
+        DataError: the caption file is not UTF-8 text.
+    """
+    text = image.with_suffix(".txt")
+    if not text.is_file():
+        return None
+    try:
+        return text.read_text(encoding="utf-8").strip() or None
+    except UnicodeDecodeError as err:
+        raise DataError(f"caption {text} is not UTF-8 text: {err.reason}") from err
+
+
 def _walk_following_links(folder: Path) -> list[Path]:
     files, seen = [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):

@@ -7,6 +7,9 @@ seed; the world's judges read style and content back from stylized world photogr
 
 1. ArtBank: does SSAM speed up training of the prompt bank? ``bank_attention`` ssam vs self
    vs none: style accuracy against step, steps to reach ``--threshold``, final accuracies.
+   The banks train and stylize with ``--template`` (the world's caption grammar, as the
+   demo); ``ssam-default-templates`` is ssam with the generic "in the style of" templates
+   and the caption after a comma, to show what the template does.
 2. InST: does the attention inverter learn faster than plain textual inversion? The
    inverter on CLIP ``patch`` tokens and on the ``pooled`` embedding vs a multi-vector
    embedding trained directly (a one-collection bank with ``bank_attention: none``), each on
@@ -44,6 +47,8 @@ STYLES = tuple(sorted(DEFAULT_STYLES))
 #: the demo's stylization (configs/stylize-quickstart.yaml): every probe judges what it shows
 GUIDANCE = 10.0
 PROBE = {"steps": 20, "strength": 0.7, "guidance_scale": GUIDANCE}
+#: the world model's caption grammar ("a circle in striped style"), the demo's bank template
+WORLD_TEMPLATE = "{caption} in {} style"
 log = logging.getLogger("study")
 
 
@@ -83,8 +88,11 @@ class World:
 class Probe(Callback):
     """Judge the task's stylizations of the photographs every ``every`` steps (and at 0)."""
 
-    def __init__(self, world: World, styles: dict[int, str], exemplars, every: int) -> None:
+    def __init__(
+        self, world: World, styles: dict[int, str], exemplars, every: int, template: str = "{}"
+    ) -> None:
         self.world, self.styles, self.exemplars, self.every = world, styles, exemplars, every
+        self.template = template
         self.curve: list[dict] = []
 
     def _probe(self, task, step: int) -> None:
@@ -93,7 +101,8 @@ class Probe(Callback):
         row = {"step": step}
         for k, style in self.styles.items():
             out = task.stylize(self.world.photos.to(task.device), k, self.exemplars[k], seed=0,
-                               captions=self.world.captions, **PROBE)  # fmt: skip
+                               captions=self.world.captions, template=self.template,
+                               **PROBE)  # fmt: skip
             row[style] = self.world.accuracy(out, style)
         row["style_acc"] = float(np.mean([row[s][0] for s in self.styles.values()]))
         row["content_acc"] = float(np.mean([row[s][1] for s in self.styles.values()]))
@@ -129,12 +138,18 @@ def steps_to(curve: list[dict], threshold: float) -> int | None:
     return next((row["step"] for row in curve if row["style_acc"] >= threshold), None)
 
 
-def bank_arm(world: World, mode: str, seed: int, args, root: Path) -> list[dict]:
-    """Claim 1: one prompt bank over all collections."""
-    task = PromptBankTask(collections=[style_slug(s) for s in STYLES], num_tokens=4,
-                          bank_attention=mode, bank_heads=4, pretrained="world", lr=args.lr,
-                          lr_schedule="constant", val_seed=seed)  # fmt: skip
-    probe = Probe(world, dict(enumerate(STYLES)), world.exemplars, args.every)
+def world_bank(mode: str, seed: int, lr: float, template: str | None) -> PromptBankTask:
+    """Build a prompt bank over the study's collections (``template`` None: the generic ones)."""
+    return PromptBankTask(collections=[style_slug(s) for s in STYLES], num_tokens=4,
+                          bank_attention=mode, bank_heads=4, pretrained="world", lr=lr,
+                          lr_schedule="constant", val_seed=seed,
+                          templates=[template] if template else None)  # fmt: skip
+
+
+def bank_arm(world: World, mode: str, seed: int, args, root: Path, template: str | None):
+    """Claim 1: one prompt bank over all collections, trained and probed with ``template``."""
+    task = world_bank(mode, seed, args.lr, template)
+    probe = Probe(world, dict(enumerate(STYLES)), world.exemplars, args.every, template or "{}")
     return fit(task, world.root / "bank-shards/manifest.json", probe, args.steps, seed, root)
 
 
@@ -154,7 +169,7 @@ def single_painting_arm(world: World, arm: str, style: str, seed: int, args, roo
     return fit(task, folder / "shards/manifest.json", probe, args.inst_steps, seed, root)
 
 
-def sampling_arms(world: World, task: PromptBankTask) -> dict:
+def sampling_arms(world: World, task: PromptBankTask, template: str) -> dict:
     """Claims 3 and 4 on a trained bank: inversions x strengths, AdaIN, samplers."""
     settings = {}
     for inversion in ("stochastic", "noise", "ddim"):
@@ -171,7 +186,8 @@ def sampling_arms(world: World, task: PromptBankTask) -> dict:
     for name, options in settings.items():
         scores = [
             world.accuracy(task.stylize(photos, k, world.exemplars[k], guidance_scale=GUIDANCE,
-                                        seed=0, captions=world.captions, **options), style)
+                                        seed=0, captions=world.captions, template=template,
+                                        **options), style)
             for k, style in enumerate(STYLES)
         ]  # fmt: skip
         results[name] = {"style_acc": float(np.mean([s for s, _ in scores])),
@@ -201,7 +217,7 @@ def plot(curves: dict, tradeoff: dict, output: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    groups = (("ssam", "self", "none"), ("patch", "pooled", "embedding"))
+    groups = (("ssam", "self", "none", "ssam-default-templates"), ("patch", "pooled", "embedding"))
     titles = ("prompt bank (claim 1)", "one painting (claim 2)")
     for ax, group, title in zip(axes, groups, titles, strict=True):
         for arm in group:
@@ -238,6 +254,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--inverter-lr", type=float, default=1e-3)
     parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--template", default=WORLD_TEMPLATE, help="the banks' prompt template")
     parser.add_argument("--output", default="outputs/study")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -253,18 +270,20 @@ def main() -> None:
         for seed in args.seeds:
             for mode in ("ssam", "self", "none"):
                 log.info("bank %s seed %d", mode, seed)
-                curves.setdefault(mode, []).append(bank_arm(world, mode, seed, args, root))
+                run = bank_arm(world, mode, seed, args, root, args.template)
+                curves.setdefault(mode, []).append(run)
+            log.info("bank ssam with the generic templates, seed %d", seed)
+            run = bank_arm(world, "ssam", seed, args, root, None)
+            curves.setdefault("ssam-default-templates", []).append(run)
             for arm in ("patch", "pooled", "embedding"):
                 log.info("one painting %s seed %d", arm, seed)
                 run = single_painting_arm(world, arm, "dotted", seed, args, root)
                 curves.setdefault(arm, []).append(run)
         # claims 3 and 4 on an ssam bank of the first seed, trained again for the same budget
-        trained = PromptBankTask(collections=[style_slug(s) for s in STYLES], num_tokens=4,
-                                 bank_heads=4, pretrained="world", lr=args.lr,
-                                 lr_schedule="constant", val_seed=args.seeds[0])  # fmt: skip
+        trained = world_bank("ssam", args.seeds[0], args.lr, args.template)
         probe = Probe(world, {}, {}, args.steps + 1)
         fit(trained, root / "bank-shards/manifest.json", probe, args.steps, args.seeds[0], root)
-        tradeoff = sampling_arms(world, trained.eval())
+        tradeoff = sampling_arms(world, trained.eval(), args.template)
     study = {
         "args": vars(args), "styles": list(STYLES), "seconds": round(time.monotonic() - started),
         "summary": summarise(curves, args.threshold), "curves": curves, "sampling": tradeoff,

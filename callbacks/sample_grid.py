@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
-from artbank_pl.errors import DataError
+from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
-from artbank_pl.styles import image_files, load_image
+from artbank_pl.styles import image_caption, image_files, load_image
 from artbank_pl.vision import load_vision_encoder
 from artbank_pl.world.judges import load_judges
 
@@ -49,6 +49,9 @@ class SampleGrid(Callback):
         num_exemplars: validation images kept per collection as its style reference.
         judges: the planted world's judges (``world`` or a folder): also log
             ``val/style_accuracy/<collection>`` and ``val/content_accuracy/<collection>``.
+        prompt: the prompt, as in ``artbank predict``: ``*`` for the style, ``{caption}``
+            for a content image's caption (its ``<stem>.txt`` in ``content``).
+        adain: start from the latent statistics of the collection's exemplar.
     """
 
     def __init__(
@@ -63,7 +66,13 @@ class SampleGrid(Callback):
         metrics_model: str | None = None,
         num_exemplars: int = 4,
         judges: str | None = None,
+        prompt: str = "*",
+        adain: bool = False,
     ) -> None:
+        if prompt.count("*") != 1:
+            raise ConfigError(f"SampleGrid prompt {prompt!r} must hold one '*' for the style")
+        self.template = prompt.replace("*", "{}")
+        self.adain = adain
         self.content = content
         self.judges = load_judges(judges) if judges else None
         self.metrics_model = metrics_model
@@ -100,13 +109,15 @@ class SampleGrid(Callback):
             if len(kept) < self.num_exemplars:
                 kept.append(pixels.detach().cpu())
 
-    def _content(self, exemplars: dict[int, list[torch.Tensor]]) -> torch.Tensor:
+    def _content(self, exemplars: dict[int, list[torch.Tensor]]) -> tuple[torch.Tensor, list]:
+        """Content pixels for the grid, and their captions (``None`` without one)."""
         if not self.content:
-            return torch.stack([kept[0] for kept in exemplars.values()][: self.num_content])
+            pixels = torch.stack([kept[0] for kept in exemplars.values()][: self.num_content])
+            return pixels, [None] * len(pixels)
         size = tuple(next(iter(exemplars.values()))[0].shape[-2:])
-        files = image_files(Path(self.content))
-        images = [load_image(p) for p in files[: self.num_content]]
-        return torch.cat([F.interpolate(x, size=size, mode="bilinear") for x in images])
+        files = image_files(Path(self.content))[: self.num_content]
+        images = [F.interpolate(load_image(p), size=size, mode="bilinear") for p in files]
+        return torch.cat(images), [image_caption(p) for p in files]
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Render and log the grid and metrics (rank 0, not during the sanity check)."""
@@ -114,13 +125,14 @@ class SampleGrid(Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or not exemplars:
             return
         device = pl_module.device
-        content = self._content(exemplars).to(device)
+        content, captions = self._content(exemplars)
+        content = content.to(device)
         metrics = self._metrics(pl_module, exemplars, device)
         rows = []
         for k, kept in sorted(exemplars.items()):
             results = pl_module.stylize(
                 content, k, kept[0].to(device), self.steps, self.strength, self.guidance_scale,
-                self.seed,
+                self.seed, adain=self.adain, captions=captions, template=self.template,
             )  # fmt: skip
             if metrics is not None:
                 metrics.update(results, ((content + 1) / 2).clamp(0, 1), [k] * len(content))

@@ -458,3 +458,51 @@ def test_the_template_table_gives_the_tokens_of_the_same_prompts_tokenized(tiny_
     for field in ("ids", "rows", "cols", "offsets"):
         assert torch.equal(getattr(gathered, field), getattr(expected, field)), field
     assert expected.count == 4 * tiny_task.bank.num_tokens
+
+
+def test_a_template_places_the_caption_where_it_says():
+    from artbank_pl.tasks.style import fill_template
+
+    assert fill_template("{caption} in {} style", "<x>", "a circle") == "a circle in <x> style"
+    assert fill_template("{caption} in {} style", "<x>", None) == "in <x> style"
+    assert fill_template("a painting of {}", "<x>", "a circle") == "a painting of <x>, a circle"
+    assert fill_template("a painting of {}", "<x>", None) == "a painting of <x>"
+    # a caption with braces is text, not a format field
+    assert fill_template("{} of {caption}", "<x>", "a {b}") == "<x> of a {b}"
+
+
+def test_a_caption_template_trains_on_the_captioned_prompt():
+    task = PromptBankTask(collections=["a", "b"], templates=["{caption} in {} style"],
+                          num_tokens=2, bank_heads=4)  # fmt: skip
+    batch = {"collection_idx": torch.tensor([1, 0]), "caption": ["a circle", ""],
+             "__key__": ["k1", "k2"]}  # fmt: skip
+    x, y = task.placeholder_text(1), task.placeholder_text(0)
+    assert task.build_prompts(batch) == [f"a circle in {x} style", f"in {y} style"]
+    task.hparams.use_captions = False
+    assert task.build_prompts(batch) == [f"in {x} style", f"in {y} style"]
+
+
+def test_sample_grid_prompts_as_predict_does_with_the_content_captions(shard_dir, tmp_path):
+    from artbank_pl.callbacks import SampleGrid
+    from artbank_pl.errors import ConfigError
+    from tests.conftest import write_collections
+
+    write_collections(tmp_path / "content", {"photos": 2}, size=(32, 32), seed=4)
+    first, second = sorted((tmp_path / "content/photos").glob("*.png"))
+    first.with_suffix(".txt").write_text("a circle\n")  # the second has no caption
+    task = PromptBankTask(collections=["hokusai", "monet"], num_tokens=2, bank_heads=4)
+    seen = []
+
+    def record(content, k, style, *args, captions=None, template="{}", adain=False):
+        seen.append(([task.prompt_for(k, template, c) for c in captions], adain))
+        return (content + 1) / 2
+
+    task.stylize = record
+    grid = SampleGrid(content=str(tmp_path / "content/photos"), steps=4,
+                      prompt="{caption} in * style", adain=True)  # fmt: skip
+    fit = trainer(tmp_path, 2, callbacks=[grid], limit_val_batches=None, val_check_interval=2)
+    fit.fit(task, datamodule(shard_dir))
+    x = task.placeholder_text(0)
+    assert seen[0] == ([f"a circle in {x} style", f"in {x} style"], True)
+    with pytest.raises(ConfigError, match="SampleGrid prompt 'a circle' must hold one"):
+        SampleGrid(prompt="a circle")

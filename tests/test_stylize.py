@@ -419,3 +419,22 @@ def test_style_images_with_one_file_name_stay_separate_styles():
     assert names == {"a-x": "a/x.jpg", "b-x": "b/x.jpg", "y": "c/y.png"}
     with pytest.raises(ConfigError, match=r"a b.jpg and q/a_b.jpg both name the style <a-b>"):
         style_image_names(["p/a b.jpg", "q/a_b.jpg"])
+
+
+def test_adain_with_a_bank_takes_each_styles_reference_from_a_folder(bank_export, tmp_path):
+    from artbank_pl.errors import DataError
+    from artbank_pl.styles import load_image
+
+    references = tmp_path / "collections"
+    write_collections(references, {"monet": 2, "ukiyo": 2}, size=(32, 32), seed=9)
+    task = stylizer(bank_export, adain=True, adain_reference=str(references))
+    for style in ("monet", "ukiyo"):
+        first = sorted((references / style).glob("*.png"))[0]
+        expected = task.encode_latents(load_image(first), sample=False)
+        assert torch.equal(task.style_latent(style), expected)
+    assert not torch.equal(task.style_latent("monet"), task.style_latent("ukiyo"))
+    (references / "ukiyo").rename(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"no image for style 'ukiyo' in .*collections/ukiyo"):
+        stylizer(bank_export, adain=True, adain_reference=str(references))
+    with pytest.raises(DataError, match=r"model.adain_reference .*missing does not exist"):
+        stylizer(bank_export, adain=True, adain_reference=str(tmp_path / "missing"))

@@ -25,6 +25,23 @@ STYLE_TEMPLATES = (
     "an image in the style of {}",
     "{}",
 )
+#: where a template puts the sample's caption (elsewhere the caption follows the template)
+CAPTION_FIELD = "{caption}"
+
+
+def fill_template(template: str, placeholder: str, caption: str | None) -> str:
+    """Fill a prompt template: ``{}`` takes the placeholder, ``{caption}`` the caption.
+
+    A template without ``{caption}`` gets the caption after a comma (``a painting in the
+    style of <x>, a circle``); one with it places the caption where the model's own captions
+    have it (``{caption} in {} style`` gives ``a circle in <x> style``, and ``in <x> style``
+    without a caption).
+    """
+    before, after = template.split("{}")
+    text = f"{before}{placeholder}{after}"
+    if CAPTION_FIELD in text:
+        return " ".join(text.replace(CAPTION_FIELD, caption or "").split())
+    return f"{text}, {caption}" if caption else text
 
 
 def check_same_collections(saved: list[str] | None, current: list[str]) -> None:
@@ -67,8 +84,9 @@ class StyleTask(FrozenDiffusionTask):
     Args:
         collections: collection names, for per-collection losses (and, for the bank, its
             rows); linked from the datamodule's manifest.
-        templates: prompt templates with one ``{}`` for the placeholder.
-        use_captions: append each sample's caption (when it has one) to its prompt.
+        templates: prompt templates with one ``{}`` for the placeholder, and optionally a
+            ``{caption}`` for the caption (see :func:`fill_template`).
+        use_captions: put each sample's caption (when it has one) in its prompt.
         **kwargs: the frozen model and optimisation options of ``FrozenDiffusionTask``.
     """
 
@@ -130,11 +148,9 @@ class StyleTask(FrozenDiffusionTask):
         raise NotImplementedError
 
     def prompt_for(self, collection: int, template: str, caption: str | None) -> str:
-        """Build one prompt: the template around the placeholder, then the caption."""
-        text = template.format(self.placeholder_text(collection))
-        if caption and self.hparams.use_captions:
-            text = f"{text}, {caption}"
-        return text
+        """Build one prompt from a template, the collection's placeholder and a caption."""
+        caption = caption if self.hparams.use_captions else None
+        return fill_template(template, self.placeholder_text(collection), caption)
 
     def build_prompts(
         self, batch: dict, deterministic: bool = False, generator: random.Random | None = None
@@ -157,7 +173,7 @@ class StyleTask(FrozenDiffusionTask):
         table = getattr(self, "_template_table", None)
         if table is None or table.device != self.device:
             prompts = [
-                [template.format(self.placeholder_text(k)) for k in range(len(self.collections))]
+                [self.prompt_for(k, template, None) for k in range(len(self.collections))]
                 for template in self.templates
             ]
             table = TemplateTable(self.tokenizer, prompts, self.first_placeholder_id, self.device)
@@ -249,6 +265,7 @@ class StyleTask(FrozenDiffusionTask):
         scheduler: str = "ddim",
         adain: bool = False,
         captions: list[str] | None = None,
+        template: str = "{}",
     ) -> torch.Tensor:
         """Render content images in one collection's style (training previews, the study).
 
@@ -263,13 +280,14 @@ class StyleTask(FrozenDiffusionTask):
             inversion: ``stochastic``, ``noise`` or ``ddim`` (see ``img2img``).
             scheduler: the sampler (see ``img2img``).
             adain: match the content latents' channel statistics to the exemplar's first.
-            captions: one caption per content image, appended to its prompt as in training
+            captions: one caption per content image, put in its prompt as in training
                 (``use_captions``); ``None`` for the style alone.
+            template: the prompt template (see :func:`fill_template`).
 
         Returns:
             ``[B, 3, H, W]`` images in ``[0, 1]`` (eta 0).
         """
-        prompts = [self.prompt_for(collection, "{}", c) for c in captions or [None]]
+        prompts = [self.prompt_for(collection, template, c) for c in captions or [None]]
         style = {"pixel_values": style_pixels[None].expand(len(prompts), -1, -1, -1),
                  "collection_idx": torch.tensor([collection] * len(prompts))}  # fmt: skip
         tokens = self.prompt_tokens(prompts, self.first_placeholder_id)

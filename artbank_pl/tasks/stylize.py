@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import torch
 
 from artbank_pl import diffusion
-from artbank_pl.errors import ConfigError
+from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.options import check_at_least
 from artbank_pl.styles import (
     check_width,
+    image_files,
     invert_style_images,
     load_bank_styles,
     load_image,
@@ -54,7 +56,9 @@ class StylizeTask(FrozenDiffusionTask):
         guidance_scale: classifier-free guidance scale (1 or less turns it off).
         eta: DDIM eta (0 is deterministic; ``ddim`` only).
         adain: match the content latent's channel statistics to the style image's first.
-        adain_reference: image whose latent statistics AdaIN uses with bank styles.
+        adain_reference: image whose latent statistics AdaIN uses with bank styles, or a
+            folder with one sub-folder of images per style (its first image is the style's
+            reference, e.g. the training collections' folder).
         seed: global seed; each output's seed derives from it, the content key and the style.
         batch_invariant: run each content image on its own through the UNet and VAE, so its
             output is bit-identical whatever the batch size or order, and across ranks that
@@ -123,6 +127,8 @@ class StylizeTask(FrozenDiffusionTask):
         self._register_styles(styles)
         self.output_exists: Callable[[str, str], bool] | None = None
         self._style_latents: dict[str, torch.Tensor] = {}
+        if adain:  # a missing reference is found now, not after hours of predict
+            self.adain_references = {name: self._adain_reference(name) for name in styles}
 
     # ------------------------------------------------------------------ styles
     def _register_styles(self, styles: dict[str, torch.Tensor]) -> None:
@@ -148,12 +154,27 @@ class StylizeTask(FrozenDiffusionTask):
         # the style tokens' ids are consecutive rows of the table
         return self.encode_text(tokens, self.style_table[tokens.offsets])
 
+    def _adain_reference(self, style: str) -> Path:
+        """Return the AdaIN reference image of a style (``adain_reference`` or its image)."""
+        hp = self.hparams
+        if not hp.adain_reference:
+            return Path(style_image_names(hp.style_images)[style])
+        reference = Path(hp.adain_reference)
+        if not reference.exists():
+            raise DataError(f"model.adain_reference {reference} does not exist")
+        if not reference.is_dir():
+            return reference
+        folder = reference / style
+        images = image_files(folder) if folder.is_dir() else []
+        if not images:
+            raise DataError(f"model.adain_reference: no image for style {style!r} in {folder}")
+        return images[0]
+
     def style_latent(self, style: str) -> torch.Tensor:
-        """Return the AdaIN reference latent of a style (style image or ``adain_reference``)."""
+        """Return the AdaIN reference latent of a style."""
         if style not in self._style_latents:
-            hp = self.hparams
-            path = hp.adain_reference or style_image_names(hp.style_images)[style]
-            self._style_latents[style] = self.encode_latents(load_image(path), sample=False)
+            image = load_image(self.adain_references[style])
+            self._style_latents[style] = self.encode_latents(image, sample=False)
         return self._style_latents[style]
 
     def seed_for(self, key: str, style: str) -> int:
@@ -238,4 +259,7 @@ def _check_options(bank, inverter, style_images, prompt, adain, reference) -> No
     if STYLE_MARK not in prompt:
         raise ConfigError(f"prompt {prompt!r} has no '*' where the style goes")
     if adain and bank and not reference:
-        raise ConfigError("adain with a bank needs model.adain_reference (an image)")
+        raise ConfigError(
+            "adain with a bank needs model.adain_reference (an image, or a folder with one "
+            "sub-folder per style)"
+        )
