@@ -141,7 +141,7 @@ class StyleEvaluation:
 
 
 class EvaluateTask(StylizeTask):
-    """Score stylization with the world's judges and CLIP, and write a report (``artbank test``).
+    """Score stylization with CLIP (and the world's judges), and write a report (``artbank test``).
 
     It stylizes as :class:`~artbank_pl.tasks.StylizeTask` does (every option of it applies),
     under each (strength, guidance) setting of a sweep, and logs ``test/<metric>/<style>``
@@ -173,6 +173,8 @@ class EvaluateTask(StylizeTask):
         **stylize_args: Any,
     ) -> None:
         _check_sweep(sweep_strengths or [], sweep_guidance_scales or [], stylize_args)
+        # the evaluation options reach self.hparams through save_hyperparameters, which
+        # collects the arguments of every __init__ in the chain; StyleEvaluation reads them
         super().__init__(**stylize_args)
 
     def on_test_start(self) -> None:
