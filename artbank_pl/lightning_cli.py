@@ -174,13 +174,10 @@ def check_loggers(logger: object) -> None:
 def check_test_loop(model_class: type) -> None:
     """Fail in one line if ``artbank test`` is given a model without a test loop."""
     if model_class.test_step is LightningModule.test_step:
-        hint = (
-            "; artbank test evaluates stylization with artbank_pl.tasks.EvaluateTask "
-            "(--config evaluate-quickstart)"
-            if model_class.__name__ == "StylizeTask"
-            else ""
+        raise ConfigError(
+            f"model {model_class.__name__} has no test loop; artbank test evaluates "
+            "stylization with artbank_pl.tasks.EvaluateTask (--config evaluate-quickstart)"
         )
-        raise ConfigError(f"model {model_class.__name__} has no test loop{hint}")
 
 
 def check_ckpt_path(ckpt_path: object) -> list[str] | None:

@@ -14,6 +14,7 @@ from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
 from artbank_pl.styles import image_caption, image_files, load_image
+from artbank_pl.tasks.style import CAPTION_FIELD
 from artbank_pl.vision import load_vision_encoder
 from artbank_pl.world.judges import load_judges
 
@@ -72,6 +73,8 @@ class SampleGrid(Callback):
         if prompt.count("*") != 1:
             raise ConfigError(f"SampleGrid prompt {prompt!r} must hold one '*' for the style")
         self.template = prompt.replace("*", "{}")
+        # as in predict, a caption enters the prompt only where it says {caption}
+        self.uses_captions = CAPTION_FIELD in prompt
         self.adain = adain
         self.content = content
         self.judges = load_judges(judges) if judges else None
@@ -132,7 +135,8 @@ class SampleGrid(Callback):
         for k, kept in sorted(exemplars.items()):
             results = pl_module.stylize(
                 content, k, kept[0].to(device), self.steps, self.strength, self.guidance_scale,
-                self.seed, adain=self.adain, captions=captions, template=self.template,
+                self.seed, adain=self.adain, captions=captions if self.uses_captions else None,
+                template=self.template,
             )  # fmt: skip
             if metrics is not None:
                 metrics.update(results, ((content + 1) / 2).clamp(0, 1), [k] * len(content))

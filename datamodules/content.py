@@ -21,7 +21,7 @@ from artbank_pl.datamodules.shards import load_rgb, read_manifest, resize_shorte
 from artbank_pl.datamodules.stream import ShardStream, StreamPart, decode_image, sample_meta
 from artbank_pl.errors import DataError
 from artbank_pl.options import check_at_least, check_resolution
-from artbank_pl.styles import IMAGE_SUFFIXES, image_files
+from artbank_pl.styles import IMAGE_SUFFIXES, image_caption, image_files
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,7 @@ class FolderStream(IterableDataset):
         for path in self.files[part.index :: part.count]:
             try:
                 image = load_rgb(path, self.resolution, crop=True)
-                caption_file = path.with_suffix(".txt")
-                caption = caption_file.read_text("utf-8") if caption_file.is_file() else ""
+                caption = image_caption(path) or ""
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 self.skipped += 1
                 log.warning(
@@ -113,7 +112,7 @@ class FolderStream(IterableDataset):
             yield {
                 "pixel_values": to_tensor(image),
                 "__key__": self.keys[path],
-                "caption": caption.strip(),
+                "caption": caption,
                 "source": str(path),
             }
 

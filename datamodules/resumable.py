@@ -8,9 +8,9 @@ resumed run goes on with exactly the batches the interrupted run would have read
 instead of replaying the start of the data.
 
 The loader is one endless stream: its iterator (and its worker processes) lives across
-epochs, each epoch taking its batches from where the last one stopped. Re-forking the
-workers and refilling their shuffle buffers at every epoch costs seconds per epoch; with
-8 GPUs x 8 workers x batch 8 on 1,000 images an epoch is 16 steps.
+epochs, each epoch taking its batches from where the last one stopped, instead of
+re-forking the workers and refilling their shuffle buffers at every epoch boundary (with
+8 GPUs x batch 8 on 1,000 images, an epoch is 16 steps).
 """
 
 from __future__ import annotations

@@ -494,7 +494,7 @@ def test_sample_grid_prompts_as_predict_does_with_the_content_captions(shard_dir
     seen = []
 
     def record(content, k, style, *args, captions=None, template="{}", adain=False):
-        seen.append(([task.prompt_for(k, template, c) for c in captions], adain))
+        seen.append(([task.prompt_for(k, template, c) for c in captions or [None]], adain))
         return (content + 1) / 2
 
     task.stylize = record
@@ -504,5 +504,11 @@ def test_sample_grid_prompts_as_predict_does_with_the_content_captions(shard_dir
     fit.fit(task, datamodule(shard_dir))
     x = task.placeholder_text(0)
     assert seen[0] == ([f"a circle in {x} style", f"in {x} style"], True)
+    # without {caption} the caption stays out, as in predict
+    seen.clear()
+    grid = SampleGrid(content=str(tmp_path / "content/photos"), steps=4, prompt="*")
+    fit = trainer(tmp_path, 2, callbacks=[grid], limit_val_batches=None, val_check_interval=2)
+    fit.fit(task, datamodule(shard_dir))
+    assert seen[0] == ([x], False)
     with pytest.raises(ConfigError, match="SampleGrid prompt 'a circle' must hold one"):
         SampleGrid(prompt="a circle")

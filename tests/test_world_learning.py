@@ -159,7 +159,8 @@ def test_the_inverter_learns_one_paintings_style(world, tmp_path):
     config = shipped("quickstart-inst")
     seed_everything(config["seed_everything"], verbose=False)
     task = InverterTask(**{**config["model"]["init_args"], "collections": [style]})
-    # as the demo stylizes with the inverter: "*, {caption}", no AdaIN (Makefile)
+    # no AdaIN, as the demo's inverter predict (Makefile); the inverter trains without
+    # captions (use_captions false), so stylize gives it the placeholder alone
     options = {"template": "{}", "adain": False}
     style_before, _ = world.judge(task, 0, style, painting, **options)
     fit(task.train(), single / "shards/manifest.json", config, tmp_path)
