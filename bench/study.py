@@ -50,6 +50,8 @@ PROBE = {"steps": 20, "strength": 0.7, "guidance_scale": GUIDANCE}
 #: the world model's caption grammar ("a circle in striped style"), the demo's bank template
 WORLD_TEMPLATE = "{caption} in {} style"
 log = logging.getLogger("study")
+#: the claims ``--arms`` can pick: the bank's modes, one painting, the sampling options
+ARMS = ("bank", "painting", "sampling")
 
 
 class World:
@@ -138,17 +140,28 @@ def steps_to(curve: list[dict], threshold: float) -> int | None:
     return next((row["step"] for row in curve if row["style_acc"] >= threshold), None)
 
 
-def world_bank(mode: str, seed: int, lr: float, template: str | None) -> PromptBankTask:
-    """Build a prompt bank over the study's collections (``template`` None: the generic ones)."""
+def world_bank(
+    mode: str, seed: int, lr: float, template: str | None, attention_lr: float | None = None
+) -> PromptBankTask:
+    """Build a prompt bank over the study's collections.
+
+    ``template`` None: the generic templates; ``attention_lr`` None: the task's default rate
+    for the attention's weights.
+    """
     return PromptBankTask(collections=[style_slug(s) for s in STYLES], num_tokens=4,
                           bank_attention=mode, bank_heads=4, pretrained="world", lr=lr,
-                          lr_schedule="constant", val_seed=seed,
+                          attention_lr=attention_lr, lr_schedule="constant", val_seed=seed,
                           templates=[template] if template else None)  # fmt: skip
 
 
 def bank_arm(world: World, mode: str, seed: int, args, root: Path, template: str | None):
-    """Claim 1: one prompt bank over all collections, trained and probed with ``template``."""
-    task = world_bank(mode, seed, args.lr, template)
+    """Claim 1: one prompt bank over all collections, trained and probed with ``template``.
+
+    ``ssam-lr-same`` is ``ssam`` with its attention at the vectors' rate (one AdamW group, as
+    before the attention had its own).
+    """
+    attention_lr = args.lr if mode == "ssam-lr-same" else None
+    task = world_bank(mode.removesuffix("-lr-same"), seed, args.lr, template, attention_lr)
     probe = Probe(world, dict(enumerate(STYLES)), world.exemplars, args.every, template or "{}")
     return fit(task, world.root / "bank-shards/manifest.json", probe, args.steps, seed, root)
 
@@ -217,10 +230,11 @@ def plot(curves: dict, tradeoff: dict, output: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    groups = (("ssam", "self", "none", "ssam-default-templates"), ("patch", "pooled", "embedding"))
+    bank_arms = ("ssam", "ssam-lr-same", "self", "none", "ssam-default-templates")
+    groups = (bank_arms, ("patch", "pooled", "embedding"))
     titles = ("prompt bank (claim 1)", "one painting (claim 2)")
     for ax, group, title in zip(axes, groups, titles, strict=True):
-        for arm in group:
+        for arm in (arm for arm in group if arm in curves):  # --arms may leave a group out
             runs = curves[arm]
             steps = [row["step"] for row in runs[0]]
             acc = np.array([[row["style_acc"] for row in run] for run in runs])
@@ -256,6 +270,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--template", default=WORLD_TEMPLATE, help="the banks' prompt template")
     parser.add_argument("--output", default="outputs/study")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                        help="which claims to run (default: all)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     warnings.filterwarnings("ignore")
@@ -268,22 +284,25 @@ def main() -> None:
         world = World(root, per_style=24, photos=16)
         curves: dict[str, list[list[dict]]] = {}
         for seed in args.seeds:
-            for mode in ("ssam", "self", "none"):
+            for mode in ("ssam", "ssam-lr-same", "self", "none") if "bank" in args.arms else ():
                 log.info("bank %s seed %d", mode, seed)
                 run = bank_arm(world, mode, seed, args, root, args.template)
                 curves.setdefault(mode, []).append(run)
-            log.info("bank ssam with the generic templates, seed %d", seed)
-            run = bank_arm(world, "ssam", seed, args, root, None)
-            curves.setdefault("ssam-default-templates", []).append(run)
-            for arm in ("patch", "pooled", "embedding"):
+            if "bank" in args.arms:
+                log.info("bank ssam with the generic templates, seed %d", seed)
+                run = bank_arm(world, "ssam", seed, args, root, None)
+                curves.setdefault("ssam-default-templates", []).append(run)
+            for arm in ("patch", "pooled", "embedding") if "painting" in args.arms else ():
                 log.info("one painting %s seed %d", arm, seed)
                 run = single_painting_arm(world, arm, "dotted", seed, args, root)
                 curves.setdefault(arm, []).append(run)
-        # claims 3 and 4 on an ssam bank of the first seed, trained again for the same budget
-        trained = world_bank("ssam", args.seeds[0], args.lr, args.template)
-        probe = Probe(world, {}, {}, args.steps + 1)
-        fit(trained, root / "bank-shards/manifest.json", probe, args.steps, args.seeds[0], root)
-        tradeoff = sampling_arms(world, trained.eval(), args.template)
+        tradeoff = {}
+        if "sampling" in args.arms:
+            # claims 3 and 4 on an ssam bank of the first seed, trained again for the same budget
+            trained = world_bank("ssam", args.seeds[0], args.lr, args.template)
+            probe = Probe(world, {}, {}, args.steps + 1)
+            fit(trained, root / "bank-shards/manifest.json", probe, args.steps, args.seeds[0], root)
+            tradeoff = sampling_arms(world, trained.eval(), args.template)
     study = {
         "args": vars(args), "styles": list(STYLES), "seconds": round(time.monotonic() - started),
         "summary": summarise(curves, args.threshold), "curves": curves, "sampling": tradeoff,

@@ -167,6 +167,35 @@ def test_bad_options_are_named():
         PromptBankTask(collections=["a"], templates=["no placeholder"], bank_heads=4)
 
 
+@pytest.mark.parametrize("mode", ["ssam", "self", "none"])
+def test_the_bank_attention_trains_in_its_own_group_at_a_width_scaled_rate(mode):
+    task = PromptBankTask(collections=["a", "b"], num_tokens=2, bank_heads=4,
+                          bank_attention=mode, lr=0.02, warmup_steps=4)  # fmt: skip
+    task.trainer = Trainer(max_steps=10, logger=False, enable_progress_bar=False)
+    config = task.configure_optimizers()
+    groups = config["optimizer"].param_groups
+    assert groups[0]["params"] == [task.bank.prompts]
+    assert groups[0]["initial_lr"] == 0.02
+    attention = list(task.bank.attention.parameters())
+    if mode == "none":  # nothing to reparameterise: the vectors' group alone
+        assert len(groups) == 1
+        return
+    dim = task.bank.prompts.shape[-1]  # the tiny text encoder's width, 32
+    assert [id(p) for p in groups[1]["params"]] == [id(p) for p in attention]
+    assert groups[1]["initial_lr"] == pytest.approx(0.02 * 3.2 / dim)
+    # the warm-up schedule scales both groups by the same factor
+    assert [g["lr"] / g["initial_lr"] for g in groups] == pytest.approx([0.25, 0.25])
+    chosen = PromptBankTask(collections=["a"], num_tokens=2, bank_heads=4,
+                            bank_attention=mode, lr=0.02, attention_lr=5e-4)  # fmt: skip
+    chosen.trainer = task.trainer
+    assert chosen.configure_optimizers()["optimizer"].param_groups[1]["initial_lr"] == 5e-4
+
+
+def test_a_negative_attention_learning_rate_is_named():
+    with pytest.raises(ConfigError, match="model.attention_lr"):
+        PromptBankTask(collections=["a"], num_tokens=2, bank_heads=4, attention_lr=-1.0)
+
+
 class ImageLogger(Logger):
     """A logger with an image API (as W&B's), recording what it was given."""
 

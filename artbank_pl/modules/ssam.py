@@ -59,6 +59,23 @@ from torch import nn
 
 BankAttention = Literal["ssam", "self", "none"]
 _STD_EPS = 1e-5
+#: c of :func:`default_attention_lr`: ``lr * c / d``; at the world model's d = 32 this is
+#: ``lr / 10``, measured to train the attention stably (README "SSAM's learning rate")
+ATTENTION_LR_SCALE = 3.2
+
+
+def default_attention_lr(lr: float, dim: int) -> float:
+    r"""Learning rate of the bank attention's weights for vectors trained at ``lr``.
+
+    Adam moves every weight by about its learning rate :math:`\eta` on the first steps,
+    whatever the gradient's scale. A step on :math:`W_o \in \mathbb{R}^{d \times d}` moves
+    each output channel by :math:`\rho(P)\,\eta \sum_i |X_i| \approx \rho(P)\,\eta\, d\,
+    \mathbb{E}|X|`, a move relative to the token of :math:`\eta\, d\, \mathbb{E}|X|`: it
+    grows with the width d (muP's 1/fan-in rule for hidden layers under Adam, Yang et al.
+    2022, Table 3). The rate is therefore :math:`\eta_P \cdot c / d`, with c chosen by
+    measurement (:data:`ATTENTION_LR_SCALE`).
+    """
+    return lr * ATTENTION_LR_SCALE / dim
 
 
 def _normalise_tokens(x: torch.Tensor) -> torch.Tensor:

@@ -385,12 +385,20 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         """Parameters that train: everything outside the frozen parts."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def optimizer_groups(self) -> list[dict]:
+        """AdamW parameter groups; one group at ``lr`` unless a task splits its trainables."""
+        return [{"params": self.trainable_parameters()}]
+
     def configure_optimizers(self):
-        """AdamW (fused on CUDA) with linear warm-up and cosine or constant schedule."""
-        params = self.trainable_parameters()
+        """AdamW (fused on CUDA) with linear warm-up and cosine or constant schedule.
+
+        The schedule multiplies every group's own learning rate by the same factor.
+        """
+        groups = [group for group in self.optimizer_groups() if group["params"]]
+        params = [p for group in groups for p in group["params"]]
         fused = bool(params) and all(p.is_cuda for p in params)
         optimizer = torch.optim.AdamW(
-            params,
+            groups,
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
             weight_decay=self.hparams.weight_decay,

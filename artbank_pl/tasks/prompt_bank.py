@@ -8,7 +8,7 @@ import torch
 
 from artbank_pl.errors import ConfigError
 from artbank_pl.modules import ImplicitStylePromptBank
-from artbank_pl.modules.ssam import BankAttention
+from artbank_pl.modules.ssam import BankAttention, default_attention_lr
 from artbank_pl.optim import LRSchedule
 from artbank_pl.options import check_at_least
 from artbank_pl.tasks.prompts import PromptTokens
@@ -38,6 +38,11 @@ class PromptBankTask(StyleTask):
             row and statistical branches of ``ssam`` degenerate to linear maps.
         bank_heads: heads of the bank's row attention.
         bank_dropout: attention dropout in the bank.
+        attention_lr: learning rate of the bank attention's weights (SSAM's or
+            self-attention's projections and norms), their own AdamW group beside the
+            vectors at ``lr``. ``None``: ``lr * 3.2 / d`` (see
+            :func:`default_attention_lr`), so the first step moves the output by as much as
+            at the measured width, whatever the text encoder's width ``d``.
         initializer_token: a one-token word whose embedding starts every prompt vector;
             ``None`` starts from small random vectors.
         init_embeddings: continue existing embeddings instead: an exported ``.safetensors``
@@ -74,6 +79,7 @@ class PromptBankTask(StyleTask):
         bank_attention: BankAttention = "ssam",
         bank_heads: int = 8,
         bank_dropout: float = 0.0,
+        attention_lr: float | None = None,
         initializer_token: str | None = "painting",
         init_embeddings: str | None = None,
         templates: list[str] | None = None,
@@ -98,6 +104,8 @@ class PromptBankTask(StyleTask):
         # checked before the base class loads Stable Diffusion
         check_at_least("model.num_tokens", num_tokens, 1)
         check_at_least("model.bank_heads", bank_heads, 1)
+        if attention_lr is not None:
+            check_at_least("model.attention_lr", attention_lr, 0)
         super().__init__(
             collections, templates, use_captions, pretrained, revision, variant, vae_fp32, lr,
             weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio, min_snr_gamma,
@@ -134,6 +142,19 @@ class PromptBankTask(StyleTask):
                     f"{tuple(table.shape)}, the bank needs num_tokens x d = {expected}"
                 )
         return torch.stack(tables)
+
+    def optimizer_groups(self) -> list[dict]:
+        """The bank's vectors at ``lr``; its attention's weights at ``attention_lr``.
+
+        The attention's weights multiply the vectors (``P + rho(P) (R + C + T) W_o``), so at
+        the vectors' rate their updates compound and the output norm runs away (x150 over
+        200 steps at lr 0.02 on the world model); their own group and rate keep it bounded.
+        """
+        attention = [p for p in self.bank.attention.parameters() if p.requires_grad]
+        dim = self.bank.prompts.shape[-1]
+        rate = self.hparams.attention_lr
+        rate = default_attention_lr(self.hparams.lr, dim) if rate is None else rate
+        return [{"params": [self.bank.prompts]}, {"params": attention, "lr": rate}]
 
     def placeholder_text(self, collection: int) -> str:
         """Return the collection's placeholder expanded to its tokens: ``<x> <x>_1 ...``."""
