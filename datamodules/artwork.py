@@ -15,6 +15,12 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
+from artbank_pl.datamodules.labels import (
+    DEFAULT_COLLECTION_KEY,
+    CollectionSelector,
+    read_collection_table,
+    sample_caption,
+)
 from artbank_pl.datamodules.resumable import ResumableLoader
 from artbank_pl.datamodules.shards import manifest_collections, read_manifest, resize_shorter_side
 from artbank_pl.datamodules.stream import (
@@ -75,7 +81,8 @@ class ArtworkTransform:
     """Decode an artwork sample and turn it into a training or validation item.
 
     Args:
-        collection_index: collection name -> bank index.
+        selector: reads each sample's collection (our ``collection`` json field, another
+            field, or a key table) and its bank index.
         resolution: output side in pixels (shorter side resized to it, then cropped).
         train: random crop and flip (training) or centre crop (validation).
         center_crop: crop from the centre even in training.
@@ -84,18 +91,22 @@ class ArtworkTransform:
             (flip picks the mirrored cache). Training then decodes no pixels; validation
             still decodes them for the callbacks that show images (``SampleGrid``), but the
             loss is computed from the cache, without a VAE encode.
+        caption_key: json field of the caption (a dotted path); without it, the sample's
+            ``.txt``.
     """
 
     def __init__(
         self,
-        collection_index: dict[str, int],
+        selector: CollectionSelector,
         resolution: int,
         train: bool,
         center_crop: bool = False,
         random_flip: bool = True,
         cached: bool = False,
+        caption_key: str = "caption",
     ) -> None:
-        self.collection_index = collection_index
+        self.selector = selector
+        self.caption_key = caption_key
         self.cached = cached
         self.resolution = resolution
         self.train = train
@@ -104,13 +115,13 @@ class ArtworkTransform:
 
     def __call__(self, sample: dict, rng: random.Random) -> dict:
         """Return ``{pixel_values, collection_idx, caption, __key__}`` for one raw sample."""
-        meta = sample_meta(sample)
-        name = meta.get("collection")
-        if name not in self.collection_index:
+        meta = sample_meta(sample) if "json" in sample else None
+        name = self.selector.name_of(sample)
+        if name not in self.selector.collection_index:
             raise KeyError(f"collection {name!r} is not in this run's collections")
         item = {
-            "collection_idx": self.collection_index[name],
-            "caption": meta.get("caption") or "",
+            "collection_idx": self.selector.collection_index[name],
+            "caption": sample_caption(sample, meta, self.caption_key),
             "__key__": sample["__key__"],
         }
         flip = self.train and self.random_flip and rng.random() < 0.5
@@ -162,6 +173,16 @@ class ArtworkDataModule(LightningDataModule):
         val_shards: brace pattern of validation shards; defaults to the manifest's
             ``val`` split, else to the training shards.
         collections: collection names in bank order; needed without a manifest.
+        collection_key: json field naming a sample's collection, a dotted path for nested
+            fields (``artist``, ``meta.style``); our shards use ``collection``. Samples of
+            other collections are passed over and counted once per collection; a pass over
+            the shards that finds none of this run's stops with a line naming the field,
+            the values found and the ones wanted.
+        collection_table: a file mapping sample keys to collections instead (a json object,
+            or ``KEY,COLLECTION`` rows in a csv/tsv file), for shards whose samples carry
+            no collection field.
+        caption_key: json field of a sample's caption (a dotted path); samples without it
+            take their ``.txt``.
         resolution: training image side in pixels.
         center_crop: crop from the centre in training instead of at random.
         random_flip: random horizontal flips in training.
@@ -169,8 +190,8 @@ class ArtworkDataModule(LightningDataModule):
         val_batch_size: validation batch size (default: ``batch_size``).
         num_workers: dataloader workers per device.
         samples_per_epoch: training samples per epoch over all devices (default: the
-            manifest's training count); with ``max_steps`` this only sets how often
-            epoch-level hooks run.
+            manifest's training count; needed without a manifest); with ``max_steps`` this
+            only sets how often epoch-level hooks run.
         shuffle_buffer: shuffle-buffer size of the training stream.
         pin_memory: pin host memory for faster copies to the GPU.
     """
@@ -181,6 +202,9 @@ class ArtworkDataModule(LightningDataModule):
         train_shards: str | None = None,
         val_shards: str | None = None,
         collections: list[str] | None = None,
+        collection_key: str = DEFAULT_COLLECTION_KEY,
+        collection_table: str | None = None,
+        caption_key: str = "caption",
         resolution: int = 512,
         center_crop: bool = False,
         random_flip: bool = True,
@@ -199,7 +223,18 @@ class ArtworkDataModule(LightningDataModule):
         self._manifest = read_manifest(manifest) if manifest else None
         self.collections = self._collection_names(collections)
         self.train_urls, self.val_urls = self._shard_urls(manifest, train_shards, val_shards)
+        if samples_per_epoch is None and not self._manifest:
+            raise ConfigError(
+                "data.samples_per_epoch is needed for shards without a manifest: give the "
+                "epoch length in samples"
+            )
+        self.table = read_collection_table(collection_table) if collection_table else None
         self.rank, self.world_size = 0, 1
+
+    def selector(self) -> CollectionSelector:
+        """Return a new reader of the samples' collections (each stream counts its own skips)."""
+        hp = self.hparams
+        return CollectionSelector(self.collection_index, hp.collection_key, self.table)
 
     def _collection_names(self, collections: list[str] | None) -> list[str]:
         names = list(collections or []) or (
@@ -304,8 +339,9 @@ class ArtworkDataModule(LightningDataModule):
         hp = self.hparams
         total = hp.samples_per_epoch
         if total is None:
-            counts = (self._manifest or {}).get("splits", {}).get("train", {})
-            total = counts.get("total") or 1000
+            total = self._manifest.get("splits", {}).get("train", {}).get("total")
+        if not total:
+            raise ConfigError("data.samples_per_epoch is needed: the manifest counts no samples")
         parts = self.world_size * max(1, hp.num_workers)
         batches = max(1, math.ceil(total / (parts * hp.batch_size)))
         return batches * hp.batch_size
@@ -347,9 +383,10 @@ class ArtworkDataModule(LightningDataModule):
         the batches the interrupted run would have read next.
         """
         hp = self.hparams
+        selector = self.selector()
         transform = ArtworkTransform(
-            self.collection_index, hp.resolution, True, hp.center_crop, hp.random_flip,
-            cached=self.cache is not None,
+            selector, hp.resolution, True, hp.center_crop, hp.random_flip,
+            cached=self.cache is not None, caption_key=hp.caption_key,
         )  # fmt: skip
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         stream = ShardStream(
@@ -360,6 +397,7 @@ class ArtworkDataModule(LightningDataModule):
             hp.shuffle_buffer,
             seed,
             chain_epochs=True,
+            select=selector,
         )
         args = self._loader_args(stream, hp.batch_size, drop_last=True)
         self._train_loader = ResumableLoader(stream, self._training_progress, **args)
@@ -377,9 +415,10 @@ class ArtworkDataModule(LightningDataModule):
         if self.val_urls == self.train_urls:  # said here: only a run that validates asks
             log.info("no validation split: validating on the training shards")
         cached = self.cache is not None and not hp.val_shards  # the manifest's own shards
+        selector = self.selector()
         transform = ArtworkTransform(
-            self.collection_index, hp.resolution, train=False, cached=cached
+            selector, hp.resolution, train=False, cached=cached, caption_key=hp.caption_key
         )
-        stream = ShardStream(self.val_urls, transform)
+        stream = ShardStream(self.val_urls, transform, select=selector)
         batch_size = hp.val_batch_size or hp.batch_size
         return DataLoader(stream, **self._loader_args(stream, batch_size, drop_last=False))

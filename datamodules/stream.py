@@ -75,6 +75,19 @@ def stream_seed(seed: int, epoch: int, part: StreamPart) -> int:
 
 #: shards this process found unreadable, each logged once
 BAD_SHARDS: set[str] = set()
+#: per-sample warnings name the first few samples, then only counts at powers of ten
+_LOGGED_EXAMPLES = 3
+
+
+def worth_logging(count: int) -> bool:
+    """Whether the ``count``-th occurrence of a per-sample problem gets a log line.
+
+    The first few name their sample; after that a line at 10, 100, 1000, ... keeps the
+    count visible without a line per sample (millions of skips must not flood a log).
+    """
+    if count <= _LOGGED_EXAMPLES:
+        return True
+    return count >= 10 and str(count).rstrip("0") == "1"
 
 
 def iter_tar_samples(url: str) -> Iterator[dict]:
@@ -170,6 +183,9 @@ class ShardStream(IterableDataset):
         seed: base seed of the shard order, shuffle and augmentation (see :func:`stream_seed`).
         chain_epochs: with ``resample`` and ``num_samples``, go on to the next epoch's
             items instead of stopping at the end of one (an endless iterator of epochs).
+        select: keeps the raw samples this run reads (``index_of(sample)`` is not None) and
+            counts the others; a pass over the shards of which it keeps none raises its
+            ``no_match_error(urls)``. ``None`` keeps every sample.
     """
 
     def __init__(
@@ -181,6 +197,7 @@ class ShardStream(IterableDataset):
         shuffle: int = 0,
         seed: int = 0,
         chain_epochs: bool = False,
+        select=None,
     ) -> None:
         super().__init__()
         if not urls:
@@ -192,6 +209,7 @@ class ShardStream(IterableDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.chain_epochs = chain_epochs and resample and num_samples is not None
+        self.select = select
         self.rank, self.world_size = 0, 1
         self.skipped = 0
         self.epoch, self.skip_batches, self.batch_size = 0, 0, 1
@@ -215,9 +233,40 @@ class ShardStream(IterableDataset):
         """Set this process's rank and the world size (call before iterating)."""
         self.rank, self.world_size = rank, world_size
 
+    def _selected(self, samples: Iterator[dict], urls: list[str], parts: int) -> Iterator[dict]:
+        """Yield the samples ``select`` keeps; a pass that read some but kept none is an error.
+
+        A part that keeps nothing would otherwise read its shards forever, and the loader,
+        which takes batches from every worker in turn, would wait on it forever. A sample
+        whose labels cannot be read (damaged json) is skipped and counted here.
+        """
+        if self.select is None:
+            yield from samples
+            return
+        seen = kept = 0
+        for sample in samples:
+            seen += 1
+            try:
+                ours = self.select.index_of(sample) is not None
+            except ValueError as err:
+                self._skip(sample, err)
+                continue
+            if ours:
+                kept += 1
+                yield sample
+        if seen and not kept:
+            raise self.select.no_match_error(urls, parts)
+
+    def _skip(self, sample: dict, err: Exception) -> None:
+        """Count a skipped sample; log the first few and then at powers of ten."""
+        self.skipped += 1
+        if worth_logging(self.skipped):
+            log.warning("skipping sample %s (%s); %d skipped so far in this worker",
+                        sample.get("__key__"), err, self.skipped)  # fmt: skip
+
     def _raw_samples(self, part: StreamPart, rng: random.Random) -> Iterator[dict]:
         if not self.resample:
-            yield from iter_part(self.urls, part)
+            yield from self._selected(iter_part(self.urls, part), self.urls, part.count)
             return
         by_shard = len(self.urls) >= part.count
         own = list(self.urls[part.index :: part.count] if by_shard else self.urls)
@@ -225,7 +274,7 @@ class ShardStream(IterableDataset):
         while True:
             rng.shuffle(own)
             empty = True
-            for sample in iter_part(own, sub_part):
+            for sample in self._selected(iter_part(own, sub_part), own, part.count):
                 empty = False
                 yield sample
             if empty and BAD_SHARDS.issuperset(own):
@@ -265,11 +314,7 @@ class ShardStream(IterableDataset):
             try:
                 item = self.to_item(sample, rng)
             except (OSError, ValueError, KeyError) as err:
-                self.skipped += 1
-                log.warning(
-                    "skipping sample %s (%s); %d skipped so far in this worker",
-                    sample.get("__key__"), err, self.skipped,
-                )  # fmt: skip
+                self._skip(sample, err)
                 continue
             produced += 1
             if produced > skip:

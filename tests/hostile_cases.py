@@ -228,7 +228,8 @@ TRAINING_STREAM = [
     Case("sample: collection not in the run",
          stream_with(good=4, extra={
              "mixed.tar": _mixed_shard(hostile.artwork("bad", "degas"))}),
-         line="'degas' is not in this run's collections", skipped=1,
+         line="collection 'degas' of json field 'collection' (data.collection_key): not in "
+              "this run's collections", skipped=1,
          used=TRAIN_KEYS | {"extra_good"}),
     Case("sample: no image at all",
          stream_with(good=4, extra={"mixed.tar": _mixed_shard(

@@ -220,7 +220,8 @@ def training_stream(ws: Path, extra_shards: dict[str, Callable[[Path], Path]], g
                                  shuffle_buffer=1)  # fmt: skip
         loader = data.train_dataloader()
         keys = [key for batch in loader for key in batch["__key__"]]
-        return keys, loader.dataset.skipped + len(stream_module.BAD_SHARDS)
+        passed_over = sum(loader.dataset.select.other.values())  # counted per collection
+        return keys, loader.dataset.skipped + passed_over + len(stream_module.BAD_SHARDS)
 
     return run_datamodule(read)
 

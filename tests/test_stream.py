@@ -89,7 +89,10 @@ def test_datamodule_without_manifest_needs_collections(shard_dir):
     pattern = str(shard_dir / "train-{000000..000004}.tar")
     with pytest.raises(ValueError, match="needs `manifest`, or `collections`"):
         ArtworkDataModule(train_shards=pattern)
-    dm = ArtworkDataModule(train_shards=pattern, collections=["monet", "hokusai"], num_workers=0)
+    with pytest.raises(ValueError, match="data.samples_per_epoch is needed"):
+        ArtworkDataModule(train_shards=pattern, collections=["monet", "hokusai"])
+    dm = ArtworkDataModule(train_shards=pattern, collections=["monet", "hokusai"], num_workers=0,
+                           samples_per_epoch=8)  # fmt: skip
     assert dm.collection_index == {"monet": 0, "hokusai": 1}
     assert dm.val_urls == dm.train_urls
 

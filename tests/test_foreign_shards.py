@@ -1,0 +1,149 @@
+"""Training on WebDataset shards written by other tools (img2dataset's layout, no manifest)."""
+
+import io
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from artbank_pl.datamodules import ArtworkDataModule
+from artbank_pl.datamodules.labels import json_field, read_collection_table
+from artbank_pl.errors import DataError
+from tests.hostile_runs import fit
+from tests.test_prompt_bank_task import trainer
+
+ARTISTS = {"monet": 6, "hokusai": 6, "degas": 20}  # degas: a collection this run does not list
+
+
+def jpeg(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def write_img2dataset_shards(root, artists=ARTISTS, per_shard=16):
+    """``00000.tar`` ...: KEY.jpg, KEY.txt and KEY.json ``{"artist": ...}``, as img2dataset
+    writes them, plus the damage real crawls have: a sample without its image, a corrupt
+    jpg, a json without the field, a caption that is a number."""
+    samples = [
+        {"__key__": f"{len(artist)}{i:05d}", "jpg": jpeg(i),
+         "txt": f"a painting by {artist}".encode(),
+         "json": json.dumps({"artist": artist, "meta": {"style": f"{artist}-style"}}).encode()}
+        for artist, count in artists.items() for i in range(count)
+    ]  # fmt: skip
+    samples.append({"__key__": "noimage", "txt": b"x", "json": b'{"artist": "monet"}'})
+    samples.append(
+        {"__key__": "corrupt", "jpg": b"\xff\xd8garbage", "json": b'{"artist": "monet"}'}
+    )
+    samples.append({"__key__": "nofield", "jpg": jpeg(99), "json": b'{"url": "http://x"}'})
+    samples.append({"__key__": "numbercap", "jpg": jpeg(98),
+                    "json": b'{"artist": "hokusai", "caption": 7}'})  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for start in range(0, len(samples), per_shard):
+        url = root / f"{start // per_shard:05d}.tar"
+        with wds.TarWriter(str(url)) as sink:
+            for sample in samples[start : start + per_shard]:
+                sink.write(sample)
+        urls.append(url)
+    return urls
+
+
+def test_a_json_field_is_read_at_a_dotted_path():
+    meta = {"artist": "monet", "meta": {"style": "impressionism"}, "n": 3}
+    assert json_field(meta, "artist") == "monet"
+    assert json_field(meta, "meta.style") == "impressionism"
+    assert json_field(meta, "meta.missing") is None
+    assert json_field(meta, "n.deeper") is None
+
+
+def test_collection_tables_read_from_json_and_csv_and_name_the_file(tmp_path):
+    (tmp_path / "t.json").write_text('{"a1": "monet", "b2": "hokusai"}')
+    (tmp_path / "t.csv").write_text("key,collection\na1,monet\nb2,hokusai\n")
+    (tmp_path / "bad.csv").write_text("a1,monet,extra\n")
+    expected = {"a1": "monet", "b2": "hokusai"}
+    assert read_collection_table(str(tmp_path / "t.json")) == expected
+    assert read_collection_table(str(tmp_path / "t.csv")) == expected
+    with pytest.raises(DataError, match=r"bad\.csv.*row 1 has 3 columns"):
+        read_collection_table(str(tmp_path / "bad.csv"))
+    with pytest.raises(DataError, match="missing.json"):
+        read_collection_table(str(tmp_path / "missing.json"))
+
+
+def foreign_datamodule(tmp_path, **options):
+    write_img2dataset_shards(tmp_path / "foreign")
+    args = dict(train_shards=str(tmp_path / "foreign/{00000..00002}.tar"),
+                collections=["monet", "hokusai"], resolution=32, batch_size=4, num_workers=0,
+                samples_per_epoch=8, shuffle_buffer=4)  # fmt: skip
+    return ArtworkDataModule(**(args | options))
+
+
+def test_foreign_shards_train_with_the_collection_from_a_json_field(tmp_path, caplog):
+    from artbank_pl.tasks import PromptBankTask
+
+    dm = foreign_datamodule(tmp_path, collection_key="artist")
+    task = PromptBankTask(collections=dm.collections, num_tokens=2, bank_heads=4, lr=0.01)
+    start = task.bank.prompts.detach().clone()
+    with caplog.at_level(logging.WARNING):
+        trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(task, dm)
+    assert not task.bank.prompts.detach().equal(start)
+    # 20 degas samples and one without the field: one line each, never one per sample
+    passed_over = [r.getMessage() for r in caplog.records if "passing over" in r.getMessage()]
+    assert len([m for m in passed_over if "'degas'" in m]) == 1, passed_over
+    assert len([m for m in passed_over if "without json field 'artist'" in m]) == 1, passed_over
+    # every kept sample is ours, with its .txt caption; the damaged ones are skipped
+    items = [item for batch in dm.val_dataloader() for item in zip(
+        batch["__key__"], batch["collection_list"], batch["caption"], strict=True)]  # fmt: skip
+    keys = {key for key, _, _ in items}
+    assert len(keys) == 12 and not keys & {"noimage", "corrupt", "nofield", "numbercap"}
+    for key, index, caption in items:
+        artist = dm.collections[index]
+        assert key.startswith(str(len(artist))) and caption == f"a painting by {artist}"
+
+
+def test_a_collection_table_names_the_collections_of_shards_without_the_field(tmp_path):
+    write_img2dataset_shards(tmp_path / "foreign")
+    table = {f"{len(a)}{i:05d}": a for a, n in ARTISTS.items() for i in range(n)}
+    (tmp_path / "labels.json").write_text(json.dumps(table))
+    dm = foreign_datamodule(tmp_path, collection_table=str(tmp_path / "labels.json"))
+    batches = list(dm.val_dataloader())
+    got = {
+        (key, dm.collections[index])
+        for batch in batches
+        for key, index in zip(batch["__key__"], batch["collection_list"], strict=True)
+    }
+    assert got == {(k, a) for k, a in table.items() if a != "degas"}
+
+
+def test_shards_where_nothing_matches_stop_in_one_line_naming_the_field(tmp_path, caplog):
+    dm = foreign_datamodule(tmp_path)  # the default field, "collection", is not in these
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING), pytest.raises(DataError) as err:
+        next(iter(dm.train_dataloader()))
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert "json field 'collection'" in message and "['hokusai', 'monet']" in message
+    wrong = foreign_datamodule(tmp_path, collection_key="artist", collections=["turner"])
+    with pytest.raises(DataError) as err:
+        next(iter(wrong.train_dataloader()))
+    assert "'degas'" in str(err.value) and "'monet'" in str(err.value)
+    assert "['turner']" in str(err.value)
+    assert len(caplog.records) <= 5  # no line per sample
+
+
+def test_fit_on_foreign_shards_where_nothing_matches_is_one_line(tmp_path):
+    write_img2dataset_shards(tmp_path / "foreign")
+    seen = fit(
+        tmp_path, "--data.init_args.manifest", "null",
+        "--data.init_args.train_shards", str(tmp_path / "foreign/{00000..00002}.tar"),
+        "--data.init_args.collections", "[turner, constable]",
+        "--data.init_args.collection_key", "artist", "--data.init_args.num_workers", "1",
+        refused_at_start=False,
+    )  # fmt: skip
+    assert seen.exit == 1 and "\n" not in seen.text, seen.text
+    assert "no sample of" in seen.text and "'degas'" in seen.text
