@@ -144,11 +144,12 @@ class PromptBankTask(StyleTask):
         return torch.stack(tables)
 
     def optimizer_groups(self) -> list[dict]:
-        """The bank's vectors at ``lr``; its attention's weights at ``attention_lr``.
+        """Return the groups: the bank's vectors at ``lr``, its attention at ``attention_lr``.
 
         The attention's weights multiply the vectors (``P + rho(P) (R + C + T) W_o``), so at
-        the vectors' rate their updates compound and the output norm runs away (x150 over
-        200 steps at lr 0.02 on the world model); their own group and rate keep it bounded.
+        the vectors' rate their updates compound and the output norm runs away (8.2x in the
+        quickstart's 300 steps, against 5.3x for the bare vectors; 277x in 20 steps at
+        d = 768); their own group and rate keep it at the bare vectors' (README).
         """
         attention = [p for p in self.bank.attention.parameters() if p.requires_grad]
         dim = self.bank.prompts.shape[-1]
