@@ -112,12 +112,14 @@ def make_run_resumable(trainer, subcommand: str | None, ckpt_path: str | None = 
 
 
 def use_logging_step_progress_bar(trainer) -> None:
-    """Swap Lightning's default tqdm bar for one that reads metrics only at logging steps.
+    """Swap Lightning's default bar, tqdm's or rich's, for :class:`LoggingStepProgressBar`.
 
-    The default bar reads every ``prog_bar`` value back after each batch, a host-device
-    sync per step; a bar a user configured (any other class, or other options) is kept.
+    Lightning picks ``RichProgressBar`` whenever ``rich`` is installed (transformers 5 pulls
+    it in), else ``TQDMProgressBar``; both read every ``prog_bar`` value back after each
+    batch (a host-device sync per step), count per epoch, and print nothing readable into a
+    SLURM log. A subclass of either, or any other bar a user configured, is kept.
     """
-    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
     from artbank_pl.callbacks.progress import LoggingStepProgressBar
 
@@ -126,6 +128,8 @@ def use_logging_step_progress_bar(trainer) -> None:
             trainer.callbacks[i] = LoggingStepProgressBar(
                 callback.refresh_rate, callback.process_position, callback._leave
             )
+        elif type(callback) is RichProgressBar:
+            trainer.callbacks[i] = LoggingStepProgressBar(callback.refresh_rate)
 
 
 def check_accelerator(accelerator: object) -> None:
