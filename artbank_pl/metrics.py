@@ -160,7 +160,9 @@ class StyleTransferMetrics(nn.Module):
     - ``style_accuracy``: the fraction of outputs the style judge assigns to the style its
       exemplars are judged to have (their majority vote);
     - ``content_accuracy``: the fraction of outputs whose shape the content judge reads as
-      the shape it reads in the content image.
+      the shape it reads in the content image (a prompt naming the shape can supply it);
+    - ``content_iou``: the mean IoU of the shape masks the mask judge reads in output and
+      content image (position and size, which no prompt supplies), when the judges have one.
 
     Args:
         encoder: the CLIP feature model.
@@ -186,6 +188,7 @@ class StyleTransferMetrics(nn.Module):
         self.ssim = PerCollectionMean(k)
         self.style_accuracy = PerCollectionMean(k)
         self.content_accuracy = PerCollectionMean(k)
+        self.content_iou = PerCollectionMean(k)
         self.outputs = LabeledFeatures()
         self.exemplars: dict[int, torch.Tensor] = {}
         self.judges = judges
@@ -209,6 +212,8 @@ class StyleTransferMetrics(nn.Module):
         expected = self.judges.predict("content", contents)
         hits = [float(a == b) for a, b in zip(shapes, expected, strict=True)]
         self.content_accuracy.update(torch.tensor(hits, device=idx.device), idx)
+        if self.judges.mask is not None:
+            self.content_iou.update(self.judges.content_iou(outputs, contents).to(idx.device), idx)
 
     @torch.no_grad()
     def update(self, outputs: torch.Tensor, contents: torch.Tensor, collection_idx) -> None:
@@ -234,6 +239,7 @@ class StyleTransferMetrics(nn.Module):
         counts = self.style_sim.per_collection()["count"]
         names = ["style_sim", "content_sim", "ssim"]
         names += ["style_accuracy", "content_accuracy"] if self.judges is not None else []
+        names += ["content_iou"] if self.judges is not None and self.judges.mask else []
         for name in names:
             means = getattr(self, name).per_collection()["mean"]
             result[name] = {c: float(means[k]) for k, c in enumerate(self.collections) if counts[k]}
@@ -256,5 +262,5 @@ class StyleTransferMetrics(nn.Module):
         """Return the torchmetrics states that accumulate outputs."""
         return (
             self.style_sim, self.content_sim, self.ssim, self.style_accuracy,
-            self.content_accuracy, self.outputs,
+            self.content_accuracy, self.content_iou, self.outputs,
         )  # fmt: skip

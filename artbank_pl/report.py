@@ -14,6 +14,7 @@ from artbank_pl.atomic import atomic_write, atomic_write_text
 METRIC_LABELS = {
     "style_accuracy": "style accuracy (world judge: share of outputs in the intended style)",
     "content_accuracy": "content accuracy (world judge: share keeping the content's shape)",
+    "content_iou": "content IoU (world mask judge: the shape where the content's was, at its size)",
     "style_sim": "style similarity (CLIP cos, higher is more stylized)",
     "content_sim": "content similarity (CLIP cos)",
     "ssim": "SSIM to content",

@@ -10,7 +10,16 @@ from artbank_pl.sd import load_parts
 from artbank_pl.world import model_dir
 from artbank_pl.world.cli import write_images
 from artbank_pl.world.judges import load_judges
-from artbank_pl.world.scenes import SHAPES, SIZE, STYLES, caption, render, sample_batch
+from artbank_pl.world.negatives import OTHER, probe_set
+from artbank_pl.world.scenes import (
+    SHAPES,
+    SIZE,
+    STYLES,
+    caption,
+    random_layout,
+    render,
+    sample_batch,
+)
 
 
 def test_captions_name_shape_style_both_or_neither():
@@ -62,6 +71,40 @@ def test_the_shipped_judges_read_style_and_content_back():
         [p == SHAPES[s] for p, s in zip(judges.predict("content", x), shapes, strict=True)]
     )
     assert style_hits >= 0.95 and shape_hits >= 0.95
+
+
+def test_the_style_judge_rejects_what_is_no_style():
+    # the fixed probe set (a seed no judge trained on): colour noise, colour blobs, two flat
+    # colours, a style blurred past recognition and pure noise are no style the world
+    # renders. Read as "photo" they earn no bank a point; read as a style they would
+    judges = load_judges("world")
+    for kind, images in probe_set(per_kind=64).items():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2)
+        answers = judges.predict("style", x)
+        styled = [a for a in answers if a not in (OTHER, "photo")]
+        assert len(styled) / len(answers) <= 0.05, (kind, answers)
+        assert answers.count(OTHER) / len(answers) >= 0.7, (kind, answers)
+
+
+def test_the_content_iou_reads_where_the_shape_is_not_only_which():
+    judges = load_judges("world")
+    rng = np.random.default_rng(5)
+    photos, same_place, moved = [], [], []
+    for i in range(16):
+        shape, style = SHAPES[i % 4], STYLES[1 + i % 8]
+        cy, cx, r = random_layout(rng)
+        photos.append(render(shape, "photo", rng, (cy, cx, r)))
+        same_place.append(render(shape, style, rng, (cy, cx, r)))
+        # the same shape class, as a caption would draw it, elsewhere and at another size
+        moved.append(
+            render(shape, style, rng, (SIZE - cy, SIZE - cx + 6 * (i % 2 * 2 - 1), 14 - r))
+        )
+    as_unit = [
+        torch.from_numpy(np.stack(x)).permute(0, 3, 1, 2) / 255 for x in (photos, same_place, moved)
+    ]
+    photos, same_place, moved = as_unit
+    assert judges.content_iou(same_place, photos).mean() >= 0.75
+    assert judges.content_iou(moved, photos).mean() <= 0.45
 
 
 def test_the_world_model_loads_as_an_ordinary_diffusers_folder():

@@ -157,7 +157,7 @@ class EvaluateTask(StylizeTask):
         sweep_guidance_scales: guidance scales to compare (default: ``guidance_scale``).
         report_images: content images per style shown in the report's grids.
         judges: the planted world's judges (``world`` or a folder): adds ``style_accuracy``
-            and ``content_accuracy`` per style.
+            and ``content_accuracy`` per style, and ``content_iou`` with a mask judge.
         **stylize_args: the :class:`~artbank_pl.tasks.StylizeTask` options.
     """
 

@@ -137,7 +137,7 @@ def _judges(argv: Sequence[str]) -> int:
 
     parser = _parser(
         "judges",
-        "Train the style and content judges on generator output.",
+        "Train the style (with its reject class), content and mask judges on generator output.",
         "folder for judges.json + weights",
     )
     parser.add_argument("--steps", type=int, default=_defaults(train_judges)["steps"],

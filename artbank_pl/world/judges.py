@@ -1,10 +1,16 @@
-"""The world's judges: a style classifier and a content (shape) classifier.
+"""The world's judges: a style classifier, a content (shape) classifier and a shape mask.
 
 Each is a small CNN trained on generator output across every style and shape, so the style
-judge does not care which shape it sees and the content judge does not care about style.
+judge does not care which shape it sees and the content judges do not care about style.
 They read back what a stylization did: ``style_accuracy`` is the fraction of outputs the
 style judge assigns to the intended style, ``content_accuracy`` the fraction whose shape
-the content judge still recognises.
+the content judge still recognises, and ``content_iou`` how well the output's shape covers
+the photograph's (IoU of the mask judge's foregrounds): position and size, which a prompt
+that names the shape cannot supply.
+
+The style judge has a reject class, ``other``, trained on scenes that are no style
+(:mod:`artbank_pl.world.negatives`), so colour noise or blobs are not read as "striped";
+its answers on a fixed probe set are kept in ``judges.json``.
 """
 
 from __future__ import annotations
@@ -20,10 +26,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from artbank_pl.errors import DataError
-from artbank_pl.world.scenes import SHAPES, SIZE, STYLES, sample_batch
+from artbank_pl.world.negatives import OTHER, negative_batch, probe_set
+from artbank_pl.world.scenes import (
+    SHAPES,
+    SIZE,
+    STYLES,
+    random_layout,
+    render,
+    sample_batch,
+    shape_mask,
+)
 
 log = logging.getLogger(__name__)
-KINDS = {"style": STYLES, "content": SHAPES}
+KINDS = {"style": (*STYLES, OTHER), "content": SHAPES}
+#: share of the style judge's training scenes drawn from the negatives
+NEGATIVE_SHARE = 0.25
 
 
 class Judge(nn.Module):
@@ -54,10 +71,82 @@ class Judge(nn.Module):
         return self.head(pooled)
 
 
+class MaskJudge(nn.Module):
+    """A fully convolutional net from ``[B, 3, SIZE, SIZE]`` scenes to shape-mask logits.
+
+    Dilated convolutions see 31 pixels, enough to fill a neon or sketch outline's inside.
+
+    Args:
+        width: channels of every layer.
+    """
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.GELU()]
+        for dilation in (2, 4, 8):
+            layers += [nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation), nn.GELU()]
+        layers.append(nn.Conv2d(width, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``[B, SIZE, SIZE]``; images of another size are resized first."""
+        if images.shape[-2:] != (SIZE, SIZE):
+            images = F.interpolate(images, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+        return self.net(images * 2 - 1)[:, 0]
+
+
+def _mask_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` scenes of random shapes and styles with their true shape masks."""
+    images, masks = [], []
+    for _ in range(n):
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        style = STYLES[int(rng.integers(len(STYLES)))]
+        layout = random_layout(rng)
+        images.append(render(shape, style, rng, layout))
+        masks.append(shape_mask(shape, *layout))
+    return to_unit(np.stack(images)), torch.from_numpy(np.stack(masks)).float()
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image IoU of boolean masks ``[B, H, W]`` (1 where both are empty)."""
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def train_mask_judge(seed: int, steps: int, batch_size: int = 64) -> tuple[MaskJudge, float]:
+    """Train the mask judge; return it and its mean IoU on 512 held-out scenes."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 3])
+    gen = torch.Generator().manual_seed(seed)
+    judge = MaskJudge()
+    optimizer = torch.optim.AdamW(judge.parameters(), lr=2e-3)
+    for step in range(steps):
+        x, y = _mask_batch(rng, batch_size)
+        loss = F.binary_cross_entropy_with_logits(judge(degrade(x, gen)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 100 == 0:
+            log.info("mask judge step %d/%d: loss %.4f", step + 1, steps, loss.item())
+    judge.eval().requires_grad_(False)
+    x, y = _mask_batch(np.random.default_rng([seed, 99]), 512)
+    return judge, float(mask_iou(judge(x) > 0, y > 0.5).mean())
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """``uint8 [B, H, W, 3]`` scenes to ``[B, 3, H, W]`` floats in ``[0, 1]``."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+
+
 def _batch(rng: np.random.Generator, n: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images, shapes, styles = sample_batch(rng, n)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    return x, torch.tensor(styles if kind == "style" else shapes)
+    if kind == "style":  # a quarter of no-style scenes, labelled "other"
+        negatives = int(rng.binomial(n, NEGATIVE_SHARE))
+        images, _, styles = sample_batch(rng, n - negatives)
+        images = np.concatenate([images, negative_batch(rng, negatives)])
+        return to_unit(images), torch.tensor(styles + [len(STYLES)] * negatives)
+    images, shapes, _ = sample_batch(rng, n)
+    return to_unit(images), torch.tensor(shapes)
 
 
 def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -109,20 +198,53 @@ def train_judge(kind: str, seed: int, steps: int, batch_size: int = 64) -> tuple
 
 
 def train_judges(folder: str | Path, seed: int = 0, steps: int = 500) -> dict[str, float]:
-    """Train both judges and save them to ``folder``; return their held-out accuracies."""
+    """Train the three judges and save them to ``folder``; return their held-out scores.
+
+    ``judges.json`` also keeps the style judge's answers on the probe set
+    (:func:`probe_table`).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    accuracies = {}
+    accuracies, models = {}, {}
     for kind in KINDS:
-        judge, accuracies[kind] = train_judge(kind, seed, steps)
-        save_file(judge.state_dict(), folder / f"{kind}.safetensors")
-    meta = {"classes": {k: list(v) for k, v in KINDS.items()}, "held_out_accuracy": accuracies}
+        models[kind], accuracies[kind] = train_judge(kind, seed, steps)
+        save_file(models[kind].state_dict(), folder / f"{kind}.safetensors")
+    mask, accuracies["mask_iou"] = train_mask_judge(seed, steps)
+    save_file(mask.state_dict(), folder / "mask.safetensors")
+    meta = {
+        "classes": {k: list(v) for k, v in KINDS.items()},
+        "held_out_accuracy": accuracies,
+        "probe": probe_table(models["style"], seed),
+    }
     (folder / "judges.json").write_text(json.dumps(meta, indent=2) + "\n")
     return accuracies
 
 
+@torch.no_grad()
+def probe_table(style_judge: Judge, seed: int = 0, per_kind: int = 64) -> dict[str, dict]:
+    """Return the style judge's answers on the probe set, as shares per answer and row.
+
+    Rows: each negative kind (must be ``other``) and each style, clean and degraded
+    (must be that style). The probe scenes come from seeds the judge never trained on.
+    """
+    names = KINDS["style"]
+    rows = {f"no style: {kind}": to_unit(images) for kind, images in probe_set(per_kind).items()}
+    rng = np.random.default_rng([seed, 1234])
+    gen = torch.Generator().manual_seed(seed + 1234)
+    for style in STYLES:
+        images, _, _ = sample_batch(rng, per_kind, styles=(style,))
+        rows[style] = to_unit(images)
+        rows[f"{style}, degraded as in training"] = degrade(to_unit(images), gen)
+    table = {}
+    for row, images in rows.items():
+        votes = style_judge(images).argmax(1).tolist()
+        shares = {names[i]: round(votes.count(i) / len(votes), 3) for i in sorted(set(votes))}
+        table[row] = dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+    return table
+
+
 class Judges:
-    """Both judges, loaded from a folder written by :func:`train_judges`.
+    """The judges, loaded from a folder written by :func:`train_judges`.
 
     Raises:
         DataError: the folder lacks a judge file.
@@ -139,6 +261,11 @@ class Judges:
             judge = Judge(len(names))
             judge.load_state_dict(load_file(folder / f"{kind}.safetensors"))
             self.models[kind] = judge.eval().requires_grad_(False)
+        self.mask = None  # judges trained before the mask judge have none
+        if (folder / "mask.safetensors").is_file():
+            self.mask = MaskJudge()
+            self.mask.load_state_dict(load_file(folder / "mask.safetensors"))
+            self.mask.eval().requires_grad_(False)
 
     @torch.no_grad()
     def predict(self, kind: str, images: torch.Tensor) -> list[str]:
@@ -167,9 +294,26 @@ class Judges:
         content_hits = [a == b for a, b in zip(shapes, contents, strict=True)]
         return float(np.mean(style_hits)), float(np.mean(content_hits))
 
+    @torch.no_grad()
+    def content_iou(self, outputs: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
+        """Per-image IoU ``[B]`` of the shape masks the mask judge reads in outputs and contents.
+
+        Both ``[B, 3, H, W]`` in ``[0, 1]``. A shape of the right class in the wrong place or
+        at the wrong size scores low: the prompt names the class, not where the shape is.
+
+        Raises:
+            DataError: these judges have no mask judge.
+        """
+        if self.mask is None:
+            raise DataError("these judges have no mask judge (mask.safetensors): retrain them")
+        device = next(self.mask.parameters()).device
+        ours = self.mask(outputs.float().to(device)) > 0
+        theirs = self.mask(contents.float().to(device)) > 0
+        return mask_iou(ours, theirs)
+
     def to(self, device: torch.device | str) -> Judges:
-        """Move both judges to ``device``."""
-        for model in self.models.values():
+        """Move the judges to ``device``."""
+        for model in [*self.models.values(), *([self.mask] if self.mask else [])]:
             model.to(device)
         return self
 

@@ -1,0 +1,106 @@
+"""Scenes that are no style of the world: the style judge's "other" class and its probe set.
+
+A judge trained only on the world's styles must put every image into one of them, and the
+first one did: it called 98 % of shapes filled with random per-pixel colours "striped". These
+renderers draw what a diffusion model produces when it does not render a style (colour
+noise, colour blobs, two flat colours, a style blurred past recognition, pure noise), so
+the judge learns to answer "other" for them. The probe set is drawn from a seed the judge
+never trained on (:data:`PROBE_SEED`); its confusion table is kept with the judges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from artbank_pl.world.scenes import (
+    RENDERERS,
+    SHAPES,
+    SIZE,
+    _blur,
+    _light_background,
+    _saturated,
+    random_layout,
+    shape_mask,
+)
+
+#: the reject class of the style judge
+OTHER = "other"
+#: seed of the probe set (training draws from other seeds)
+PROBE_SEED = 20261206
+#: styles with a texture or an outline that heavy blur erases
+TEXTURED = ("striped", "dotted", "checkered", "sketch", "neon", "mosaic", "neon striped",
+            "checkered sketch")  # fmt: skip
+
+
+def _pixel_colours(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    canvas = _light_background(rng)
+    canvas[mask] = rng.uniform(0, 1, (int(mask.sum()), 3))
+    return canvas
+
+
+def _colour_patches(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    cells = int(rng.integers(2, 7))
+    coarse = rng.uniform(0, 1, (cells, cells, 3)).astype(np.float32)
+    patches = np.repeat(np.repeat(coarse, -(-SIZE // cells), 0), -(-SIZE // cells), 1)
+    if rng.random() < 0.5:
+        patches = _blur(patches[:SIZE, :SIZE], int(rng.integers(1, 4)))
+    canvas = _light_background(rng)
+    canvas[mask] = patches[:SIZE, :SIZE][mask]
+    return canvas
+
+
+def _two_colour_halves(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """Two flat colours split by a line through the shape's centre (each holds a good part)."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    cy, cx = yy[mask].mean(), xx[mask].mean()
+    angle = rng.uniform(0, np.pi)
+    side = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle) > rng.uniform(-1.5, 1.5)
+    first, second = _saturated(rng), _saturated(rng)
+    while np.abs(first - second).max() < 0.4:  # two colours that differ at a glance
+        second = _saturated(rng)
+    canvas = _light_background(rng)
+    canvas[mask & side] = first
+    canvas[mask & ~side] = second
+    return canvas
+
+
+def _over_blurred(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    style = TEXTURED[int(rng.integers(len(TEXTURED)))]
+    return _blur(RENDERERS[style](rng, mask), int(rng.integers(4, 7)))
+
+
+def _noise(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    if rng.random() < 0.5:
+        return rng.uniform(0, 1, (SIZE, SIZE, 3)).astype(np.float32)
+    return (0.5 + rng.normal(0, rng.uniform(0.1, 0.35), (SIZE, SIZE, 3))).astype(np.float32)
+
+
+NEGATIVES: dict[str, Callable[[np.random.Generator, np.ndarray], np.ndarray]] = {
+    "pixel colours": _pixel_colours,
+    "colour patches": _colour_patches,
+    "two-colour halves": _two_colour_halves,
+    "over-blurred style": _over_blurred,
+    "noise": _noise,
+}
+
+
+def render_negative(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Render one scene of a negative ``kind`` as ``uint8 [SIZE, SIZE, 3]`` (a random shape)."""
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    mask = shape_mask(shape, *random_layout(rng))
+    return (np.clip(NEGATIVES[kind](rng, mask), 0, 1) * 255).round().astype(np.uint8)
+
+
+def negative_batch(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Draw ``n`` negatives of random kinds, ``uint8 [n, SIZE, SIZE, 3]``."""
+    kinds = list(NEGATIVES)
+    return np.stack([render_negative(kinds[int(rng.integers(len(kinds)))], rng) for _ in range(n)])
+
+
+def probe_set(per_kind: int = 64, seed: int = PROBE_SEED) -> dict[str, np.ndarray]:
+    """Draw the fixed adversarial probe set: ``per_kind`` scenes of each negative kind."""
+    rng = np.random.default_rng([seed, 7])
+    return {kind: np.stack([render_negative(kind, rng) for _ in range(per_kind)])
+            for kind in NEGATIVES}  # fmt: skip
