@@ -163,5 +163,5 @@ def sample_caption(sample: dict, meta: dict | None, caption_key: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ValueError(f"its caption is a {type(value).__name__}, not text")
+        raise ValueError(f"its caption is of type {type(value).__name__}, not text")
     return value

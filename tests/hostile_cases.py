@@ -221,6 +221,19 @@ TRAINING_STREAM = [
          stream_with(good=4, extra={
              "mixed.tar": _mixed_shard(hostile.artwork("bad", "monet", meta=[1, 2]))}),
          line="skipping sample bad", skipped=1, used=TRAIN_KEYS | {"extra_good"}),
+    Case("sample: caption a number",
+         stream_with(good=4, extra={"mixed.tar": _mixed_shard(
+             hostile.artwork("bad", "monet", meta={"collection": "monet", "caption": 7}))}),
+         line="its caption is of type int, not text", skipped=1, used=TRAIN_KEYS | {"extra_good"}),
+    Case("sample: caption a list",
+         stream_with(good=4, extra={"mixed.tar": _mixed_shard(
+             hostile.artwork("bad", "monet", meta={"collection": "monet", "caption": ["a"]}))}),
+         line="its caption is of type list, not text", skipped=1, used=TRAIN_KEYS | {"extra_good"}),
+    Case("sample: collection field a list",
+         stream_with(good=4, extra={"mixed.tar": _mixed_shard(
+             hostile.artwork("bad", "monet", meta={"collection": ["monet"]}))}),
+         line="passing over samples without json field 'collection'", skipped=1,
+         used=TRAIN_KEYS | {"extra_good"}),
     Case("sample: image bytes undecodable",
          stream_with(good=4, extra={
              "mixed.tar": _mixed_shard(hostile.artwork("bad", "monet", image=b"garbage"))}),
