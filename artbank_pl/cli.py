@@ -25,6 +25,8 @@ TOOLS_HELP = """data tools (not LightningCLI):
   artbank shards build --input DIR --output DIR   build WebDataset shards + manifest
   artbank shards cache --manifest M --output DIR --pretrained P --resolution R
                                                    cache VAE latents / CLIP features
+  artbank shards index 'DIR/{00000..00099}.tar' --collection-key FIELD
+                                                   manifest for shards other tools wrote
   artbank export --ckpt FILE --output DIR [--style-images IMG...]
                                                    write per-style embedding files
   artbank grid MANIFEST... --output PNG            content | stylized grid
@@ -81,9 +83,9 @@ def _grid(argv: Sequence[str]) -> int:
 
 def _shards(argv: Sequence[str]) -> int:
     # the shard tools live with the datamodules; core code does not import them
-    modules = {"build": "shards", "cache": "cache"}
+    modules = {"build": "shards", "cache": "cache", "index": "index"}
     if not argv or argv[0] not in modules:
-        print("usage: artbank shards {build,cache} ... (--help on each)")
+        print("usage: artbank shards {build,cache,index} ... (--help on each)")
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     return importlib.import_module(f"artbank_pl.datamodules.{modules[argv[0]]}").main(argv[1:])
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from braceexpand import braceexpand
 from lightning.pytorch import LightningDataModule
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
@@ -27,21 +26,14 @@ from artbank_pl.datamodules.stream import (
     ShardStream,
     check_shards_open,
     decode_image,
+    expand_urls,
     from_npy,
     sample_meta,
 )
-from artbank_pl.errors import ConfigError, DataError
+from artbank_pl.errors import ConfigError
 from artbank_pl.options import check_at_least, check_resolution
 
 log = logging.getLogger(__name__)
-
-
-def expand_urls(pattern: str) -> list[str]:
-    """Expand a brace pattern (``data/train-{000000..000009}.tar``) into shard paths."""
-    urls = [u for part in pattern.split("::") for u in braceexpand(part)]
-    if not urls:
-        raise DataError(f"shard pattern {pattern!r} names no shard")
-    return urls
 
 
 def split_urls(
@@ -228,13 +220,20 @@ class ArtworkDataModule(LightningDataModule):
                 "data.samples_per_epoch is needed for shards without a manifest: give the "
                 "epoch length in samples"
             )
-        self.table = read_collection_table(collection_table) if collection_table else None
+        self.collection_key, table = self._labels(collection_key, collection_table)
+        self.table = read_collection_table(table) if table else None
         self.rank, self.world_size = 0, 1
+
+    def _labels(self, key: str, table: str | None) -> tuple[str, str | None]:
+        """Return the collection field (or table): given here, else the index's."""
+        labels = (self._manifest or {}).get("labels") or {}
+        if key != DEFAULT_COLLECTION_KEY or table:
+            return key, table
+        return labels.get("collection_key") or key, labels.get("collection_table")
 
     def selector(self) -> CollectionSelector:
         """Return a new reader of the samples' collections (each stream counts its own skips)."""
-        hp = self.hparams
-        return CollectionSelector(self.collection_index, hp.collection_key, self.table)
+        return CollectionSelector(self.collection_index, self.collection_key, self.table)
 
     def _collection_names(self, collections: list[str] | None) -> list[str]:
         names = list(collections or []) or (

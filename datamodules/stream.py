@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import webdataset as wds
+from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -28,6 +29,14 @@ from artbank_pl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def expand_urls(pattern: str) -> list[str]:
+    """Expand a brace pattern (``data/train-{000000..000009}.tar``) into shard paths."""
+    urls = [u for part in pattern.split("::") for u in braceexpand(part)]
+    if not urls:
+        raise DataError(f"shard pattern {pattern!r} names no shard")
+    return urls
 
 
 @dataclass(frozen=True)

@@ -147,3 +147,37 @@ def test_fit_on_foreign_shards_where_nothing_matches_is_one_line(tmp_path):
     )  # fmt: skip
     assert seen.exit == 1 and "\n" not in seen.text, seen.text
     assert "no sample of" in seen.text and "'degas'" in seen.text
+
+
+def test_an_index_of_foreign_shards_trains_with_the_manifest_alone(tmp_path, capsys):
+    from artbank_pl.cli import main
+    from artbank_pl.datamodules.shards import read_manifest
+    from artbank_pl.tasks import PromptBankTask
+
+    write_img2dataset_shards(tmp_path / "foreign")
+    pattern = str(tmp_path / "foreign/{00000..00002}.tar")
+    assert main(["shards", "index", pattern, "--collection-key", "artist", "--workers", "2"]) == 0
+    assert "indexed 34 samples" in capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "foreign/manifest.json")
+    # counted without decoding: "corrupt" (a jpg member) counts, "noimage" and "nofield" not
+    assert manifest["splits"]["train"]["counts"] == {"degas": 20, "hokusai": 7, "monet": 7}
+    assert manifest["unfit"] == {"no_image": 1, "no_collection": 1, "damaged": 0}
+    per_shard = manifest["splits"]["train"]["per_shard"]
+    assert sum(sum(c.values()) for c in per_shard.values()) == 34
+    # the manifest carries the field: no collection_key, collections or epoch length needed
+    dm = ArtworkDataModule(manifest=str(tmp_path / "foreign"), resolution=32, batch_size=4,
+                           num_workers=0, shuffle_buffer=4)  # fmt: skip
+    assert dm.collections == ["degas", "hokusai", "monet"]
+    task = PromptBankTask(collections=dm.collections, num_tokens=2, bank_heads=4, lr=0.01)
+    start = task.bank.prompts.detach().clone()
+    trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(task, dm)
+    assert not task.bank.prompts.detach().equal(start)
+
+
+def test_indexing_shards_that_name_no_collection_is_one_line(tmp_path):
+    from artbank_pl.datamodules.index import index_shards
+
+    write_img2dataset_shards(tmp_path / "foreign")
+    with pytest.raises(DataError, match="json field 'painter'"):
+        index_shards(str(tmp_path / "foreign/{00000..00002}.tar"), "painter", workers=1)
+    assert not (tmp_path / "foreign/manifest.json").exists()
