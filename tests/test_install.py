@@ -19,10 +19,11 @@ QUICK = ["--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
          "--data.init_args.samples_per_epoch", "8"]  # fmt: skip
 
 
-def run(cmd, cwd, env):
+def run(cmd, cwd, env, stderr=False):
+    """Run ``cmd``; return its stdout (with ``stderr``, stdout and stderr)."""
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{cmd}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    return result.stdout
+    return result.stdout + result.stderr if stderr else result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +35,14 @@ def wheel(tmp_path_factory):
         copy(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("dist")
     cmd = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)]
-    run(cmd, src, os.environ.copy())
+    (out / "build.log").write_text(run(cmd, src, os.environ.copy(), stderr=True))
     (path,) = out.glob("artbank_pl-*.whl")
     return path
+
+
+def test_the_wheel_builds_without_setuptools_warnings(wheel):
+    log = (wheel.parent / "build.log").read_text()
+    assert "would be ignored" not in log and "is absent from the `packages`" not in log, log
 
 
 def test_the_wheel_holds_only_artbank_pl_with_its_data(wheel):
@@ -45,7 +51,8 @@ def test_the_wheel_holds_only_artbank_pl_with_its_data(wheel):
     assert top == {"artbank_pl"}
     for member in ("callbacks/__init__.py", "datamodules/shards.py", "configs/quickstart.yaml",
                    "configs/trainer/ddp.yaml", "assets/bpe_simple_vocab_16e6.txt.gz",
-                   "assets/NOTICE", "tiny/unet.json"):  # fmt: skip
+                   "assets/NOTICE", "tiny/unet.json", "world/model/unet/config.json",
+                   "world/model/judges/mask.safetensors"):  # fmt: skip
         assert f"artbank_pl/{member}" in names
 
 
