@@ -52,7 +52,7 @@ def _export(argv: Sequence[str]) -> int:
         help="style images to invert (InverterTask checkpoints only)",
     )  # fmt: skip
     parser.add_argument(
-        "--vision-model", help="CLIP vision model of the inverter (default: its training one)"
+        "--vision-model", help="CLIP vision model of the inverter (%(default)s: its training one)"
     )
     parser.add_argument(
         "--raw", action="store_true",

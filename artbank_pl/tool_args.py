@@ -24,3 +24,22 @@ class ToolParser(argparse.ArgumentParser):
             if flag.startswith("--") and "-" in flag[2:]
         ]
         return super().add_argument(*flags, *[a for a in aliases if a not in flags], **kwargs)
+
+
+def int_at_least(minimum: int):
+    """Return an argparse ``type`` that reads an integer of at least ``minimum``.
+
+    argparse then refuses ``--photos -1`` in one line naming the option, before any work.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

@@ -27,7 +27,7 @@ from artbank_pl.datamodules.shards import MANIFEST, MANIFEST_VERSION
 from artbank_pl.datamodules.stream import IMAGE_KEYS, expand_urls, iter_tar_samples
 from artbank_pl.errors import DataError
 from artbank_pl.options import check_at_least
-from artbank_pl.tool_args import ToolParser
+from artbank_pl.tool_args import ToolParser, int_at_least
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--output", default=None, help="folder of manifest.json (default: the shards' folder)"
     )
-    parser.add_argument("--workers", type=int, default=4, help="shards scanned in parallel")
+    parser.add_argument("--workers", type=int_at_least(1), default=4,
+                        help="shards scanned in parallel")  # fmt: skip
     opts = parser.parse_args(argv)
     path = index_shards(opts.shards, opts.collection_key, opts.collection_table, opts.output,
                         opts.workers)  # fmt: skip

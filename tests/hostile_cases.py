@@ -26,6 +26,7 @@ from tests.hostile_runs import (
     image_tree,
     predict,
     run_main,
+    run_tool,
     shards_build,
     training_stream,
 )
@@ -422,7 +423,29 @@ CONTENT = [
          exit=1, line="holds no image"),
 ]  # fmt: skip
 
-CASES = [*SHARDS_BUILD, *MANIFESTS, *TRAINING_STREAM, *OPTIONS, *STYLIZE, *CONTENT]
+
+def world_tool(*argv: str) -> Callable[[Path], Observed]:
+    """``artbank world ...`` with ``argv``, writing into the case's folder."""
+    return lambda ws: run_tool(["world", *argv, "--output", str(ws / "out")], ws)
+
+
+WORLD_TOOLS = [
+    Case("world images: --photos negative", world_tool("images", "--photos", "-1"),
+         exit=1, line="argument --photos: must be at least 0, got -1"),
+    Case("world images: --per-style negative", world_tool("images", "--per-style", "-2"),
+         exit=1, line="argument --per-style/--per_style: must be at least 0, got -2"),
+    Case("world images: --seed negative", world_tool("images", "--seed", "-3"),
+         exit=1, line="argument --seed: must be at least 0, got -3"),
+    Case("world pretrain: --dataset-size 0", world_tool("pretrain", "--dataset-size", "0"),
+         exit=1, line="argument --dataset-size/--dataset_size: must be at least 1, got 0"),
+    Case("world pretrain: --vae-steps negative", world_tool("pretrain", "--vae-steps", "-5"),
+         exit=1, line="argument --vae-steps/--vae_steps: must be at least 1, got -5"),
+    Case("world judges: --steps not a number", world_tool("judges", "--steps", "many"),
+         exit=1, line="argument --steps: 'many' is not an integer"),
+]  # fmt: skip
+
+CASES = [*SHARDS_BUILD, *MANIFESTS, *TRAINING_STREAM, *OPTIONS, *STYLIZE, *CONTENT,
+         *WORLD_TOOLS]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -97,6 +97,16 @@ def run_main(argv: list[str], folder: Path) -> Observed:
     return Observed(code, "\n".join([printed.getvalue(), *lines]))
 
 
+def run_tool(argv: list[str], folder: Path) -> Observed:
+    """Run a data tool (``artbank world ...``); an argparse refusal is its last stderr line."""
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        seen = run_main(argv, folder)
+    if seen.exit == 2:  # argparse: usage, then "prog: error: ..."
+        return Observed(1, errors.getvalue().strip().splitlines()[-1])
+    return seen
+
+
 def run_refusing_early(argv: list[str], folder: Path, refused_at_start: bool) -> Observed:
     """:func:`run_main`; with ``refused_at_start`` a refusal must come before SD is loaded."""
     from unittest import mock

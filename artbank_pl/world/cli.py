@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from artbank_pl.errors import ConfigError
-from artbank_pl.tool_args import ToolParser
+from artbank_pl.tool_args import ToolParser, int_at_least
 from artbank_pl.world.scenes import PHOTO, SHAPES, STYLES, caption, render
 
 DEFAULT_STYLES = ("striped", "dotted", "sketch")
@@ -93,7 +93,7 @@ def _parser(command: str, description: str, output_help: str) -> argparse.Argume
     """Build the parser of ``artbank world <command>`` with its ``--output`` and ``--seed``."""
     parser = ToolParser(prog=f"artbank world {command}", description=description)
     parser.add_argument("--output", required=True, help=output_help)
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed of every random draw")
     return parser
 
 
@@ -107,8 +107,9 @@ def _images(argv: Sequence[str]) -> int:
     choices = ", ".join(s for s in STYLES if s != PHOTO)
     parser.add_argument("--styles", nargs="+", default=list(DEFAULT_STYLES),
                         help=f"styles, from: {choices}")  # fmt: skip
-    parser.add_argument("--per-style", type=int, default=24)
-    parser.add_argument("--photos", type=int, default=8, help="content photographs")
+    parser.add_argument("--per-style", type=int_at_least(0), default=24,
+                        help="images per style collection")  # fmt: skip
+    parser.add_argument("--photos", type=int_at_least(0), default=8, help="content photographs")
     opts = parser.parse_args(argv)
     for name, paths in write_images(**vars(opts)).items():
         print(f"{name}: {len(paths)} images")
@@ -125,8 +126,8 @@ def _pretrain(argv: Sequence[str]) -> int:
     )
     defaults = _defaults(pretrain)
     for name in ("vae_steps", "unet_steps", "dataset_size", "judge_steps"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=defaults[name],
-                            help=name.replace("_", " "))  # fmt: skip
+        parser.add_argument("--" + name.replace("_", "-"), type=int_at_least(1),
+                            default=defaults[name], help=name.replace("_", " "))  # fmt: skip
     opts = parser.parse_args(argv)
     print(json.dumps(pretrain(**vars(opts)), indent=2))
     return 0
@@ -140,7 +141,7 @@ def _judges(argv: Sequence[str]) -> int:
         "Train the style (with its reject class), content and mask judges on generator output.",
         "folder for judges.json + weights",
     )
-    parser.add_argument("--steps", type=int, default=_defaults(train_judges)["steps"],
+    parser.add_argument("--steps", type=int_at_least(1), default=_defaults(train_judges)["steps"],
                         help="optimisation steps of each judge")  # fmt: skip
     opts = parser.parse_args(argv)
     print(json.dumps(train_judges(opts.output, opts.seed, opts.steps), indent=2))
