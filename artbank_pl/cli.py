@@ -123,6 +123,9 @@ def main(args: Sequence[str] | None = None) -> int | None:
             return TOOLS[argv[0]](argv[1:])
         from artbank_pl.lightning_cli import run_lightning_cli
 
+        # the `lightning` package prints its loggers' lines with a handler of its own; they
+        # would reach the root handler too and show twice
+        logging.getLogger("lightning").propagate = False
         run_lightning_cli(resolve_config_args(argv), TOOLS_HELP)
     except Exception as err:
         cause = user_error(err)

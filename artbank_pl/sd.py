@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
 
 from artbank_pl.errors import ArtbankError
 from artbank_pl.tokenizer import build_clip_tokenizer
@@ -28,6 +29,20 @@ RANDOM_PRESETS = {
     TINY: Path(__file__).parent / "tiny",
     "random-sd15": Path(__file__).parent / "random_sd15",
 }
+
+
+def _no_weight_loading_bar(factory, args: tuple, kwargs: dict):
+    """Drop transformers' bar for reading weights from disk ("Loading weights 36/36").
+
+    That bar counts tensors of a local file in milliseconds and asks nothing of the user; the
+    hub's download bars (another library's) are left alone.
+    """
+    if kwargs.get("desc") == "Loading weights":
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
+
+
+transformers_logging.set_tqdm_hook(_no_weight_loading_bar)
 
 
 class PretrainedLoadError(ArtbankError, RuntimeError):
