@@ -72,7 +72,22 @@ def read_manifest_lines(path: Path) -> list[dict]:
     """Read a stylization ``manifest.jsonl``."""
     if not path.is_file():
         raise DataError(f"stylization manifest {path} does not exist (run artbank predict)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"stylization manifest {path} is not UTF-8 text") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {number} is not JSON: {err.msg}") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path} line {number} is not a JSON object")
+        records.append(record)
+    return records
 
 
 def stylization_grid(manifests: list[str | Path], output: str | Path, cell: int = 128) -> Path:

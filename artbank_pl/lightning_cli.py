@@ -33,7 +33,9 @@ class ArtbankCLI(LightningCLI):
         # the file first, so a missing, truncated or pickled one is one line
         subcommand = self.config.get("subcommand")
         if subcommand:
-            self._ckpt_collections = check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+            config = self.config[subcommand]
+            model = (config.get("model") or {}).get("class_path") if config.get("model") else None
+            self._ckpt_collections = check_ckpt_path(config.get("ckpt_path"), model)
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs):
@@ -184,12 +186,14 @@ def check_test_loop(model_class: type) -> None:
         )
 
 
-def check_ckpt_path(ckpt_path: object) -> list[str] | None:
+def check_ckpt_path(ckpt_path: object, model_class: str | None = None) -> list[str] | None:
     """Fail in one line, before the model is built, on a checkpoint that cannot resume.
 
     ``last``, ``best``, ``hpc``, ``registry:...`` and remote URLs are Lightning's to resolve
-    (the task's ``on_load_checkpoint`` checks those); a local path must exist and load with
-    ``weights_only=True`` (a truncated or pickled file is refused).
+    (the task's ``on_load_checkpoint`` checks those); a local path must exist, load with
+    ``weights_only=True`` (a truncated or pickled file is refused), be a Lightning
+    checkpoint (not an embedding file) and belong to ``model_class`` (a bank's checkpoint
+    does not resume an inverter, nor the reverse).
 
     Returns:
         The collections the checkpoint's bank was trained on, if it names them.
@@ -199,9 +203,38 @@ def check_ckpt_path(ckpt_path: object) -> list[str] | None:
         return None
     from artbank_pl.export import load_checkpoint
 
-    if not Path(str(ckpt_path)).is_file():
+    if not Path(name).is_file():
         raise ConfigError(f"--ckpt_path {ckpt_path} does not exist")
-    return (load_checkpoint(str(ckpt_path)).get("hyper_parameters") or {}).get("collections")
+    if Path(name).suffix == ".safetensors":
+        raise ConfigError(
+            f"--ckpt_path {ckpt_path} is an embedding file, not a training checkpoint: start "
+            "a bank from it with --model.init_args.init_embeddings"
+        )
+    checkpoint = load_checkpoint(name)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ConfigError(f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (no state_dict)")
+    check_checkpoint_task(name, checkpoint["state_dict"], model_class)
+    return (checkpoint.get("hyper_parameters") or {}).get("collections")
+
+
+#: which task's checkpoint a trainable's name shows
+_TASK_OF_PREFIX = {"bank.": "PromptBankTask", "inverter.": "InverterTask"}
+
+
+def check_checkpoint_task(path: str, state_dict: dict, model_class: str | None) -> None:
+    """Refuse a checkpoint of the other task class, naming both.
+
+    Raises:
+        ConfigError: the checkpoint's trainables belong to another task than the run's.
+    """
+    wanted = str(model_class or "").rsplit(".", 1)[-1]
+    found = {task for prefix, task in _TASK_OF_PREFIX.items() if any(
+        str(key).startswith(prefix) for key in state_dict)}  # fmt: skip
+    if wanted in _TASK_OF_PREFIX.values() and len(found) == 1 and wanted not in found:
+        raise ConfigError(
+            f"--ckpt_path {path} is a checkpoint of {found.pop()}, but this run's model is "
+            f"{wanted}: resume it with its own model class, or start this one without it"
+        )
 
 
 def import_object(class_path: str):

@@ -268,6 +268,15 @@ def _ckpt(write: Callable[[Path], Path]) -> Callable[[Path], Observed]:
     return run
 
 
+def _embedding_file(path: Path) -> Path:
+    """An exported embedding (diffusers form) where a checkpoint is expected."""
+    from safetensors.torch import save_file
+
+    target = path.with_name("emb.safetensors")
+    save_file({"<monet>": torch.zeros(2, 32)}, target)
+    return target
+
+
 def _other_collections(names: list[str]) -> Callable[[Path], Observed]:
     """Resume from a checkpoint whose bank was trained on ``names`` (this run: the base)."""
 
@@ -310,6 +319,16 @@ OPTIONS = [
     Case("checkpoint: needs unpickling code (never run)",
          _ckpt(lambda p: hostile.pickled_checkpoint(p, p.parent / "unpickled")),
          exit=1, line="given.ckpt cannot be loaded safely (weights_only=True)"),
+    Case("checkpoint: an embedding .safetensors as --ckpt_path",
+         _ckpt(_embedding_file), exit=1, line="emb.safetensors is an embedding file"),
+    Case("checkpoint: a tensor file, not a Lightning checkpoint",
+         _ckpt(lambda p: (torch.save({"weights": torch.zeros(2)}, p), p)[1]),
+         exit=1, line="given.ckpt is not a Lightning checkpoint (no state_dict)"),
+    Case("checkpoint: an inverter's given to a bank fit",
+         _ckpt(lambda p: (torch.save({"state_dict": {"inverter.proj.weight": torch.zeros(2)}},
+                                     p), p)[1]),
+         exit=1, line="given.ckpt is a checkpoint of InverterTask, but this run's model is "
+                      "PromptBankTask"),
 ]  # fmt: skip
 
 
@@ -429,7 +448,21 @@ def world_tool(*argv: str) -> Callable[[Path], Observed]:
     return lambda ws: run_tool(["world", *argv, "--output", str(ws / "out")], ws)
 
 
+def _grid_of(content: bytes) -> Callable[[Path], Observed]:
+    """``artbank grid`` of a stylization manifest holding ``content``."""
+
+    def run(ws: Path) -> Observed:
+        (ws / "manifest.jsonl").write_bytes(content)
+        return run_tool(["grid", str(ws / "manifest.jsonl"), "--output", str(ws / "g.png")], ws)
+
+    return run
+
+
 WORLD_TOOLS = [
+    Case("grid: a manifest line that is not JSON", _grid_of(b'{"key": "a"}\n{not json\n'),
+         exit=1, line="manifest.jsonl line 2 is not JSON"),
+    Case("grid: a manifest that is not UTF-8", _grid_of(b"\xff\xfe garbage"),
+         exit=1, line="manifest.jsonl is not UTF-8 text"),
     Case("world images: --photos negative", world_tool("images", "--photos", "-1"),
          exit=1, line="argument --photos: must be at least 0, got -1"),
     Case("world images: --per-style negative", world_tool("images", "--per-style", "-2"),
