@@ -98,8 +98,14 @@ def build_clip_tokenizer() -> CLIPTokenizer:
 
 
 def placeholder_token(collection: str) -> str:
-    """Return the placeholder string of a collection, e.g. ``"Van Gogh"`` -> ``"<van-gogh>"``."""
+    """Return the placeholder string of a collection, e.g. ``"Van Gogh"`` -> ``"<van-gogh>"``.
+
+    Names are slugged to ASCII letters and digits; a name with none (``日本画``) keeps its
+    own letters (``<日本画>``), which the tokenizer matches as one added token.
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", collection.lower()).strip("-")
+    if not slug:
+        slug = re.sub(r"[\W_]+", "-", collection.lower()).strip("-")
     if not slug:
         raise TokenizerError(f"collection name {collection!r} has no letters or digits")
     return f"<{slug}>"

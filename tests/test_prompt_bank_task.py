@@ -541,3 +541,11 @@ def test_sample_grid_prompts_as_predict_does_with_the_content_captions(shard_dir
     assert seen[0] == ([x], False)
     with pytest.raises(ConfigError, match="SampleGrid prompt 'a circle' must hold one"):
         SampleGrid(prompt="a circle")
+
+
+def test_a_collection_named_in_non_latin_letters_gets_its_own_placeholder():
+    task = PromptBankTask(collections=["日本画", "monet"], num_tokens=2, bank_heads=4)
+    assert task.placeholders == ["<日本画>", "<monet>"]
+    ids = task.tokenizer(task.placeholder_text(0)).input_ids[1:-1]
+    # bank row k * n + j is collection k's token j: the name's two tokens are rows 0 and 1
+    assert ids == [task.first_placeholder_id, task.first_placeholder_id + 1]
