@@ -106,6 +106,32 @@ def averaged_state(checkpoint: dict) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def trained_state(checkpoint: dict, path: str | Path, averaged: bool) -> dict[str, torch.Tensor]:
+    """Return the checkpoint's trainable weights, with its ``TrainablesEMA`` average if asked.
+
+    Raises:
+        CheckpointError: an averaged tensor has another shape than the weight it averages,
+            or a weight is not finite (nothing is exported from NaN).
+    """
+    state = dict(checkpoint.get("state_dict") or {})
+    average = averaged_state(checkpoint) if averaged else None
+    if average:
+        log.info("%s: exporting the TrainablesEMA average (--raw for the raw weights)", path)
+        for name, value in average.items():
+            own = state.get(name)
+            if own is not None and tuple(own.shape) != tuple(value.shape):
+                raise CheckpointError(
+                    f"{path}: the moving average of {name} is {tuple(value.shape)}, the weight "
+                    f"{tuple(own.shape)}; export the raw weights with --raw"
+                )
+        state |= average
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
+            which = "moving average" if average and name in average else "weight"
+            raise CheckpointError(f"{path}: the {which} {name} holds NaN or inf; nothing exported")
+    return state
+
+
 def bank_embeddings_from_checkpoint(
     path: str | Path, averaged: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -120,11 +146,7 @@ def bank_embeddings_from_checkpoint(
     """
     ckpt = load_checkpoint(path)
     hparams = ckpt.get("hyper_parameters") or {}
-    state = ckpt.get("state_dict") or {}
-    average = averaged_state(ckpt) if averaged else None
-    if average:
-        log.info("%s: exporting the TrainablesEMA average (--raw for the raw weights)", path)
-        state = state | average
+    state = trained_state(ckpt, path, averaged)
     bank_state = {k.removeprefix("bank."): v for k, v in state.items() if k.startswith("bank.")}
     if "prompts" not in bank_state or not hparams.get("collections"):
         hint = (
@@ -134,14 +156,23 @@ def bank_embeddings_from_checkpoint(
         )
         raise CheckpointError(f"{path} is not a PromptBankTask checkpoint{hint}")
     num_collections, num_tokens, dim = bank_state["prompts"].shape
-    bank = ImplicitStylePromptBank(
-        num_collections,
-        num_tokens,
-        dim,
-        attention=hparams.get("bank_attention", "ssam"),
-        num_heads=hparams.get("bank_heads", 8),
-    )
-    bank.load_state_dict(bank_state)
+    try:
+        bank = ImplicitStylePromptBank(
+            num_collections,
+            num_tokens,
+            dim,
+            attention=hparams.get("bank_attention", "ssam"),
+            num_heads=hparams.get("bank_heads", 8),
+        )
+        bank.load_state_dict(bank_state)
+    except (ValueError, RuntimeError) as err:  # options or shapes the checkpoint contradicts
+        first_line = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: its bank cannot be rebuilt: {first_line}") from None
+    if len(hparams["collections"]) != num_collections:
+        raise CheckpointError(
+            f"{path}: names {len(hparams['collections'])} collections but its bank holds "
+            f"{num_collections}"
+        )
     bank.eval()
     with torch.no_grad():
         table = bank.embeddings()

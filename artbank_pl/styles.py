@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.export import (
     CheckpointError,
-    averaged_state,
     bank_embeddings_from_checkpoint,
     file_stem,
     load_checkpoint,
+    trained_state,
 )
 from artbank_pl.modules.inverter import AttentionInverter
 from artbank_pl.tokenizer import placeholder_token
@@ -183,11 +183,9 @@ def load_inverter(path: str | Path, averaged: bool = True) -> tuple[AttentionInv
     """
     ckpt = load_checkpoint(path)
     hparams = ckpt.get("hyper_parameters") or {}
-    state = ckpt.get("state_dict") or {}
-    average = averaged_state(ckpt) if averaged else None
     state = {
         k.removeprefix("inverter."): v
-        for k, v in (state | (average or {})).items()
+        for k, v in trained_state(ckpt, path, averaged).items()
         if k.startswith("inverter.")
     }
     if "queries" not in state:

@@ -332,6 +332,25 @@ OPTIONS = [
 ]  # fmt: skip
 
 
+def _bank_checkpoint(average=None, bank_heads: int = 4, attention: str = "none") -> dict:
+    """A bank checkpoint of two collections x 2 tokens x 32 (optionally with a moving average)."""
+    state = {"bank.prompts": torch.randn(2, 2, 32)}
+    if attention == "self":  # the row attention's weights, as a trained `self` bank holds them
+        state |= {"bank.attention.norm.weight": torch.ones(32),
+                  "bank.attention.norm.bias": torch.zeros(32),
+                  "bank.attention.rows.qkv.weight": torch.zeros(96, 32),
+                  "bank.attention.proj.weight": torch.zeros(32, 32),
+                  "bank.attention.proj.bias": torch.zeros(32)}  # fmt: skip
+    checkpoint = {
+        "state_dict": state,
+        "hyper_parameters": {"collections": ["hokusai", "monet"], "bank_attention": attention,
+                             "bank_heads": bank_heads},
+    }  # fmt: skip
+    if average is not None:
+        checkpoint["callbacks"] = {"TrainablesEMA": {"average": {"bank.prompts": average}}}
+    return checkpoint
+
+
 def _export(ws: Path, checkpoint: dict | None) -> Observed:
     """``artbank export`` of ``checkpoint`` (``None``: a path that does not exist)."""
     if checkpoint is not None:
@@ -380,6 +399,15 @@ STYLIZE = [
     Case("export: a checkpoint that is not a bank's",
          partial(_export, checkpoint={"state_dict": {"unet.w": torch.zeros(2)}}),
          exit=1, line="given.ckpt is not a PromptBankTask checkpoint"),
+    Case("export: a moving average of another shape",
+         partial(_export, checkpoint=_bank_checkpoint(average=torch.zeros(2, 3, 32))),
+         exit=1, line="the moving average of bank.prompts is (2, 3, 32), the weight (2, 2, 32)"),
+    Case("export: an all-NaN moving average",
+         partial(_export, checkpoint=_bank_checkpoint(average=torch.full((2, 2, 32), torch.nan))),
+         exit=1, line="the moving average bank.prompts holds NaN or inf; nothing exported"),
+    Case("export: bank options the weights contradict",
+         partial(_export, checkpoint=_bank_checkpoint(bank_heads=5, attention="self")),
+         exit=1, line="its bank cannot be rebuilt: bank_heads=5 must divide"),
     Case("embedding: NaN in a style file", _bank_of(hostile.nan_embedding),
          exit=1, line="monet.safetensors holds NaN or infinite values"),
     Case("embedding: a scalar",
