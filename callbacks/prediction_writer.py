@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -28,7 +29,8 @@ class StylizedImageWriter(BasePredictionWriter):
     """Save each stylized image as ``<output_dir>/<style>/<key>.<format>``, or in shards.
 
     Each image is written to a temporary file and renamed, so a file that exists is
-    complete. Its manifest line (key, style, seed, strength, steps, source, file) goes to a
+    complete. Its manifest line (key, style, seed, strength, steps, inversion, guidance,
+    sampler, model, the bank or checkpoint and its SHA-256, source, file) goes to a
     per-rank part file first; at the end of the run, rank 0 merges all parts into
     ``manifest.jsonl``, one line per existing output. Outputs that already exist are
     skipped before any UNet work (the task asks :meth:`exists`), so an interrupted run is
@@ -79,6 +81,7 @@ class StylizedImageWriter(BasePredictionWriter):
         self.manifest = manifest
         self.written = 0
         self._done: set[tuple[str, str]] = set()
+        self._style_source: tuple[str | None, str | None] = (None, None)
         self._buffer: list[tuple[dict, str]] = []
         self._executor = ThreadPoolExecutor(1, "artbank-writer") if background else None
         self._pending: list[Future] = []
@@ -102,6 +105,8 @@ class StylizedImageWriter(BasePredictionWriter):
         """Let the task skip outputs that exist; make the output folder."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         pl_module.output_exists = self.exists
+        source = pl_module.hparams.get("bank") or pl_module.hparams.get("inverter")
+        self._style_source = (str(source) if source else None, content_sha256(source))
         self.written = 0
         self._buffer = []
         records = read_records(self.output_dir, self.manifest)
@@ -167,7 +172,9 @@ class StylizedImageWriter(BasePredictionWriter):
         return {
             "key": key, "style": style, "seed": prediction["seeds"][i],
             "strength": hp.strength, "steps": hp.steps, "inversion": hp.inversion,
-            "guidance_scale": hp.guidance_scale, "source": prediction["sources"][i],
+            "guidance_scale": hp.guidance_scale, "sampler": hp.get("scheduler"),
+            "model": hp.get("pretrained"), "style_source": self._style_source[0],
+            "style_sha256": self._style_source[1], "source": prediction["sources"][i],
             "file": self.path_for(key, style).relative_to(self.output_dir).as_posix(),
         }  # fmt: skip
 
@@ -210,6 +217,25 @@ class StylizedImageWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             merge_manifest(self.output_dir, self.manifest)
         log.info("rank %d wrote %d outputs", trainer.global_rank, self.written)
+
+
+def content_sha256(path: str | None) -> str | None:
+    """SHA-256 of a style source: a file's bytes, or a folder's files in name order.
+
+    Recorded with every output, so an output says which bank or checkpoint made it even
+    after the file at that path was replaced.
+    """
+    if not path or not Path(path).exists():
+        return None
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(root).as_posix().encode() if root.is_dir() else b"")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def parse_record(line: str) -> dict | None:

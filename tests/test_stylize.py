@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, Trainer
 from PIL import Image
 
 from artbank_pl.callbacks import StylizedImageWriter
+from artbank_pl.callbacks.prediction_writer import content_sha256
 from artbank_pl.datamodules import ContentDataModule
 from artbank_pl.export import CheckpointError, write_embeddings
 from artbank_pl.tasks import EvaluateTask, StylizeTask
@@ -193,6 +194,11 @@ def test_outputs_do_not_depend_on_batch_size(bank_export, content_dir, tmp_path)
     record = manifest[0]
     assert set(record) >= {"key", "style", "seed", "strength", "steps", "source"}
     assert record["seed"] == sample_seed(f"{record['key']}/{record['style']}", 0)
+    # provenance: the sampler, the model and the exact bank that made the output
+    assert record["sampler"] == "ddim" and record["model"] == "tiny"
+    assert record["style_source"] == str(bank_export)
+    assert record["style_sha256"] == content_sha256(str(bank_export))
+    assert len(record["style_sha256"]) == 64
 
 
 class Interrupt(Callback):
