@@ -229,12 +229,16 @@ def plot(curves: dict, tradeoff: dict, output: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     bank_arms = ("ssam", "ssam-lr-same", "self", "none", "ssam-default-templates")
-    groups = (bank_arms, ("patch", "pooled", "embedding"))
-    titles = ("prompt bank (claim 1)", "one painting (claim 2)")
-    for ax, group, title in zip(axes, groups, titles, strict=True):
-        for arm in (arm for arm in group if arm in curves):  # --arms may leave a group out
+    panels = [
+        (tuple(arm for arm in group if arm in curves), title)  # --arms may leave a group out
+        for group, title in ((bank_arms, "prompt bank (claim 1)"),
+                             (("patch", "pooled", "embedding"), "one painting (claim 2)"))
+        if any(arm in curves for arm in group)
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (group, title) in zip(axes[0], panels, strict=True):
+        for arm in group:
             runs = curves[arm]
             steps = [row["step"] for row in runs[0]]
             acc = np.array([[row["style_acc"] for row in run] for run in runs])
