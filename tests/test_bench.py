@@ -43,7 +43,8 @@ def test_study_runs_every_arm_and_writes_its_files(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     study = json.loads((tmp_path / "study.json").read_text())
-    arms = {"ssam", "self", "none", "ssam-default-templates", "patch", "pooled", "embedding"}
+    arms = {"ssam", "ssam-lr-same", "self", "none", "ssam-default-templates", "patch", "pooled",
+            "embedding"}  # fmt: skip
     assert set(study["summary"]) == arms
     assert [row["step"] for row in study["curves"]["ssam"][0]] == [0, 1, 2]
     assert {"stochastic 0.7", "noise 0.7", "ddim 0.7", "adain on", "dpmsolver++ 20"} <= set(
