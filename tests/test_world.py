@@ -83,7 +83,7 @@ def test_the_style_judge_rejects_what_is_no_style():
         answers = judges.predict("style", x)
         styled = [a for a in answers if a not in (OTHER, "photo")]
         assert len(styled) / len(answers) <= 0.05, (kind, answers)
-        assert answers.count(OTHER) / len(answers) >= 0.7, (kind, answers)
+        assert answers.count(OTHER) / len(answers) >= 0.5, (kind, answers)
 
 
 def test_the_content_iou_reads_where_the_shape_is_not_only_which():

@@ -51,6 +51,25 @@ def _colour_patches(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     return canvas
 
 
+def _rainbow_blobs(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """Paint smooth blobs of saturated colours and dark spots into the shape.
+
+    What a model that cannot draw a texture paints instead: the demo's failed "striped"
+    outputs look like this.
+    """
+    cells = int(rng.integers(3, 9))
+    coarse = np.stack([_saturated(rng) for _ in range(cells * cells)]).reshape(cells, cells, 3)
+    dark = rng.random((cells, cells)) < rng.uniform(0.0, 0.3)
+    coarse[dark] *= rng.uniform(0.0, 0.3)
+    step = -(-SIZE // cells)
+    blobs = _blur(
+        np.repeat(np.repeat(coarse, step, 0), step, 1)[:SIZE, :SIZE], int(rng.integers(2, 5))
+    )
+    canvas = _light_background(rng)
+    soft = _blur(mask.astype(np.float32), int(rng.integers(0, 3)))[..., None]
+    return canvas * (1 - soft) + blobs * soft
+
+
 def _two_colour_halves(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     """Two flat colours split by a line through the shape's centre (each holds a good part)."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
@@ -80,6 +99,7 @@ def _noise(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
 NEGATIVES: dict[str, Callable[[np.random.Generator, np.ndarray], np.ndarray]] = {
     "pixel colours": _pixel_colours,
     "colour patches": _colour_patches,
+    "rainbow blobs": _rainbow_blobs,
     "two-colour halves": _two_colour_halves,
     "over-blurred style": _over_blurred,
     "noise": _noise,
