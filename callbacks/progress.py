@@ -95,6 +95,11 @@ class LoggingStepProgressBar(TQDMProgressBar):
             self._shown = super().get_metrics(trainer, pl_module)
         return self._shown
 
+    def on_train_start(self, *args) -> None:
+        """Open the bar and start the rate's clock afresh (a callback may serve two fits)."""
+        super().on_train_start(*args)
+        self._started, self._samples = None, 0
+
     def on_train_epoch_start(self, trainer, *_) -> None:
         """Keep one bar over the run: total = the run's steps, position = the global step."""
         bar = self.train_progress_bar
@@ -108,9 +113,10 @@ class LoggingStepProgressBar(TQDMProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         """Advance the bar (or print a line) by optimizer steps."""
         step = trainer.global_step
-        self._samples += batch_size_of(batch) or 0
-        if self._started is None:
-            self._started = (time.monotonic(), step)
+        if self._started is None:  # the rate counts from the end of the first batch on
+            self._started, self._samples = (time.monotonic(), step), 0
+        else:
+            self._samples += batch_size_of(batch) or 0
         bar = self.train_progress_bar
         if self.is_enabled and self._should_update(step, bar.total or 0):
             bar.n = step
