@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,15 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
-from artbank_pl.errors import ConfigError, DataError
+from artbank_pl.errors import ArtbankError, ConfigError, DataError
 from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
 from artbank_pl.styles import image_caption, image_files, load_image
 from artbank_pl.tasks.style import CAPTION_FIELD
 from artbank_pl.vision import load_vision_encoder
 from artbank_pl.world.judges import load_judges
+
+log = logging.getLogger(__name__)
 
 
 def to_pil(pixels: torch.Tensor, signed: bool) -> Image.Image:
@@ -91,6 +94,7 @@ class SampleGrid(Callback):
         )
         self.exemplars: dict[int, list[torch.Tensor]] = {}
         self.last_path: Path | None = None
+        self.skipped: set[Path] = set()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Check the content folder before any training step."""
@@ -115,12 +119,33 @@ class SampleGrid(Callback):
     def _content(self, exemplars: dict[int, list[torch.Tensor]]) -> tuple[torch.Tensor, list]:
         """Content pixels for the grid, and their captions (``None`` without one)."""
         if not self.content:
-            pixels = torch.stack([kept[0] for kept in exemplars.values()][: self.num_content])
-            return pixels, [None] * len(pixels)
+            return self._exemplar_content(exemplars)
         size = tuple(next(iter(exemplars.values()))[0].shape[-2:])
-        files = image_files(Path(self.content))[: self.num_content]
-        images = [F.interpolate(load_image(p), size=size, mode="bilinear") for p in files]
-        return torch.cat(images), [image_caption(p) for p in files]
+        images, captions = [], []
+        for path in image_files(Path(self.content)):
+            if len(images) == self.num_content:
+                break
+            try:
+                image, caption = load_image(path), image_caption(path)
+            except (ArtbankError, OSError, ValueError) as err:
+                self._skip(path, err)
+                continue
+            images.append(F.interpolate(image, size=size, mode="bilinear"))
+            captions.append(caption)
+        if not images:  # every content image was unreadable: the exemplars stand in
+            return self._exemplar_content(exemplars)
+        return torch.cat(images), captions
+
+    def _exemplar_content(self, exemplars: dict[int, list[torch.Tensor]]) -> tuple:
+        pixels = torch.stack([kept[0] for kept in exemplars.values()][: self.num_content])
+        return pixels, [None] * len(pixels)
+
+    def _skip(self, path: Path, err: Exception) -> None:
+        """Count a content image the grid cannot use; name it once (the grid reruns often)."""
+        if path not in self.skipped:
+            self.skipped.add(path)
+            log.warning("SampleGrid skips content %s (%s); %d skipped", path, err,
+                        len(self.skipped))  # fmt: skip
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Render and log the grid and metrics (rank 0, not during the sanity check)."""

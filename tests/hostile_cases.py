@@ -268,6 +268,18 @@ def _ckpt(write: Callable[[Path], Path]) -> Callable[[Path], Observed]:
     return run
 
 
+def _grid_content_caption(caption: bytes) -> Callable[[Path], Observed]:
+    """Fit with ``caption`` beside the SampleGrid's content image."""
+
+    def run(ws: Path) -> Observed:
+        text = ws / "outputs/demo/images/photographs/house.txt"  # fit lays out house.png
+        text.parent.mkdir(parents=True, exist_ok=True)
+        text.write_bytes(caption)
+        return fit(ws, refused_at_start=False)
+
+    return run
+
+
 def _embedding_file(path: Path) -> Path:
     """An exported embedding (diffusers form) where a checkpoint is expected."""
     from safetensors.torch import save_file
@@ -319,6 +331,9 @@ OPTIONS = [
     Case("checkpoint: needs unpickling code (never run)",
          _ckpt(lambda p: hostile.pickled_checkpoint(p, p.parent / "unpickled")),
          exit=1, line="given.ckpt cannot be loaded safely (weights_only=True)"),
+    Case("SampleGrid: a content caption that is not UTF-8 (skipped, the fit goes on)",
+         _grid_content_caption(b"\xff\xfe not utf-8"),
+         exit=0, line="SampleGrid skips content outputs/demo/images/photographs/house.png"),
     Case("checkpoint: an embedding .safetensors as --ckpt_path",
          _ckpt(_embedding_file), exit=1, line="emb.safetensors is an embedding file"),
     Case("checkpoint: a tensor file, not a Lightning checkpoint",
