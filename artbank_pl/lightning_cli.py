@@ -44,6 +44,7 @@ class ArtbankCLI(LightningCLI):
         config = self.config.get(self.subcommand, {}) if self.subcommand else {}
         make_run_resumable(trainer, self.subcommand, config.get("ckpt_path"))
         use_logging_step_progress_bar(trainer)
+        use_trainable_summary(trainer)
         return trainer
 
     def before_instantiate_classes(self) -> None:
@@ -132,6 +133,22 @@ def use_logging_step_progress_bar(trainer) -> None:
             )
         elif type(callback) is RichProgressBar:
             trainer.callbacks[i] = LoggingStepProgressBar(callback.refresh_rate)
+
+
+def use_trainable_summary(trainer) -> None:
+    """Swap Lightning's default model summary (plain or rich) for :class:`TrainableSummary`.
+
+    Lightning's shows a FLOPs column of zeros for a model without ``example_input_array``
+    and, with rich, box-drawing characters in a job's log; a summary a user configured (any
+    other class) is kept.
+    """
+    from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
+
+    from artbank_pl.callbacks.summary import TrainableSummary
+
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback) in (ModelSummary, RichModelSummary):
+            trainer.callbacks[i] = TrainableSummary(max_depth=callback._max_depth)
 
 
 def check_accelerator(accelerator: object) -> None:

@@ -29,8 +29,12 @@ def batch_size_of(batch) -> int | None:
 
 
 def shown(metrics: dict) -> list[str]:
-    """``name value`` per metric, numbers to 4 significant digits."""
-    return [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
+    """``name value`` per metric, numbers to 4 significant digits (not the logger version)."""
+    return [
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in metrics.items()
+        if k != "v_num"
+    ]
 
 
 def clock(seconds: float) -> str:

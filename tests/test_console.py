@@ -33,3 +33,6 @@ def test_a_clean_fit_prints_only_allowed_lines_each_once(tmp_path):
     assert not unexpected, unexpected
     assert len(lines) == len(set(lines)), lines  # no line twice (two handlers)
     assert "Loading weights" not in result.stderr + result.stdout
+    # the model summary: plain text, without a FLOPs column of zeros
+    assert "trainable params" in result.stdout and "bank" in result.stdout
+    assert "FLOPs" not in result.stdout and "┃" not in result.stdout
