@@ -1,4 +1,4 @@
-"""Lightning callbacks: exports, EMA, loss curve, progress, sample grids, writer, preemption."""
+"""Lightning callbacks: exports, EMA, loss curve, progress, summary, grids, writer, preemption."""
 
 from artbank_pl.callbacks.ema import TrainablesEMA
 from artbank_pl.callbacks.export import EmbeddingExport
@@ -7,6 +7,7 @@ from artbank_pl.callbacks.prediction_writer import StylizedImageWriter
 from artbank_pl.callbacks.preemption import CheckpointOnSignal
 from artbank_pl.callbacks.progress import LoggingStepProgressBar
 from artbank_pl.callbacks.sample_grid import SampleGrid
+from artbank_pl.callbacks.summary import TrainableSummary
 
 __all__ = [
     "CheckpointOnSignal",
@@ -15,5 +16,6 @@ __all__ = [
     "LossCurve",
     "SampleGrid",
     "StylizedImageWriter",
+    "TrainableSummary",
     "TrainablesEMA",
 ]
