@@ -176,8 +176,11 @@ def one_line(err: BaseException) -> str:
 
 
 #: file-system errors that name a path the user chose (an output under a file, a folder
-#: without write permission, a full disk): said in one line like an ArtbankError
-PATH_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
+#: without write permission, a folder that cannot be made, as under /proc, a full disk):
+#: said in one line like an ArtbankError
+PATH_ERRORS = (
+    PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError, FileNotFoundError,
+)  # fmt: skip
 
 
 def user_error(err: BaseException) -> BaseException | None:

@@ -114,6 +114,10 @@ def _output_under_a_file(ws: Path) -> Observed:
     return shards_build(ws, out=ws / "a-file/shards")
 
 
+def _output_under_proc(ws: Path) -> Observed:
+    return shards_build(ws, out=Path("/proc/artbank-hostile/shards"))
+
+
 def _no_readable_image(ws: Path) -> Observed:
     (ws / "in/monet").mkdir(parents=True)
     hostile.not_an_image(ws / "in/monet/x.png")
@@ -156,6 +160,8 @@ SHARDS_BUILD = [
          exit=1, line="a-file: File exists"),
     Case("shards build: --output under a file", _output_under_a_file,
          exit=1, line="a-file/shards: Not a directory"),
+    Case("shards build: --output under /proc (cannot be made)", _output_under_proc,
+         exit=1, line="/proc/artbank-hostile: No such file or directory"),
     Case("shards build: --size negative", partial(shards_build, options=["--size", "-8"]),
          exit=1, line="--size must be >= 0, got -8"),
     Case("shards build: --maxcount 0", partial(shards_build, options=["--maxcount", "0"]),
