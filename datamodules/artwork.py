@@ -108,11 +108,8 @@ class ArtworkTransform:
     def __call__(self, sample: dict, rng: random.Random) -> dict:
         """Return ``{pixel_values, collection_idx, caption, __key__}`` for one raw sample."""
         meta = sample_meta(sample) if "json" in sample else None
-        name = self.selector.name_of(sample)
-        if name not in self.selector.collection_index:
-            raise KeyError(f"collection {name!r} is not in this run's collections")
         item = {
-            "collection_idx": self.selector.collection_index[name],
+            "collection_idx": self.selector.bank_index(sample),
             "caption": sample_caption(sample, meta, self.caption_key),
             "__key__": sample["__key__"],
         }

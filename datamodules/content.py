@@ -16,9 +16,15 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
-from artbank_pl.datamodules.artwork import crop_square, expand_urls, to_tensor
+from artbank_pl.datamodules.artwork import crop_square, to_tensor
 from artbank_pl.datamodules.shards import load_rgb, read_manifest, resize_shorter_side
-from artbank_pl.datamodules.stream import ShardStream, StreamPart, decode_image, sample_meta
+from artbank_pl.datamodules.stream import (
+    ShardStream,
+    StreamPart,
+    decode_image,
+    expand_urls,
+    sample_meta,
+)
 from artbank_pl.errors import DataError
 from artbank_pl.options import check_at_least, check_resolution
 from artbank_pl.styles import IMAGE_SUFFIXES, image_caption, image_files

@@ -23,6 +23,8 @@ from artbank_pl.errors import DataError
 log = logging.getLogger(__name__)
 #: the json field our own shards keep the collection in
 DEFAULT_COLLECTION_KEY = "collection"
+#: where :meth:`CollectionSelector.index_of` leaves a kept sample's bank index
+INDEX_FIELD = "__collection_idx__"
 #: how many of the found values a no-match error names
 _SHOWN_VALUES = 8
 
@@ -113,7 +115,22 @@ class CollectionSelector:
         index = self.collection_index.get(name) if name is not None else None
         if index is None:
             self._count_other(name)
+        else:  # the transform reads it back instead of parsing the json again
+            sample[INDEX_FIELD] = index
         return index
+
+    def bank_index(self, sample: dict) -> int:
+        """Return the bank index :meth:`index_of` recorded on a kept sample (or read it now).
+
+        Raises:
+            KeyError: the sample's collection is not one of this run's.
+        """
+        if INDEX_FIELD in sample:
+            return sample[INDEX_FIELD]
+        name = self.name_of(sample)
+        if name not in self.collection_index:
+            raise KeyError(f"collection {name!r} is not in this run's collections")
+        return self.collection_index[name]
 
     def _count_other(self, name: str | None) -> None:
         """Count a passed-over sample; name a collection when first seen (a few, then counts)."""
