@@ -31,7 +31,8 @@ TOOLS_HELP = """data tools (not LightningCLI):
                                                    write per-style embedding files
   artbank grid MANIFEST... --output PNG            content | stylized grid
   artbank configs list | show NAME                 the shipped configs (--config NAME)
-  artbank world images | pretrain | judges         the planted style world"""
+  artbank world images | pretrain | judges         the planted style world
+  artbank demo [--output DIR]                      the whole quick start, from the package"""
 
 
 def _export(argv: Sequence[str]) -> int:
@@ -90,6 +91,12 @@ def _shards(argv: Sequence[str]) -> int:
     return importlib.import_module(f"artbank_pl.datamodules.{modules[argv[0]]}").main(argv[1:])
 
 
+def _demo(argv: Sequence[str]) -> int:
+    from artbank_pl.demo import main as demo_main
+
+    return demo_main(argv)
+
+
 def _world(argv: Sequence[str]) -> int:
     from artbank_pl.world.cli import main as world_main
 
@@ -102,6 +109,7 @@ TOOLS: dict[str, Callable[[Sequence[str]], int]] = {
     "world": _world,
     "export": _export,
     "grid": _grid,
+    "demo": _demo,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 class ToolParser(argparse.ArgumentParser):
@@ -42,4 +43,20 @@ def int_at_least(minimum: int):
         return value
 
     parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_at_least(minimum: float):
+    """Return an argparse ``type`` that reads a finite number of at least ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a number of at least {minimum}, got {text}")
+        return value
+
+    parse.__name__ = f"number >= {minimum}"
     return parse

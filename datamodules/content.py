@@ -24,6 +24,7 @@ from artbank_pl.datamodules.stream import (
     decode_image,
     expand_urls,
     sample_meta,
+    shard_stem,
 )
 from artbank_pl.errors import DataError
 from artbank_pl.options import check_at_least, check_resolution
@@ -138,12 +139,36 @@ def shard_content_item(resolution: int):
     return to_item
 
 
+#: what a content item from shards carries besides its image (see ``ShardStream.mark_shards``)
+SHARD_FIELDS = ("shard", "shard_end", "shard_skipped")
+
+
 def collate_content(items: list[dict]) -> dict:
-    """Stack pixels; keep keys, captions and sources as lists."""
+    """Stack pixels; keep keys, captions, sources (and shard marks, from shards) as lists."""
+    fields = ("__key__", "caption", "source")
+    if all("shard" in item for item in items):
+        fields += SHARD_FIELDS
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
-        **{k: [item[k] for item in items] for k in ("__key__", "caption", "source")},
+        **{k: [item[k] for item in items] for k in fields},
     }
+
+
+def check_distinct_stems(urls: list[str]) -> None:
+    """Refuse content shards whose names coincide: each names its output shard.
+
+    Raises:
+        DataError: two URLs have the same :func:`shard_stem`; the message names both.
+    """
+    seen: dict[str, str] = {}
+    for url in urls:
+        other = seen.setdefault(shard_stem(url), url)
+        if other != url:
+            raise DataError(
+                f"content shards {other} and {url} have the same name {shard_stem(url)!r}; "
+                "an output shard is named after its input shard: stylize them in separate runs "
+                "(separate output_dir)"
+            )
 
 
 def missing_content(content: str) -> str:
@@ -242,7 +267,8 @@ class ContentDataModule(LightningDataModule):
                 raise DataError(missing_content(content))
             if missing:
                 raise DataError(f"content shards not found: {missing[:3]}")
-        return ShardStream(urls, shard_content_item(resolution))
+        check_distinct_stems(urls)
+        return ShardStream(urls, shard_content_item(resolution), mark_shards=True)
 
     def test_dataloader(self) -> DataLoader:
         """The same pass as prediction, for ``artbank test`` (evaluation)."""

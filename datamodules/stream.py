@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import random
+import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -143,9 +144,25 @@ def check_shards_open(urls: list[str], what: str) -> None:
         raise DataError(f"no readable {what} shard: {', '.join(urls[:3])}{more}")
 
 
-def iter_part(urls: list[str], part: StreamPart) -> Iterator[dict]:
-    """Yield one pass over this part's samples of ``urls`` (in the given shard order)."""
-    by_shard = len(urls) >= part.count
+def shard_stem(url: str) -> str:
+    """Return a shard's name without folder and ``.tar``: ``00017`` for ``s3://b/00017.tar``.
+
+    For a ``pipe:`` command it is the last ``NAME.tar`` the command names. An output shard
+    written for an input shard takes this name.
+    """
+    names = re.findall(r"([^/\s'\"]+?)\.tar\b", url)
+    stem = names[-1] if names else url
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "shard"
+
+
+def iter_part(urls: list[str], part: StreamPart, whole_shards: bool = False) -> Iterator[dict]:
+    """Yield one pass over this part's samples of ``urls`` (in the given shard order).
+
+    With fewer shards than parts, each part takes every ``part.count``-th sample of every
+    shard, unless ``whole_shards``: then each shard is read by one part only and the parts
+    beyond the shard count read nothing.
+    """
+    by_shard = whole_shards or len(urls) >= part.count
     for url in urls[part.index :: part.count] if by_shard else urls:
         for i, sample in enumerate(iter_tar_samples(url)):
             if by_shard or i % part.count == part.index:
@@ -195,6 +212,10 @@ class ShardStream(IterableDataset):
         select: keeps the raw samples this run reads (``index_of(sample)`` is not None) and
             counts the others; a pass over the shards of which it keeps none raises its
             ``no_match_error(urls)``. ``None`` keeps every sample.
+        mark_shards: for one pass without shuffling (stylization): each shard is read whole
+            by one part, and every item carries ``shard`` (its URL) and ``shard_end``; the
+            last item of a shard has ``shard_end`` True and ``shard_skipped``, the number of
+            that shard's samples skipped, so a writer knows when an output shard is complete.
     """
 
     def __init__(
@@ -207,10 +228,14 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         chain_epochs: bool = False,
         select=None,
+        mark_shards: bool = False,
     ) -> None:
         super().__init__()
         if not urls:
             raise ValueError("no shards given")
+        if mark_shards and (resample or shuffle):
+            raise ValueError("mark_shards needs one pass in shard order (no resample, shuffle)")
+        self.mark_shards = mark_shards
         self.urls = list(urls)
         self.to_item = to_item
         self.resample = resample
@@ -275,7 +300,8 @@ class ShardStream(IterableDataset):
 
     def _raw_samples(self, part: StreamPart, rng: random.Random) -> Iterator[dict]:
         if not self.resample:
-            yield from self._selected(iter_part(self.urls, part), self.urls, part.count)
+            samples = iter_part(self.urls, part, whole_shards=self.mark_shards)
+            yield from self._selected(samples, self.urls, part.count)
             return
         by_shard = len(self.urls) >= part.count
         own = list(self.urls[part.index :: part.count] if by_shard else self.urls)
@@ -315,6 +341,9 @@ class ShardStream(IterableDataset):
         samples = self._raw_samples(part, rng)
         if self.shuffle:
             samples = shuffle_buffer(samples, self.shuffle, rng)
+        if self.mark_shards:
+            yield from self._shard_marked_items(samples, rng)
+            return
         # skipped items still go through to_item: their draws from rng must happen
         produced = 0
         for sample in samples:
@@ -328,6 +357,31 @@ class ShardStream(IterableDataset):
             produced += 1
             if produced > skip:
                 yield item
+
+    def _shard_marked_items(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        """Items with their shard and an end mark on each shard's last one (one item behind).
+
+        The mark needs the next sample (or the end of the pass) to be seen first: the
+        last readable item of a shard waits until then, with the count of that shard's
+        skipped samples, those after it included.
+        """
+        pending, url, skipped = None, None, 0
+        for sample in samples:
+            if sample.get("__url__") != url:
+                if pending is not None:
+                    yield dict(pending, shard_end=True, shard_skipped=skipped)
+                pending, url, skipped = None, sample.get("__url__"), 0
+            try:
+                item = self.to_item(sample, rng)
+            except (OSError, ValueError, KeyError) as err:
+                self._skip(sample, err)
+                skipped += 1
+                continue
+            if pending is not None:
+                yield dict(pending, shard_end=False, shard_skipped=0)
+            pending = dict(item, shard=url)
+        if pending is not None:
+            yield dict(pending, shard_end=True, shard_skipped=skipped)
 
 
 def sample_meta(sample: dict) -> dict:

@@ -100,3 +100,19 @@ def test_the_installed_wheel_runs_the_quickstart_from_an_empty_folder(installed,
         tmp_path, env)  # fmt: skip
     stylized = tmp_path / "outputs/demo/stylized"
     assert len(list(stylized.glob("*/*.png"))) == 2 * len(list(images.glob("monet/*.png")))
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_runs_the_whole_demo_from_an_empty_folder(installed, tmp_path):
+    from artbank_pl.demo import results_table
+
+    bin_dir, env = installed
+    printed = run([str(bin_dir / "artbank"), "demo", "--output", "my demo"], tmp_path, env)
+    out = tmp_path / "my demo"
+    assert printed.count("[demo ") == 12 and "[demo 12/12] evaluation" in printed
+    for made in ("grid.png", "report/report.html", "export", "inst/export", "configs"):
+        assert (out / made).exists(), made
+    assert len(list((out / "stylized").glob("*/*.png"))) == 3 * 8
+    # the table it ends with is the evaluation's own figures
+    assert printed.rstrip().endswith(results_table(out / "report" / "metrics.json"))
+    assert not (tmp_path / "outputs").exists(), "nothing may land in the shipped folder"

@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import subprocess
@@ -444,3 +445,105 @@ def test_adain_with_a_bank_takes_each_styles_reference_from_a_folder(bank_export
         stylizer(bank_export, adain=True, adain_reference=str(references))
     with pytest.raises(DataError, match=r"model.adain_reference .*missing does not exist"):
         stylizer(bank_export, adain=True, adain_reference=str(tmp_path / "missing"))
+
+
+@pytest.fixture(scope="module")
+def content_shards(tmp_path_factory):
+    """Three content shards as other tools write them (jpg + json caption); one bad jpg."""
+
+    import webdataset as wds
+
+    root = tmp_path_factory.mktemp("content-shards")
+    rng = np.random.default_rng(4)
+    keys = {}
+    for shard, count in (("00000", 3), ("00001", 2), ("00002", 3)):
+        keys[shard] = []
+        with wds.TarWriter(str(root / f"{shard}.tar")) as sink:
+            for i in range(count):
+                key = f"s{shard}_{i}"
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(buffer, "JPEG")
+                jpg = b"not a jpeg" if (shard, i) == ("00001", 1) else buffer.getvalue()
+                sink.write({"__key__": key, "jpg": jpg, "json": json.dumps({"caption": "x"})})
+                keys[shard] += [key] if jpg != b"not a jpeg" else []
+    return root, keys
+
+
+def read_output_shards(out):
+    """(style, shard name) -> {key: (image bytes, record)} of every output shard."""
+    import webdataset as wds
+
+    found = {}
+    for tar in sorted(out.glob("shards/*/*.tar")):
+        samples = wds.WebDataset(str(tar), shardshuffle=False)
+        found[(tar.parent.name, tar.stem)] = {
+            s["__key__"]: (s["png"], json.loads(s["json"])) for s in samples
+        }
+    return found
+
+
+class InterruptAfter(Callback):
+    def __init__(self, batches):
+        self.batches = batches
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
+        if batch_idx + 1 == self.batches:
+            raise RuntimeError("simulated preemption")
+
+
+def test_shards_in_give_one_output_shard_per_input_shard_and_style(
+    bank_export, content_shards, tmp_path
+):
+    root, keys = content_shards
+    task = stylizer(bank_export)
+    out = tmp_path / "out"
+    predict(task, f"{root}/{{00000..00002}}.tar", out, 2, {"shards": True, "background": False})
+    found = read_output_shards(out)
+    assert sorted(found) == [(s, n) for s in ("monet", "ukiyo") for n in sorted(keys)]
+    for (style, name), samples in found.items():
+        assert sorted(samples) == sorted(keys[name])
+        for key, (png, record) in samples.items():
+            assert Image.open(io.BytesIO(png)).size == (32, 32)
+            assert record["source_shard"] == f"{root}/{name}.tar"
+            assert record["key"] == key and record["style"] == style
+            assert record["seed"] == sample_seed(f"{key}/{style}", 0)
+            assert {"strength", "guidance_scale", "steps", "sampler", "model"} <= set(record)
+        stats = json.loads((out / "shards" / style / f"{name}_stats.json").read_text())
+        assert stats["written"] == len(keys[name])
+        assert stats["skipped_unreadable"] == (1 if name == "00001" else 0)
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 2 * 7
+
+
+def test_shards_out_after_an_interruption_equal_an_uninterrupted_run(
+    bank_export, content_shards, tmp_path
+):
+    root, _ = content_shards
+    task = stylizer(bank_export)
+    pattern, kwargs = f"{root}/{{00000..00002}}.tar", {"shards": True, "background": False}
+    whole = CountUNet()  # its hook stays on the task's UNet: that task runs once
+    predict(stylizer(bank_export), pattern, tmp_path / "whole", 2, kwargs, callbacks=[whole])
+    out = tmp_path / "cut"
+    with pytest.raises(RuntimeError, match="simulated preemption"):
+        # batches: [00000 x 2], [00000, 00001] (its other sample is unreadable: it ends
+        # there), [00002 x 2], [00002]; cut after the third, inside shard 00002
+        predict(task, pattern, out, 2, kwargs, callbacks=[InterruptAfter(3)])
+    assert {tar.stem for tar in out.glob("shards/*/*.tar")} == {"00000", "00001"}
+    assert not list(out.rglob("*.tmp"))
+    counter = CountUNet()
+    writer = predict(stylizer(bank_export), pattern, out, 2, kwargs, callbacks=[counter])
+    assert writer.written == 2 * 3  # shard 00002 only: the others were complete
+    # UNet work for batches 3 and 4 only: of the uninterrupted run's four, the same share
+    assert counter.calls * 2 == whole.calls
+    assert read_output_shards(out) == read_output_shards(tmp_path / "whole")
+    assert predict(task, pattern, out, 2, kwargs).written == 0
+
+
+def test_content_shards_of_the_same_name_are_refused_naming_both(tmp_path):
+    from artbank_pl.errors import DataError
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "00000.tar").write_bytes(b"")
+    data = ContentDataModule(f"{tmp_path}/{{a,b}}/00000.tar", resolution=32, num_workers=0)
+    with pytest.raises(DataError, match=r"a/00000.tar and .*b/00000.tar have the same name"):
+        data.predict_dataloader()

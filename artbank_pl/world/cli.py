@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from artbank_pl.errors import ConfigError
-from artbank_pl.tool_args import ToolParser, int_at_least
+from artbank_pl.tool_args import ToolParser, float_at_least, int_at_least
 from artbank_pl.world.scenes import PHOTO, SHAPES, STYLES, caption, render
 
 DEFAULT_STYLES = ("striped", "dotted", "sketch")
@@ -125,9 +125,21 @@ def _pretrain(argv: Sequence[str]) -> int:
         "diffusers folder to write",
     )
     defaults = _defaults(pretrain)
-    for name in ("vae_steps", "unet_steps", "dataset_size", "judge_steps"):
+    for name in ("vae_steps", "unet_steps", "dataset_size"):
         parser.add_argument("--" + name.replace("_", "-"), type=int_at_least(1),
                             default=defaults[name], help=name.replace("_", " "))  # fmt: skip
+    parser.add_argument(
+        "--judge-steps",
+        type=int_at_least(0),
+        default=defaults["judge_steps"],
+        help="steps of each judge; 0 leaves them out (artbank world judges)",
+    )
+    parser.add_argument(
+        "--min-snr-gamma",
+        type=float_at_least(0.0),
+        default=defaults["min_snr_gamma"],
+        help="Min-SNR-gamma loss weighting of the UNet; 0 turns it off",
+    )
     opts = parser.parse_args(argv)
     print(json.dumps(pretrain(**vars(opts)), indent=2))
     return 0

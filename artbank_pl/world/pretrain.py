@@ -29,7 +29,6 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
@@ -151,12 +150,15 @@ def train_unet(
     batch_size: int = 32,
     caption_dropout: float = 0.1,
     ema_decay: float = 0.999,
+    lr: float = 1e-3,
+    min_snr_gamma: float | None = None,
+    noise_offset: float = 0.0,
 ) -> tuple[UNet2DConditionModel, list[float]]:
     """Stage 2: the UNet on cached latents; returns its EMA and the per-step losses."""
     gen = torch.Generator().manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     ema = copy.deepcopy(unet).requires_grad_(False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, steps))
     abar_table = scheduler.alphas_cumprod.float()
     empty = len(features) - 1
@@ -168,10 +170,15 @@ def train_unet(
         latents = (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * eps_z) * scaling_factor
         cond_idx = labels[idx].clone()
         cond_idx[torch.rand(batch_size, generator=gen) < caption_dropout] = empty
-        noise = torch.randn(latents.shape, generator=gen)
+        noise = diffusion.offset_noise(latents.shape, noise_offset, gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
         noisy = diffusion.add_noise(latents, noise, abar_table[t])
-        loss = F.mse_loss(unet(noisy, t, features[cond_idx]).sample, noise)
+        per_sample = (unet(noisy, t, features[cond_idx]).sample - noise).pow(2).mean((1, 2, 3))
+        if min_snr_gamma is not None:
+            per_sample = per_sample * diffusion.min_snr_weights(
+                abar_table[t], min_snr_gamma, "epsilon"
+            )
+        loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -200,10 +207,11 @@ def save_model(output: Path, unet, vae, parts) -> None:
 def pretrain(
     output: str | Path,
     seed: int = 0,
-    vae_steps: int = 1000,
-    unet_steps: int = 5500,
+    vae_steps: int = 800,
+    unet_steps: int = 5000,
     dataset_size: int = 16384,
-    judge_steps: int = 500,
+    judge_steps: int = 800,
+    min_snr_gamma: float = 5.0,
 ) -> dict:
     """Run all stages and write the world model folder; return a summary (also saved).
 
@@ -214,7 +222,10 @@ def pretrain(
         vae_steps: VAE optimisation steps (batch 32).
         unet_steps: UNet optimisation steps (batch 32).
         dataset_size: scenes rendered and encoded for the UNet.
-        judge_steps: steps of each judge.
+        judge_steps: steps of each judge; 0 leaves the judges out (they do not depend on
+            the model: ``artbank world judges`` writes them alone).
+        min_snr_gamma: the UNet's Min-SNR-gamma loss weighting (Hang et al. 2023); 0 is the
+            plain epsilon loss of version 1.
     """
     from artbank_pl.world.judges import train_judges
 
@@ -229,20 +240,21 @@ def pretrain(
     features = caption_features(parts)
     unet, losses = train_unet(
         moments, labels, features, parts.noise_scheduler, vae.config.scaling_factor,
-        unet_steps, seed,
+        unet_steps, seed, min_snr_gamma=min_snr_gamma or None,
     )  # fmt: skip
     unet_done = time.monotonic()
-    judges = train_judges(output / "judges", seed, judge_steps)
+    judges = train_judges(output / "judges", seed, judge_steps) if judge_steps else None
     window = max(1, min(200, unet_steps // 10))
     save_model(output, unet, vae, parts)
     summary = {
         "command": (
             f"artbank world pretrain --output {output} --seed {seed} --vae-steps {vae_steps} "
-            f"--unet-steps {unet_steps} --dataset-size {dataset_size} --judge-steps {judge_steps}"
+            f"--unet-steps {unet_steps} --dataset-size {dataset_size} --judge-steps {judge_steps} "
+            f"--min-snr-gamma {min_snr_gamma}"
         ),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps,
-        "dataset_size": dataset_size, "judge_steps": judge_steps,
+        "dataset_size": dataset_size, "judge_steps": judge_steps, "min_snr_gamma": min_snr_gamma,
         "seconds": {"vae": round(vae_done - started, 1), "unet": round(unet_done - vae_done, 1),
                     "total": round(time.monotonic() - started, 1)},
         # mean loss over the first and the last 200 steps (a tenth of short runs)
