@@ -27,7 +27,7 @@ from artbank_pl.atomic import atomic_write_text
 from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.options import check_at_least
 from artbank_pl.styles import image_files
-from artbank_pl.tool_args import ToolParser
+from artbank_pl.tool_args import ToolParser, int_at_least
 
 log = logging.getLogger(__name__)
 
@@ -296,11 +296,12 @@ def build_shards(
             report.written[name] = report.written.get(name, 0) + n
     if not report.written:
         raise DataError(f"no readable image under {input_dir} ({len(report.skipped)} skipped)")
-    _write_manifest(report, names, splits, opts)
+    write_manifest(report, names, splits, opts)
     return report
 
 
-def _write_manifest(report: BuildReport, names: list[str], splits: dict, opts: dict) -> None:
+def write_manifest(report: BuildReport, names: list[str], splits: dict, opts: dict) -> None:
+    """Write ``manifest.json`` (last, atomically): collections present, splits, image options."""
     present = [name for name in names if report.written.get(name)]
     for name in sorted(set(names) - set(present)):
         log.warning("collection %r has no readable image; it is left out", name)
@@ -377,12 +378,15 @@ def check_manifest(manifest: dict, path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``artbank shards build``: build shards and a manifest from collection folders."""
+    """``artbank shards build``: build shards and a manifest from collection folders or Parquet."""
     parser = ToolParser(
         prog="artbank shards build",
-        description="Build WebDataset shards and manifest.json from one folder per collection.",
+        description="Build WebDataset shards and manifest.json from one folder per collection "
+        "(--input) or from Parquet files, the Hugging Face datasets layout (--parquet).",
     )
-    parser.add_argument("--input", required=True, help="folder with one sub-folder per collection")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="folder with one sub-folder per collection")
+    source.add_argument("--parquet", help="a .parquet file or a folder of them")
     parser.add_argument("--output", required=True, help="folder for shards and manifest.json")
     parser.add_argument("--size", type=int, default=512, help="shorter side in px (0: keep)")
     parser.add_argument("--crop", action="store_true", help="also center-crop to a square")
@@ -390,16 +394,45 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--val-per-collection", type=int, default=0, help="images per collection held out"
     )
-    parser.add_argument("--format", default="jpg", choices=("jpg", "png"))
+    parser.add_argument("--format", default="jpg", choices=("jpg", "png"), help="image format")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
     parser.add_argument("--seed", type=int, default=0, help="training-order shuffle seed")
-    opts = parser.parse_args(argv)
-    report = build_shards(
-        opts.input, opts.output, opts.size, opts.crop, opts.maxcount, opts.val_per_collection,
-        opts.format, opts.quality, opts.seed,
+    parquet = parser.add_argument_group("Parquet input (--parquet)")
+    parquet.add_argument("--image-column", default="image", help="image column (bytes or path)")
+    parquet.add_argument(
+        "--collection-column", default="artist",
+        help="column naming the collection (a string, or an integer ClassLabel)",
     )  # fmt: skip
+    parquet.add_argument("--caption-column", help="optional caption column")
+    parquet.add_argument(
+        "--workers", type=int_at_least(0), default=0, help="image decoding processes"
+    )
+    parquet.add_argument(
+        "--shuffle-buffer", type=int_at_least(0), default=1000,
+        help="samples held to shuffle the training order",
+    )  # fmt: skip
+    opts = parser.parse_args(argv)
+    common = dict(size=opts.size, crop=opts.crop, maxcount=opts.maxcount,
+                  val_per_collection=opts.val_per_collection, image_format=opts.format,
+                  quality=opts.quality, seed=opts.seed)  # fmt: skip
+    if opts.parquet:
+        from artbank_pl.datamodules.parquet import build_from_parquet
+
+        report = build_from_parquet(
+            opts.parquet, opts.output, opts.image_column, opts.collection_column,
+            opts.caption_column, workers=opts.workers, shuffle_buffer=opts.shuffle_buffer,
+            **common,
+        )  # fmt: skip
+    else:
+        report = build_shards(opts.input, opts.output, **common)
     counts = ", ".join(f"{name}: {n}" for name, n in sorted(report.written.items()))
     print(f"wrote {sum(report.written.values())} images ({counts}); manifest {report.manifest}")
     if report.skipped:
-        print(f"skipped {len(report.skipped)} unreadable file(s): " + ", ".join(report.skipped))
+        shown = ", ".join(report.skipped[:10])
+        more = (
+            f" and {len(report.skipped) - 10} more (listed in the manifest)"
+            if len(report.skipped) > 10
+            else ""
+        )
+        print(f"skipped {len(report.skipped)} unreadable item(s): {shown}{more}")
     return 0
