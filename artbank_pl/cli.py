@@ -21,8 +21,20 @@ from artbank_pl.config_files import configs_main, resolve_config_args
 from artbank_pl.errors import ArtbankError, DataError
 from artbank_pl.tool_args import ToolParser
 
+USAGE = """usage: artbank COMMAND [options]    (artbank COMMAND --help: that command's options)
+
+ArtBank and InST style transfer on a frozen Stable Diffusion, with PyTorch Lightning.
+
+training and stylization (LightningCLI: --config FILE|NAME, dotted options, --print_config):
+  artbank fit       train a prompt bank (ArtBank) or an inverter (InST)
+  artbank validate  one pass over the validation set of a training config
+  artbank test      evaluate stylization: the judges, CLIP metrics, report.html
+  artbank predict   stylize a dataset (an image, a folder, shards) with a bank or inverter
+"""
+
 TOOLS_HELP = """data tools (not LightningCLI):
   artbank shards build --input DIR --output DIR   build WebDataset shards + manifest
+  artbank shards build --parquet DIR --output DIR  the same from Parquet (Hugging Face)
   artbank shards cache --manifest M --output DIR --pretrained P --resolution R
                                                    cache VAE latents / CLIP features
   artbank shards index 'DIR/{00000..00099}.tar' --collection-key FIELD
@@ -47,13 +59,14 @@ def _export(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--ckpt", "--ckpt-path", required=True, help="Lightning checkpoint (.ckpt)")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS,
+                        help="file layouts to write")  # fmt: skip
     parser.add_argument(
         "--style-images", nargs="+", metavar="IMAGE",
         help="style images to invert (InverterTask checkpoints only)",
     )  # fmt: skip
     parser.add_argument(
-        "--vision-model", help="CLIP vision model of the inverter (%(default)s: its training one)"
+        "--vision-model", help="CLIP vision model of the inverter (default: its training one)"
     )
     parser.add_argument(
         "--raw", action="store_true",
@@ -126,6 +139,10 @@ def main(args: Sequence[str] | None = None) -> int | None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # content streams are iterable datasets: outputs are named by sample key instead
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+    if not argv or argv[0] in ("-h", "--help"):
+        # the top-level help without importing Lightning (that takes several seconds)
+        print(USAGE + "\n" + TOOLS_HELP)
+        return 0 if argv else 2
     try:
         if argv and argv[0] in TOOLS:
             return TOOLS[argv[0]](argv[1:])
@@ -143,6 +160,13 @@ def main(args: Sequence[str] | None = None) -> int | None:
     return None
 
 
+class _DropTorchvisionFallback(logging.Filter):
+    """Drop transformers' note that an image processor falls back to PIL without torchvision."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
 class _DropAdverts(logging.Filter):
     """Drop Lightning's product tips (litlogger, litmodels): they ask nothing of the user."""
 
@@ -155,6 +179,9 @@ def quiet_console() -> None:
     """Silence console lines that ask nothing of the user; real warnings stay."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropAdverts())
+    # diffusers' pipeline imports name transformers' image processors; artbank preprocesses
+    # images itself, so the PIL fallback they announce without torchvision changes nothing
+    logging.getLogger("transformers.utils.import_utils").addFilter(_DropTorchvisionFallback())
     # the SLURM environment is used by the slurm overlay; outside it the hint is noise
     warnings.filterwarnings("ignore", message=r"The `srun` command is available")
     # KID keeps every feature: a warning for huge sets, not for an evaluation report
@@ -165,6 +192,9 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=r"Starting from v1.9.0, `tensorboardX` has been")
     # artbank passes LightningCLI the command line itself, after resolving config names
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # a content folder's length is exact per worker (FolderStream.__len__ splits like the
+    # stream does), which is what this warning fears is not the case
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     # third-party deprecations the user cannot act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(diffusers|transformers)")

@@ -45,13 +45,18 @@ def shipped_config_path(name: str) -> Path:
 
 
 def describe(path: Path) -> str:
-    """Return the first comment line of a config file, without the ``#``."""
+    """Return the first sentence of a config's opening comment, joined across its lines."""
+    words: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
+        text = line.lstrip("#").strip()
+        if not line.startswith("#") or not text or text.startswith("artbank "):
             break
-    return ""
+        words.append(text)
+        if text.endswith("."):
+            break
+    summary = " ".join(words)
+    end = summary.find(". ")
+    return summary[: end + 1] if end >= 0 else summary
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:

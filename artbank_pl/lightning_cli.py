@@ -61,6 +61,10 @@ class ArtbankCLI(LightningCLI):
         model = config.get("model")
         if self.subcommand == "test" and getattr(model, "class_path", None):
             check_test_loop(import_object(model.class_path))
+        if self.subcommand == "test":
+            # the evaluation prints its own table (a row per setting and style); Lightning's
+            # cuts each test/<setting>/<metric>/<style> key at the terminal's width
+            config["verbose"] = False
         if model_args is None or data is None:
             return
         data_class = import_object(data.class_path)

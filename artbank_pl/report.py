@@ -29,6 +29,32 @@ def metric_names(results: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     return [m for m in METRIC_LABELS if m in found] + sorted(found - set(METRIC_LABELS))
 
 
+#: short column names of the console table
+_SHORT = {"style_accuracy": "style_acc", "content_accuracy": "shape_acc",
+          "content_iou": "iou", "content_sim": "cont_sim"}  # fmt: skip
+
+
+def results_text(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Return the results as a console table: a row per setting and style, a column per metric.
+
+    Lightning's table puts each ``test/<setting>/<metric>/<style>`` key in a column cut at
+    the terminal's width; this one stays as wide as its longest setting label.
+    """
+    metrics = metric_names(results)
+    rows = [(setting, style) for setting, values in results.items()
+            for style in next(iter(values.values()), {})]  # fmt: skip
+    width = max([len(s) for s, _ in rows] + [7])
+    style_width = max([len(s) for _, s in rows] + [5])
+    columns = [_SHORT.get(m, m) for m in metrics]
+    lines = [f"{'setting':<{width}}  {'style':<{style_width}}  "
+             + "  ".join(f"{c:>9}" for c in columns)]  # fmt: skip
+    for setting, style in rows:
+        cells = [results[setting].get(m, {}).get(style) for m in metrics]
+        text = "  ".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in cells)
+        lines.append(f"{setting:<{width}}  {style:<{style_width}}  {text}")
+    return "\n".join(lines)
+
+
 def plot_metrics(results: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
     """Bar charts per metric (styles x settings), and style vs content similarity per style.
 

@@ -6,6 +6,21 @@ import argparse
 import math
 
 
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Append ``(default: X)`` to an option's help when it has a default worth showing.
+
+    Not for required options, flags, ``None`` defaults, or help that already says it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.required or action.default in (None, False):
+            return text
+        if action.option_strings and action.nargs != 0 and action.default is not argparse.SUPPRESS:
+            return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        return text
+
+
 class ToolParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that shows defaults in ``--help`` and takes both spellings.
 
@@ -14,7 +29,7 @@ class ToolParser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *flags, **kwargs):

@@ -73,3 +73,21 @@ class KillAtStep(Callback):
 
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+class KillGroupAfterPredictBatches(Callback):
+    """kill -9 the whole process group (every DDP rank) after rank 0's ``batches``-th batch.
+
+    The test starts the run in a session of its own, so the group is the run's processes
+    only: what a node failure or ``scancel --signal=KILL`` leaves behind.
+    """
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        import os
+        import signal
+
+        if trainer.is_global_zero and batch_idx + 1 == self.batches:
+            os.killpg(os.getpgrp(), signal.SIGKILL)

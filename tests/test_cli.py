@@ -16,12 +16,18 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
 def test_help_lists_the_subcommands_and_tools(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["--help"])
-    assert info.value.code == 0
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for sub in ("fit", "validate", "test", "predict", "shards build", "export"):
-        assert sub in out
+    for sub in ("fit", "validate", "test", "predict", "shards build", "export", "demo"):
+        assert f"artbank {sub}" in out
+    assert main([]) == 2 and "usage: artbank COMMAND" in capsys.readouterr().out
+
+
+def test_top_level_help_imports_neither_lightning_nor_torch():
+    probe = ("import sys; from artbank_pl.cli import main; main(['--help']); "
+             "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().endswith("[]"), result.stderr
 
 
 def test_fit_help_shows_docstrings(capsys):

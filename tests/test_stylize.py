@@ -447,26 +447,32 @@ def test_adain_with_a_bank_takes_each_styles_reference_from_a_folder(bank_export
         stylizer(bank_export, adain=True, adain_reference=str(tmp_path / "missing"))
 
 
-@pytest.fixture(scope="module")
-def content_shards(tmp_path_factory):
-    """Three content shards as other tools write them (jpg + json caption); one bad jpg."""
-
+def write_content_shards(root, counts, bad=()):
+    """Content shards as other tools write them (jpg + json caption); ``bad`` (shard, i) are
+    not images. Returns the readable keys per shard name."""
     import webdataset as wds
 
-    root = tmp_path_factory.mktemp("content-shards")
     rng = np.random.default_rng(4)
     keys = {}
-    for shard, count in (("00000", 3), ("00001", 2), ("00002", 3)):
+    for number, count in enumerate(counts):
+        shard = f"{number:05d}"
         keys[shard] = []
         with wds.TarWriter(str(root / f"{shard}.tar")) as sink:
             for i in range(count):
                 key = f"s{shard}_{i}"
                 buffer = io.BytesIO()
                 Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(buffer, "JPEG")
-                jpg = b"not a jpeg" if (shard, i) == ("00001", 1) else buffer.getvalue()
+                jpg = b"not a jpeg" if (shard, i) in bad else buffer.getvalue()
                 sink.write({"__key__": key, "jpg": jpg, "json": json.dumps({"caption": "x"})})
-                keys[shard] += [key] if jpg != b"not a jpeg" else []
-    return root, keys
+                keys[shard] += [] if (shard, i) in bad else [key]
+    return keys
+
+
+@pytest.fixture(scope="module")
+def content_shards(tmp_path_factory):
+    """Three content shards of 3, 2 and 3 samples; the second's last is not an image."""
+    root = tmp_path_factory.mktemp("content-shards")
+    return root, write_content_shards(root, (3, 2, 3), bad={("00001", 1)})
 
 
 def read_output_shards(out):
@@ -547,3 +553,48 @@ def test_content_shards_of_the_same_name_are_refused_naming_both(tmp_path):
     data = ContentDataModule(f"{tmp_path}/{{a,b}}/00000.tar", resolution=32, num_workers=0)
     with pytest.raises(DataError, match=r"a/00000.tar and .*b/00000.tar have the same name"):
         data.predict_dataloader()
+
+
+@pytest.mark.slow
+def test_a_dataset_killed_mid_run_under_ddp_ends_as_an_uninterrupted_run(bank_export, tmp_path):
+    """6 content shards, 2 DDP processes x 2 workers, kill -9 of every rank, then a rerun."""
+    keys = write_content_shards(tmp_path, (3, 3, 2, 3, 3, 2))
+
+    def run(out, *extra):
+        cmd = [
+            sys.executable, "-m", "artbank_pl", "predict",
+            "--config", str(ROOT / "configs/stylize-quickstart.yaml"),
+            "--trainer.strategy", "ddp", "--trainer.devices", "2",
+            "--model.init_args.bank", str(bank_export), "--model.init_args.steps", "4",
+            "--model.init_args.batch_invariant", "true",
+            "--data.init_args.content", f"{tmp_path}/{{00000..00005}}.tar",
+            "--data.init_args.resolution", "32", "--data.init_args.batch_size", "2",
+            "--data.init_args.num_workers", "2",
+            "--trainer.callbacks.init_args.output_dir", str(out),
+            "--trainer.callbacks.init_args.shards", "true",
+            # synchronous writes: what a batch completed is on disk before the kill
+            "--trainer.callbacks.init_args.background", "false", *extra,
+        ]  # fmt: skip
+        env = dict(os.environ, PL_DISABLE_FORK="1", PYTHONPATH=str(ROOT))
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
+                              cwd=ROOT, start_new_session=True)  # fmt: skip
+
+    whole = run(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "killed"
+    kill = ["--trainer.callbacks+=tests.ddp_helpers.KillGroupAfterPredictBatches",
+            "--trainer.callbacks.batches=3"]  # fmt: skip
+    killed = run(out, *kill)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    done_before = {p.relative_to(out) for p in out.glob("shards/*/*.tar")}
+    assert 0 < len(done_before) < 2 * 6, done_before  # killed in the middle
+    rerun = run(out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    found = read_output_shards(out)
+    for style in ("monet", "ukiyo"):
+        written = [k for (s, _), samples in found.items() if s == style for k in samples]
+        assert sorted(written) == sorted(k for shard in keys.values() for k in shard)
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".manifest*"))
+    assert found == read_output_shards(tmp_path / "whole")
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 16

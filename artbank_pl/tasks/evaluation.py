@@ -15,7 +15,7 @@ from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.grid import tile
 from artbank_pl.metrics import CLIPImageEncoder, StyleTransferMetrics
 from artbank_pl.options import check_at_least
-from artbank_pl.report import write_report
+from artbank_pl.report import results_text, write_report
 from artbank_pl.styles import image_files, load_image, style_image_names
 from artbank_pl.tasks.sampling import check_sampling
 from artbank_pl.tasks.stylize import StylizeTask
@@ -136,6 +136,7 @@ class StyleEvaluation:
                 "steps": hp.steps, "seed": hp.seed, "styles": self.task.style_names,
             }  # fmt: skip
             paths = write_report(hp.report_dir, results, grids, info)
+            print(results_text(results), flush=True)
             log.info("evaluation report: %s", paths["html"])
         return results
 
