@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,11 @@ class ArtbankCLI(LightningCLI):
     #: the collections of the ``--ckpt_path`` file's bank, if it names them
     _ckpt_collections: list[str] | None = None
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, keeping the command line (a resume checks the model options it names)."""
+        self._argv = list(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters here, before any hook: check
         # the file first, so a missing, truncated or pickled one is one line
@@ -36,6 +42,11 @@ class ArtbankCLI(LightningCLI):
             config = self.config[subcommand]
             model = (config.get("model") or {}).get("class_path") if config.get("model") else None
             self._ckpt_collections = check_ckpt_path(config.get("ckpt_path"), model)
+            if subcommand == "fit":
+                check_resume_options(
+                    getattr(self, "_argv", []), config.get("model.init_args"),
+                    resume_file(config.get("ckpt_path"), config.get("trainer.default_root_dir")),
+                )  # fmt: skip
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs):
@@ -205,6 +216,52 @@ def check_test_loop(model_class: type) -> None:
             f"model {model_class.__name__} has no test loop; artbank test evaluates "
             "stylization with artbank_pl.tasks.EvaluateTask (--config evaluate-quickstart)"
         )
+
+
+def resume_file(ckpt_path: object, default_root_dir: object) -> Path | None:
+    """Return the checkpoint file a fit resumes from: a path, or ``last`` in the run folder."""
+    name = str(ckpt_path or "")
+    if name == "last":
+        path = Path(str(default_root_dir or ".")) / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(name)
+    return path if name and path.is_file() else None
+
+
+def given_model_options(argv: Sequence[str]) -> list[str]:
+    """Return the model options named on a command line (``--model.init_args.lr 0.1`` -> lr)."""
+    names = []
+    for arg in argv:
+        if arg.startswith("--model.") and arg != "--model.help":
+            key = arg.split("=", 1)[0].removeprefix("--model.").removeprefix("init_args.")
+            if key and key != "class_path":
+                names.append(key.split(".", 1)[0])
+    return names
+
+
+def check_resume_options(argv: Sequence[str], model_args, checkpoint: Path | None) -> None:
+    """Refuse a model option on a resume's command line that differs from the checkpoint's.
+
+    A resume continues the checkpoint's run: Lightning builds the model from the
+    checkpoint's hyperparameters (an explicit path) and restores the optimizer and its
+    learning rates, so a different value would be silently replaced or ignored.
+
+    Raises:
+        ConfigError: an option given on the command line differs; the message names it, the
+            value given and the checkpoint's.
+    """
+    if checkpoint is None or model_args is None:
+        return
+    from artbank_pl.export import load_checkpoint
+
+    saved = load_checkpoint(str(checkpoint)).get("hyper_parameters") or {}
+    for key in given_model_options(argv):
+        if key in saved and key in model_args and model_args[key] != saved[key]:
+            raise ConfigError(
+                f"--model.init_args.{key} {model_args[key]!r} differs from the "
+                f"{saved[key]!r} that {checkpoint} was trained with: a resume continues that "
+                "run as it was; drop the option, or start a new run without --ckpt_path"
+            )
 
 
 def check_ckpt_path(ckpt_path: object, model_class: str | None = None) -> list[str] | None:

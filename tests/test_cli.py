@@ -342,3 +342,20 @@ def test_file_system_errors_on_a_named_path_are_user_errors():
     full = OSError(errno.ENOSPC, "No space left on device", "/data/out/x.png")
     assert str(user_error(full)) == "/data/out/x.png: no space left on the device"
     assert user_error(ValueError("a bug")) is None  # anything else stays a traceback
+
+
+@pytest.mark.slow
+def test_a_resume_refuses_a_model_option_that_differs_from_the_checkpoint(demo_dir):
+    main(["fit", "--config", "quickstart", "--trainer.max_steps", "2", *QUICK])
+    last = demo_dir / "outputs/demo/checkpoints/last.ckpt"
+    for ckpt in ("last", str(last)):
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "--config", "quickstart", "--trainer.max_steps", "4", "--ckpt_path", ckpt,
+                  "--model.init_args.lr", "0.5", *QUICK])  # fmt: skip
+        message = str(info.value.code)
+        assert "--model.init_args.lr 0.5 differs from the 0.02 that" in message, message
+        assert "last.ckpt was trained with" in message
+    # the checkpoint's own value, or a trainer option, resumes
+    main(["fit", "--config", "quickstart", "--trainer.max_steps", "3", "--ckpt_path", "last",
+          "--model.init_args.lr", "0.02", *QUICK])  # fmt: skip
+    assert torch.load(last, weights_only=True)["global_step"] == 3
