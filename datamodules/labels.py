@@ -17,8 +17,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from artbank_pl.datamodules.stream import sample_meta, worth_logging
+from artbank_pl.datamodules.stream import sample_meta
 from artbank_pl.errors import DataError
+from artbank_pl.ratelimit import worth_logging
 
 log = logging.getLogger(__name__)
 #: the json field our own shards keep the collection in

@@ -33,8 +33,8 @@ from artbank_pl.datamodules.shards import (
     sample_key,
     write_manifest,
 )
-from artbank_pl.datamodules.stream import worth_logging
 from artbank_pl.errors import ConfigError, DataError
+from artbank_pl.ratelimit import worth_logging
 
 log = logging.getLogger(__name__)
 #: rows read (and handed to the workers) at a time

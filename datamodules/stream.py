@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from artbank_pl.errors import ConfigError, DataError
+from artbank_pl.ratelimit import worth_logging
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -85,19 +86,6 @@ def stream_seed(seed: int, epoch: int, part: StreamPart) -> int:
 
 #: shards this process found unreadable, each logged once
 BAD_SHARDS: set[str] = set()
-#: per-sample warnings name the first few samples, then only counts at powers of ten
-_LOGGED_EXAMPLES = 3
-
-
-def worth_logging(count: int) -> bool:
-    """Whether the ``count``-th occurrence of a per-sample problem gets a log line.
-
-    The first few name their sample; after that a line at 10, 100, 1000, ... keeps the
-    count visible without a line per sample (millions of skips must not flood a log).
-    """
-    if count <= _LOGGED_EXAMPLES:
-        return True
-    return count >= 10 and str(count).rstrip("0") == "1"
 
 
 def iter_tar_samples(url: str) -> Iterator[dict]:

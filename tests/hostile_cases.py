@@ -286,6 +286,14 @@ def _grid_content_caption(caption: bytes) -> Callable[[Path], Observed]:
     return run
 
 
+def _long_content_caption(ws: Path) -> Observed:
+    """Stylize a photograph whose caption is 120 words (the prompt puts it before the style)."""
+    caption = ws / "photos/house.txt"
+    caption.parent.mkdir(parents=True, exist_ok=True)
+    caption.write_text(" ".join(f"word{i}" for i in range(120)))
+    return predict(ws, refused_at_start=False)
+
+
 def _embedding_file(path: Path) -> Path:
     """An exported embedding (diffusers form) where a checkpoint is expected."""
     from safetensors.torch import save_file
@@ -415,6 +423,9 @@ def _empty_output(out: Path) -> None:
 
 
 STYLIZE = [
+    Case("content caption: longer than CLIP's 77 tokens (failed before: the run stopped)",
+         _long_content_caption, line="shortened a caption to fit CLIP's 77 tokens",
+         used=PHOTOS),
     Case("export: --ckpt missing", partial(_export, checkpoint=None),
          exit=1, line="given.ckpt does not exist"),
     Case("export: a checkpoint that is not a bank's",

@@ -549,3 +549,25 @@ def test_a_collection_named_in_non_latin_letters_gets_its_own_placeholder():
     ids = task.tokenizer(task.placeholder_text(0)).input_ids[1:-1]
     # bank row k * n + j is collection k's token j: the name's two tokens are rows 0 and 1
     assert ids == [task.first_placeholder_id, task.first_placeholder_id + 1]
+
+
+def test_a_caption_too_long_for_clip_loses_its_last_words_not_the_style(tiny_task, caplog):
+    caption = " ".join(f"w{i}" for i in range(120))
+    before = getattr(tiny_task, "captions_shortened", 0)
+    prompt = tiny_task.prompt_for(1, "{caption} in {} style", caption)
+    ids = tiny_task.tokenizer(prompt).input_ids
+    assert len(ids) <= 77 and prompt.endswith(f"{tiny_task.placeholder_text(1)} style")
+    kept = prompt.split(" in ")[0].split()
+    assert kept == caption.split()[: len(kept)] and len(kept) > 10
+    # one more word would not fit
+    longer = " ".join(caption.split()[: len(kept) + 1])
+    assert (
+        len(tiny_task.tokenizer(f"{longer} in {tiny_task.placeholder_text(1)} style").input_ids)
+        > 77
+    )
+    assert tiny_task.captions_shortened == before + 1
+    assert "shortened a caption to fit CLIP's 77 tokens" in caplog.text
+    # a caption that fits is left as it is, and not counted
+    assert tiny_task.prompt_for(1, "{caption} in {} style", "a circle").startswith("a circle in ")
+    assert tiny_task.captions_shortened == before + 1
+    tiny_task.encode_prompts([prompt])  # the style tokens are inside the limit

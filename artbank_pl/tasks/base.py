@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -18,6 +19,7 @@ from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
 from artbank_pl.optim import LRSchedule, warmup_schedule_factor
 from artbank_pl.options import check_at_least, check_positive
+from artbank_pl.ratelimit import worth_logging
 from artbank_pl.sd import (
     StableDiffusionParts,
     freeze,
@@ -25,9 +27,11 @@ from artbank_pl.sd import (
     load_parts,
     outside_autocast,
 )
-from artbank_pl.tasks.prompts import PromptTokens, tokenize_prompts
+from artbank_pl.tasks.prompts import PromptTokens, fit_caption, tokenize_prompts
 from artbank_pl.tasks.sampling import SamplingMixin
 from artbank_pl.transfer import upload
+
+log = logging.getLogger(__name__)
 
 
 def sample_seed(key: str, seed: int) -> int:
@@ -206,6 +210,21 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         return type(result)(missing_keys=[], unexpected_keys=[])
 
     # ------------------------------------------------------------------ conditioning
+    def fitted_prompt(self, build: Callable[[str], str], caption: str | None) -> str:
+        """Return ``build(caption)`` with the caption shortened to fit CLIP, counted and logged.
+
+        A caption too long for the 77 tokens is a per-sample problem, not the run's: it
+        loses its last words (see :func:`~artbank_pl.tasks.prompts.fit_caption`).
+        """
+        prompt = fit_caption(self.tokenizer, build, caption or "")
+        if caption and prompt != build(caption):
+            self.captions_shortened = getattr(self, "captions_shortened", 0) + 1
+            if worth_logging(self.captions_shortened):
+                log.warning("shortened a caption to fit CLIP's %d tokens: %r... (%d so far)",
+                            self.tokenizer.model_max_length, caption[:60],
+                            self.captions_shortened)  # fmt: skip
+        return prompt
+
     def prompt_tokens(
         self, prompts: Sequence[str], first_placeholder_id: int | None = None
     ) -> PromptTokens:

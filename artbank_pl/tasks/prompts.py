@@ -16,7 +16,7 @@ ids instead, in one of two ways:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +54,31 @@ class PromptTokens:
         if self.first_placeholder_id is None:
             return self.ids
         return self.ids.masked_fill(self.ids >= self.first_placeholder_id, 0)
+
+
+def fit_caption(tokenizer: CLIPTokenizer, build: Callable[[str], str], caption: str) -> str:
+    """Return ``build(caption)``, the caption cut word by word from its end until it fits.
+
+    CLIP reads ``model_max_length`` tokens; a longer prompt is truncated, which would cut
+    the style tokens off a prompt that has them after the caption. The caption is the
+    part to shorten: the most of its words that fit are kept.
+    """
+    prompt = build(caption)
+    limit = tokenizer.model_max_length
+    # byte-level BPE: a token covers at least one byte, so a short prompt needs no count
+    if not caption or len(prompt.encode()) + 2 <= limit:
+        return prompt
+    if len(tokenizer(prompt).input_ids) <= limit:
+        return prompt
+    words = caption.split()
+    fits, cut = 0, len(words)  # the most words known to fit, the fewest known not to
+    while cut - fits > 1:
+        middle = (fits + cut) // 2
+        if len(tokenizer(build(" ".join(words[:middle]))).input_ids) <= limit:
+            fits = middle
+        else:
+            cut = middle
+    return build(" ".join(words[:fits]))
 
 
 def token_rows(

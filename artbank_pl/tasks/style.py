@@ -150,7 +150,8 @@ class StyleTask(FrozenDiffusionTask):
     def prompt_for(self, collection: int, template: str, caption: str | None) -> str:
         """Build one prompt from a template, the collection's placeholder and a caption."""
         caption = caption if self.hparams.use_captions else None
-        return fill_template(template, self.placeholder_text(collection), caption)
+        placeholder = self.placeholder_text(collection)
+        return self.fitted_prompt(lambda text: fill_template(template, placeholder, text), caption)
 
     def build_prompts(
         self, batch: dict, deterministic: bool = False, generator: random.Random | None = None

@@ -145,8 +145,12 @@ class StylizeTask(FrozenDiffusionTask):
 
     def prompt_for(self, style: str, caption: str) -> str:
         """Build one prompt: ``*`` becomes the style tokens, ``{caption}`` the caption."""
-        text = self.hparams.prompt.replace("{caption}", caption or "").strip()
-        return text.replace(STYLE_MARK, self.placeholders[style])
+
+        def build(text: str) -> str:
+            prompt = self.hparams.prompt.replace("{caption}", text).strip()
+            return prompt.replace(STYLE_MARK, self.placeholders[style])
+
+        return self.fitted_prompt(build, caption)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Text conditioning of prompts, with style tokens spliced in."""
