@@ -34,6 +34,17 @@ def test_bench_runs_every_row_and_ends_with_the_ratio():
     assert re.fullmatch(r"ratio lightning/bare: \d+\.\d{3}", lines[-1])
 
 
+def test_the_data_path_bench_gives_every_row_with_all_images_counted():
+    cmd = [sys.executable, str(ROOT / "bench/data_path.py"), "--size", "64", "--images", "32",
+           "--repeats", "1"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary["img_per_s"]) == {"train read", "content read", "write shards",
+                                         "write jpg"}  # fmt: skip
+    assert all(rate > 0 for rate in summary["img_per_s"].values())
+
+
 @pytest.mark.slow
 def test_study_runs_every_arm_and_writes_its_files(tmp_path):
     cmd = [
