@@ -191,6 +191,7 @@ def load_inverter(path: str | Path, averaged: bool = True) -> tuple[AttentionInv
     if "queries" not in state:
         raise CheckpointError(f"{path} is not an InverterTask checkpoint (no inverter weights)")
     num_tokens, hidden = state["queries"].shape
+    query_input = state.get("query_input.weight")
     inverter = AttentionInverter(
         feature_dim=state["input.weight"].shape[1],
         embed_dim=state["base"].shape[1],
@@ -198,6 +199,9 @@ def load_inverter(path: str | Path, averaged: bool = True) -> tuple[AttentionInv
         hidden_dim=hidden,
         num_layers=hparams.get("inverter_layers", 2),
         num_heads=hparams.get("inverter_heads", 8),
+        image_queries=query_input is not None,
+        embedding_dim=None if query_input is None else query_input.shape[1],
+        learned_base=False,  # inference: the base is whatever the checkpoint holds
     )
     inverter.load_state_dict(state)
     return inverter.eval(), hparams
@@ -221,7 +225,7 @@ def invert_style_images(
         ``{style: [n, d]}`` and the name of the vision model used.
     """
     # CLIP's vision model needs transformers, which `artbank export` of a bank does not
-    from artbank_pl.vision import image_features, load_vision_encoder
+    from artbank_pl.vision import inverter_inputs, load_vision_encoder
 
     inverter, hparams = load_inverter(checkpoint, averaged)
     vision_model = vision_model or hparams.get("vision_model", "tiny")
@@ -230,7 +234,7 @@ def invert_style_images(
     styles = {}
     for name, path in style_image_names(images).items():
         with torch.no_grad():
-            styles[name] = inverter(image_features(vision, load_image(path), kind))[0]
+            styles[name] = inverter(*inverter_inputs(vision, load_image(path), kind))[0]
     return styles, vision_model
 
 

@@ -1,7 +1,8 @@
 """The frozen CLIP vision encoder of InST, and CLIP's image preprocessing on tensors.
 
 SD repositories ship no image encoder, so it is named by its own option: ``tiny`` (random
-weights from ``tiny/vision_encoder.json``), a local folder, or a hub id such as
+weights from ``tiny/vision_encoder.json``), ``world`` (the world model's CLIP image tower,
+trained against its text encoder), a local folder, or a hub id such as
 ``openai/clip-vit-large-patch14``.
 """
 
@@ -23,6 +24,8 @@ from artbank_pl.sd import (
     preset_config,
 )
 from artbank_pl.transfer import upload
+from artbank_pl.world import WORLD
+from artbank_pl.world import model_dir as world_model_dir
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,6 +37,13 @@ def load_vision_encoder(name: str) -> CLIPVisionModelWithProjection:
     Raises:
         PretrainedLoadError: it cannot be found or loaded.
     """
+    if name == WORLD:
+        name = str(world_model_dir() / "image_encoder")
+        if not Path(name).is_dir():
+            raise PretrainedLoadError(
+                f"vision_model=world: {name} is missing; build it with `artbank world clip "
+                f"--output {name}`"
+            )
     if name in RANDOM_PRESETS:
         init = preset_config(name, "init")
         config = CLIPVisionConfig(**preset_config(name, "vision_encoder"))
@@ -96,16 +106,26 @@ def _clip_mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def image_features(vision: nn.Module, pixels: torch.Tensor, kind: str) -> torch.Tensor:
-    """InST's input features ``[B, S, c]`` of ``[-1, 1]`` pixels from a frozen CLIP.
+def inverter_inputs(
+    vision: nn.Module, pixels: torch.Tensor, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """InST's input of ``[-1, 1]`` pixels from a frozen CLIP: features and image embedding.
 
-    ``patch``: the post-layernorm patch tokens; ``pooled``: the L2-normalised projected
-    image embedding (``S = 1``), as the official InST code feeds its inverter.
+    Features ``[B, S, c]``: ``patch``, the post-layernorm patch tokens; ``pooled``, the
+    L2-normalised projected image embedding (``S = 1``), as the official InST code feeds its
+    inverter. The embedding ``[B, projection_dim]`` (L2-normalised) is what an inverter's
+    queries start from; one forward pass gives both.
     """
     device, dtype = next(vision.parameters()).device, next(vision.parameters()).dtype
     inputs = clip_preprocess(pixels.to(device), vision.config.image_size).to(dtype)
     with outside_autocast(device):
         out = vision(pixel_values=inputs)
+    embedding = F.normalize(out.image_embeds.float(), dim=-1)
     if kind == "pooled":
-        return F.normalize(out.image_embeds.float(), dim=-1).unsqueeze(1)
-    return vision.vision_model.post_layernorm(out.last_hidden_state).float()
+        return embedding.unsqueeze(1), embedding
+    return vision.vision_model.post_layernorm(out.last_hidden_state).float(), embedding
+
+
+def image_features(vision: nn.Module, pixels: torch.Tensor, kind: str) -> torch.Tensor:
+    """InST's input features ``[B, S, c]`` alone (see :func:`inverter_inputs`)."""
+    return inverter_inputs(vision, pixels, kind)[0]

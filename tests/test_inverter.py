@@ -96,6 +96,33 @@ def test_checkpoint_round_trip_rebuilds_the_inverter(shard_dir, tmp_path):
     torch.testing.assert_close(inverter(features), task.inverter.eval()(features))
 
 
+def test_image_queries_start_from_the_embedding_and_a_fixed_base_does_not_train(
+    shard_dir, tmp_path
+):
+    task = inverter_task(collections=["hokusai", "monet"], lr=1e-2, image_queries=True,
+                         learned_base=False, initializer_token=None)  # fmt: skip
+    assert "inverter.base" not in dict(task.named_parameters())
+    assert "inverter.base" in task.state_dict()
+    features, embedding = torch.randn(2, 65, 32), torch.randn(2, 32)
+    torch.nn.init.normal_(task.inverter.output.weight, std=0.1)
+    inverter = task.inverter.eval()
+    # the same patch tokens, two image embeddings: the queries, so the output, differ
+    other = torch.stack([embedding[0], -embedding[0]])
+    out = inverter(features[:1].expand(2, -1, -1), other)
+    assert not torch.allclose(out[0], out[1])
+    data = ArtworkDataModule(manifest=str(shard_dir / "manifest.json"), resolution=64,
+                             batch_size=2, num_workers=0, samples_per_epoch=4)  # fmt: skip
+    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(task.train(), data)
+    assert task.inverter.base.abs().max() == 0  # no free word: it stayed zero
+    trainer.save_checkpoint(tmp_path / "inst.ckpt")
+    loaded, _ = load_inverter(tmp_path / "inst.ckpt")
+    torch.testing.assert_close(
+        loaded(features, embedding), task.inverter.eval()(features, embedding)
+    )
+
+
 @pytest.mark.parametrize(("height", "width"), [(60, 80), (50, 97), (97, 50), (33, 33), (224, 300)])
 def test_clip_resize_size_matches_transformers(height, width):
     from transformers.image_transforms import get_resize_output_image_size

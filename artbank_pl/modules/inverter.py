@@ -5,12 +5,17 @@ multi-layer cross-attention, :math:`v_{i+1} = \mathrm{Attention}(W_Q^{(i)} v_i,
 W_K^{(i)} \tau(y), W_V^{(i)} \tau(y))`, with dropout 0.05. The official code feeds one
 pooled embedding, so every softmax is over a single key and the module collapses to a
 linear map. Here ``n`` learned queries :math:`v_0` attend over the CLIP patch tokens
-(``image_features: patch``); ``pooled`` keeps the paper's single-embedding input. Each layer
-is pre-norm cross-attention followed by an MLP, both residual (Vaswani et al. 2017); the
-output is projected to the text encoder's width by a zero-initialised projection and added
-to a learned base embedding (started from a word embedding), so the inverter's output for
-any image is exactly that word at the start of training; the projection gets a gradient from
-the first step and the attention layers from the second.
+(``image_features: patch``); ``pooled`` keeps the paper's single-embedding input. With
+``image_queries`` the queries start as the paper's do, from the image embedding
+(:math:`v_0 = \tau(y)`, through a linear map to the layers' width, plus a learned offset
+per token). Each layer is pre-norm cross-attention followed by an MLP, both residual
+(Vaswani et al. 2017); the output is projected to the text encoder's width by a
+zero-initialised projection and added to a base embedding (started from a word embedding),
+so the inverter's output for any image is exactly that word at the start of training; the
+projection gets a gradient from the first step and the attention layers from the second.
+The base is a free word the inverter trains (textual inversion inside the inverter) unless
+``learned_base`` is off: then it stays the word it started as, and only the image moves
+the output.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ class AttentionInverter(nn.Module):
         num_layers: cross-attention layers.
         num_heads: attention heads (must divide ``hidden_dim``).
         dropout: dropout in attention and MLP (0.05 in the paper).
+        image_queries: start the queries from the image embedding (``embedding_dim`` wide)
+            instead of from learned vectors alone.
+        embedding_dim: width of the image embedding the queries start from.
+        learned_base: train the base embedding (a free word); off, it is a constant.
     """
 
     def __init__(
@@ -64,6 +73,9 @@ class AttentionInverter(nn.Module):
         num_layers: int = 2,
         num_heads: int = 8,
         dropout: float = 0.05,
+        image_queries: bool = False,
+        embedding_dim: int | None = None,
+        learned_base: bool = True,
     ) -> None:
         super().__init__()
         if hidden_dim % num_heads:
@@ -75,7 +87,14 @@ class AttentionInverter(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_dim)
         self.output = nn.Linear(hidden_dim, embed_dim)
-        self.base = nn.Parameter(torch.zeros(num_tokens, embed_dim))
+        base = torch.zeros(num_tokens, embed_dim)
+        if learned_base:
+            self.base = nn.Parameter(base)
+        else:
+            self.register_buffer("base", base)
+        self.query_input = (
+            nn.Linear(embedding_dim or feature_dim, hidden_dim) if image_queries else None
+        )
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
@@ -89,10 +108,21 @@ class AttentionInverter(nn.Module):
         """Start every output token at a word embedding ``[embed_dim]``."""
         self.base.copy_(embedding.to(self.base.dtype).expand_as(self.base))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Map image features ``[B, S, feature_dim]`` to token embeddings ``[B, n, embed_dim]``."""
+    def forward(
+        self, features: torch.Tensor, embedding: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Map image features ``[B, S, feature_dim]`` to token embeddings ``[B, n, embed_dim]``.
+
+        Args:
+            features: the attention's context (CLIP patch tokens or the pooled embedding).
+            embedding: the image embedding ``[B, embedding_dim]`` the queries start from
+                (with ``image_queries``; the pooled features' own by default).
+        """
         context = self.input(features.to(self.input.weight.dtype))
         queries = self.queries.expand(features.shape[0], -1, -1)
+        if self.query_input is not None:
+            start = features[:, 0] if embedding is None else embedding
+            queries = queries + self.query_input(start.to(self.input.weight.dtype))[:, None]
         for layer in self.layers:
             queries = layer(queries, context)
         return self.base + self.output(self.norm(queries))

@@ -6,6 +6,7 @@ from typing import Literal
 
 import torch
 
+from artbank_pl.errors import ConfigError
 from artbank_pl.modules.inverter import AttentionInverter
 from artbank_pl.optim import LRSchedule
 from artbank_pl.options import check_at_least
@@ -16,7 +17,7 @@ from artbank_pl.tokenizer import (
     expand_placeholder,
     single_token_id,
 )
-from artbank_pl.vision import image_features, load_vision_encoder
+from artbank_pl.vision import image_features, inverter_inputs, load_vision_encoder
 
 ImageFeatures = Literal["patch", "pooled"]
 
@@ -40,6 +41,11 @@ class InverterTask(StyleTask):
         inverter_heads: attention heads.
         inverter_dropout: dropout (0.05 in the paper).
         initializer_token: a one-token word whose embedding the output starts from.
+        image_queries: the inverter's queries start from the image embedding, as InST's
+            do, rather than from learned vectors alone.
+        learned_base: train the base embedding the inverter's output is added to (a free
+            word, textual inversion inside the inverter); off, it stays the initializer's
+            embedding (or zero), and only the image moves the output.
         templates: prompt templates with one ``{}`` for the placeholder.
         use_captions: append each sample's caption to its prompt.
         pretrained: ``tiny``, a local diffusers folder, or a hub id.
@@ -76,6 +82,8 @@ class InverterTask(StyleTask):
         inverter_heads: int = 8,
         inverter_dropout: float = 0.05,
         initializer_token: str | None = "painting",
+        image_queries: bool = False,
+        learned_base: bool = True,
         templates: list[str] | None = None,
         use_captions: bool = False,
         pretrained: str = "tiny",
@@ -114,7 +122,8 @@ class InverterTask(StyleTask):
         embed_dim = self.text_encoder.get_input_embeddings().embedding_dim
         self.inverter = AttentionInverter(
             feature_dim, embed_dim, num_tokens, inverter_dim or embed_dim, inverter_layers,
-            inverter_heads, inverter_dropout,
+            inverter_heads, inverter_dropout, image_queries, config.projection_dim,
+            learned_base,
         )  # fmt: skip
         if initializer_token:
             init_id = single_token_id(self.tokenizer, initializer_token)
@@ -132,7 +141,10 @@ class InverterTask(StyleTask):
 
     def style_vectors(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``[B, n, d]`` for style images given as ``[-1, 1]`` pixels."""
-        return self.inverter(self.image_features(pixel_values))
+        features, embedding = inverter_inputs(
+            self.vision, pixel_values, self.hparams.image_features
+        )
+        return self.inverter(features, embedding)
 
     def placeholder_text(self, collection: int) -> str:
         """Return the placeholder expanded to its tokens (the same for every sample)."""
@@ -145,6 +157,11 @@ class InverterTask(StyleTask):
         (``artbank shards cache --vision-model``) are used when the batch has them.
         """
         if "clip" in batch:
+            if self.hparams.image_queries and self.hparams.image_features == "patch":
+                raise ConfigError(
+                    "cached patch features hold no image embedding for model.image_queries: "
+                    "cache with image_features pooled, or train from the images"
+                )
             vectors = self.inverter(batch["clip"].to(self.device))
         else:
             vectors = self.style_vectors(batch["pixel_values"])

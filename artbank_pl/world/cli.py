@@ -160,12 +160,28 @@ def _judges(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"images": _images, "pretrain": _pretrain, "judges": _judges}
+def _clip(argv: Sequence[str]) -> int:
+    from artbank_pl.world.clip import build_world_clip
+
+    parser = _parser(
+        "clip",
+        "Train the world's CLIP image tower against the world model's frozen text encoder.",
+        "folder to write (the world model's image_encoder/)",
+    )
+    parser.add_argument("--steps", type=int_at_least(1),
+                        default=_defaults(build_world_clip)["steps"],
+                        help="optimisation steps (batch 128)")  # fmt: skip
+    opts = parser.parse_args(argv)
+    print(json.dumps(build_world_clip(opts.output, opts.seed, opts.steps), indent=2))
+    return 0
+
+
+COMMANDS = {"images": _images, "pretrain": _pretrain, "judges": _judges, "clip": _clip}
 
 
 def main(argv: Sequence[str]) -> int:
     """Dispatch ``artbank world <command>``."""
     if not argv or argv[0] not in COMMANDS:
-        print("usage: artbank world {images,pretrain,judges} ... (--help on each)")
+        print("usage: artbank world {images,pretrain,judges,clip} ... (--help on each)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return COMMANDS[argv[0]](argv[1:])
