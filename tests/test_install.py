@@ -52,7 +52,8 @@ def test_the_wheel_holds_only_artbank_pl_with_its_data(wheel):
     for member in ("callbacks/__init__.py", "datamodules/shards.py", "configs/quickstart.yaml",
                    "configs/trainer/ddp.yaml", "assets/bpe_simple_vocab_16e6.txt.gz",
                    "assets/NOTICE", "tiny/unet.json", "world/model/unet/config.json",
-                   "world/model/judges/mask.safetensors"):  # fmt: skip
+                   "world/model/judges/mask.safetensors",
+                   "world/model/image_encoder/model.safetensors"):  # fmt: skip
         assert f"artbank_pl/{member}" in names
 
 
