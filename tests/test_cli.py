@@ -225,6 +225,8 @@ def test_configs_list_and_show(capsys):
     assert [line.split()[0] for line in listed] == sorted(
         p.relative_to(ROOT / "configs").with_suffix("").as_posix() for p in CONFIGS
     )
+    # each description is a whole sentence, not a first comment line cut mid-sentence
+    assert all(line.rstrip().endswith(".") for line in listed), listed
     assert main(["configs", "show", "trainer/ddp"]) == 0
     assert capsys.readouterr().out == (ROOT / "configs/trainer/ddp.yaml").read_text()
 
