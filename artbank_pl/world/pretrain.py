@@ -207,11 +207,11 @@ def save_model(output: Path, unet, vae, parts) -> None:
 def pretrain(
     output: str | Path,
     seed: int = 0,
-    vae_steps: int = 800,
-    unet_steps: int = 5000,
+    vae_steps: int = 1000,
+    unet_steps: int = 5500,
     dataset_size: int = 16384,
-    judge_steps: int = 800,
-    min_snr_gamma: float = 5.0,
+    judge_steps: int = 500,
+    min_snr_gamma: float = 0.0,
 ) -> dict:
     """Run all stages and write the world model folder; return a summary (also saved).
 
@@ -224,8 +224,8 @@ def pretrain(
         dataset_size: scenes rendered and encoded for the UNet.
         judge_steps: steps of each judge; 0 leaves the judges out (they do not depend on
             the model: ``artbank world judges`` writes them alone).
-        min_snr_gamma: the UNet's Min-SNR-gamma loss weighting (Hang et al. 2023); 0 is the
-            plain epsilon loss of version 1.
+        min_snr_gamma: the UNet's Min-SNR-gamma loss weighting (Hang et al. 2023); 0 (the
+            shipped version 1) is the plain epsilon loss.
     """
     from artbank_pl.world.judges import train_judges
 
