@@ -25,8 +25,9 @@ from artbank_pl.tool_args import ToolParser
 SHIPPED_OUTPUT = "outputs/demo"
 #: the configs the demo runs
 DEMO_CONFIGS = ("quickstart", "quickstart-inst", "stylize-quickstart", "evaluate-quickstart")
-#: the painting the InST inverter learns from
-INST_PAINTING = "inst-images/collections/dotted/0000.png"
+#: the painting the InST inverter inverts: one of the bank's dotted collection, which the
+#: inverter (trained on other dotted paintings, inst-images/) never saw
+INST_PAINTING = "images/collections/dotted/0000.png"
 
 
 def demo_steps(out: str, configs: dict[str, str]) -> list[tuple[str, list[str]]]:
@@ -49,15 +50,15 @@ def demo_steps(out: str, configs: dict[str, str]) -> list[tuple[str, list[str]]]
          ["fit", "--config", configs["quickstart"]]),
         ("the bank's embedding files",
          ["export", "--ckpt", f"{out}/checkpoints/last.ckpt", "--output", f"{out}/export"]),
-        ("one world painting for InST",
+        ("dotted world paintings for InST",
          ["world", "images", "--output", f"{out}/inst-images", "--styles", "dotted",
-          "--per-style", "1", "--photos", "0", "--seed", "7"]),
-        ("its shard",
+          "--per-style", "24", "--photos", "0", "--seed", "7"]),
+        ("their shards",
          ["shards", "build", "--input", f"{out}/inst-images/collections", "--output",
           f"{out}/inst-shards", "--size", "32", "--format", "png"]),
-        ("InST: an inverter trained on the painting",
+        ("InST: an inverter trained on those paintings",
          ["fit", "--config", configs["quickstart-inst"]]),
-        ("the inverter's embedding file",
+        ("a painting it never saw, as an embedding file",
          ["export", "--ckpt", f"{out}/inst/checkpoints/last.ckpt", "--output",
           f"{out}/inst/export", "--style-images", painting]),
         # AdaIN: each style starts from the latent statistics of its collection's first image
@@ -70,7 +71,6 @@ def demo_steps(out: str, configs: dict[str, str]) -> list[tuple[str, list[str]]]
           "--model.init_args.bank", "null",
           "--model.init_args.inverter", f"{out}/inst/checkpoints/last.ckpt",
           "--model.init_args.style_images", f"[{painting}]",
-          "--model.init_args.prompt", "*, {caption}",
           "--trainer.callbacks.init_args.output_dir", f"{out}/stylized-inst"]),
         ("content | bank | inverter grid",
          ["grid", f"{out}/stylized/manifest.jsonl", f"{out}/stylized-inst/manifest.jsonl",

@@ -37,6 +37,7 @@ from artbank_pl.datamodules.shards import build_shards
 from artbank_pl.tasks import InverterTask, StylizeTask
 from artbank_pl.world.cli import style_slug, write_images
 from artbank_pl.world.judges import load_judges
+from artbank_pl.world.scenes import STYLES
 
 TRAIN_SEED, PAINTING_SEED, PHOTO_SEED = 101, 202, 303
 
@@ -69,8 +70,9 @@ def train_inverter(style: str, root: Path, args) -> Path:
 
 def judge_stylization(style: str, ckpt: Path, root: Path, args, judges) -> dict:
     """Stylize held-out photographs with a held-out painting; judge the outputs."""
+    # a seed per style, so the held-out paintings are not all the same shape
     painting = write_images(root / "painting", [style], per_style=1, photos=0,
-                            seed=PAINTING_SEED)  # fmt: skip
+                            seed=PAINTING_SEED + STYLES.index(style))  # fmt: skip
     painting_path = next(iter(painting.values()))[0]
     painting_shape = painting_path.with_suffix(".txt").read_text().strip().removeprefix("a ")
     photos = write_images(root / "photos", [], per_style=0, photos=args.photos, seed=PHOTO_SEED)
@@ -104,13 +106,13 @@ def main() -> None:
     """Train and judge one inverter per style; print a json line each and the means."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--styles", nargs="+", default=["dotted", "sketch", "checkered", "mosaic"])
-    parser.add_argument("--steps", type=int, default=300, help="0: the untrained control")
+    parser.add_argument("--steps", type=int, default=400, help="0: the untrained control")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vision-model", default="world")
-    parser.add_argument("--features", choices=("patch", "pooled"), default="patch")
+    parser.add_argument("--features", choices=("patch", "pooled"), default="pooled")
     parser.add_argument("--no-image-queries", dest="image_queries", action="store_false")
     parser.add_argument("--learned-base", action="store_true")
-    parser.add_argument("--strength", type=float, default=0.7)
+    parser.add_argument("--strength", type=float, default=0.8)
     parser.add_argument("--guidance", type=float, default=10.0)
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--photos", type=int, default=16)

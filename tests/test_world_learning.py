@@ -5,6 +5,11 @@ The bank and the inverter are trained with the hyperparameters of the demo's shi
 ``stylize-quickstart``, so these tests hold the demo to what it claims.
 """
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +30,9 @@ from artbank_pl.world.cli import DEFAULT_STYLES, style_slug, write_images
 from artbank_pl.world.judges import load_judges
 
 pytestmark = pytest.mark.slow
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def shipped(name: str) -> dict:
@@ -220,30 +228,50 @@ def test_the_exported_style_renders_in_a_diffusers_pipeline(world, bank, tmp_pat
     assert np.mean([c for _, c in hits]) >= 0.75, hits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 23 item 5: on the random tiny vision encoder the inverter learns the "
-    "painting's shape, not its style (measured with the first reject-class judge: style "
-    "0.125, content 0.25; the lenient judge had read style 0.25). Needs the world CLIP. "
-    "Strict: a pass fails the run, so the fix updates this test",
-)
-def test_the_inverter_learns_one_paintings_style(world, tmp_path):
+def test_the_demo_inverter_transfers_a_held_out_paintings_style_not_its_shape(world, tmp_path):
+    """The demo's InST column: trained on 24 dotted paintings, it inverts one it never saw."""
     style = "dotted"
-    single = tmp_path / "one"
-    write_images(single, (style,), per_style=1, photos=0, seed=7)
-    build_shards(single / "collections", single / "shards", size=32, image_format="png")
-    painting = load_image(next((single / "collections" / style).glob("*.png")))[0]
+    write_images(tmp_path / "paintings", (style,), per_style=24, photos=0, seed=7)
+    build_shards(tmp_path / "paintings/collections", tmp_path / "shards", size=32,
+                 image_format="png")  # fmt: skip
+    held_out = world.exemplars[world.collections.index(style)]  # the bank's, seed 0
+    painting_shape = world.judges.predict("content", (held_out[None] + 1) / 2)[0]
     config = shipped("quickstart-inst")
-    seed_everything(config["seed_everything"], verbose=False)
     task = InverterTask(**{**config["model"]["init_args"], "collections": [style]})
-    # no AdaIN, as the demo's inverter predict (Makefile); the inverter trains without
-    # captions (use_captions false), so stylize gives it the placeholder alone
-    options = {"template": "{}", "adain": False}
-    style_before, _ = world.judge(task, 0, style, painting, **options)
-    fit(task.train(), single / "shards/manifest.json", config, tmp_path)
-    style_after, content_after = world.judge(task, 0, style, painting, **options)
-    measured = (style_before, style_after, content_after)
-    # 150 steps on one painting move the judge off "photo" towards the painting's style;
-    # far from the issue's target on this world model (README)
-    assert style_before <= 0.125, measured
-    assert style_after >= 0.25, measured
+    options = {"adain": False}  # the demo's inverter predict: the bank's prompt, no AdaIN
+    style_before, _ = world.judge(task, 0, style, held_out, **options)
+    fit(task.train(), tmp_path / "shards/manifest.json", config, tmp_path)
+    out = world.stylized(task, 0, held_out, **options)
+    style_after, shape_after = world.judges.accuracy(out, style, world.shapes)
+    judged = world.judges.predict("content", out)
+    differs = [i for i, shape in enumerate(world.shapes) if shape != painting_shape]
+    copied = sum(judged[i] == painting_shape for i in differs) / len(differs)
+    measured = (style_before, style_after, shape_after, world.content_iou(out), copied)
+    assert style_before <= 0.125, measured  # the prompt alone does not give the style
+    assert style_after >= 0.5, measured
+    assert world.content_iou(out) >= 0.7, measured  # the photograph's shape where it was
+    # not the painting's shape: at most one of the six photographs of another shape (the
+    # previous demo inverter made 6 of 8 outputs the painting's cross; the issue's 1-in-8
+    # bound is held on 16 photographs per style by the test below)
+    assert copied <= 1 / len(differs), measured
+
+
+def run_inst_bench(*options: str) -> list[dict]:
+    """``bench/inst_world.py`` with ``options``: a json row per style."""
+    cmd = [sys.executable, str(ROOT / "bench/inst_world.py"), *options]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return [row for row in rows if "style" in row]
+
+
+def test_inst_on_the_world_clip_transfers_held_out_paintings_of_two_styles():
+    """InST as the paper has it (issue 23 item 5), one inverter per style, held-out data."""
+    styles = ["--styles", "dotted", "sketch"]
+    trained, control = run_inst_bench(*styles), run_inst_bench(*styles, "--steps", "0")
+    for row in trained:
+        assert row["style_accuracy"] >= 0.75, row
+        assert row["content_iou"] >= 0.7, row
+        assert row["painting_shape_copied"] < 1 / 8, row
+    # untrained, the same prompt gives no style: the measure needs the inverter
+    assert np.mean([row["style_accuracy"] for row in control]) <= 0.2, control
