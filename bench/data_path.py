@@ -10,8 +10,9 @@ train read    ArtworkDataModule's training stream from shards built by ``artbank
               batches of 8. What each training process's workers must sustain.
 content read  ContentDataModule from shards (the predict path's input): read, decode,
               resize and centre-crop, batches of 8.
-write shards  StylizedImageWriter with ``shards: true``: PNG encode (level 1) and tar write
-              of ``--size`` px outputs, one output shard per input shard, manifest lines.
+write shards  StylizedImageWriter with ``shards: true`` (its default 4 encode threads):
+              PNG encode (level 1) and tar write of ``--size`` px outputs, one output shard
+              per input shard, manifest lines.
 write jpg     the same with ``image_format: jpg``.
 
 Each row is also given as the number of loader workers that sustain 5x the GPU rates of
