@@ -508,6 +508,27 @@ def world_tool(*argv: str) -> Callable[[Path], Observed]:
     return lambda ws: run_tool(["world", *argv, "--output", str(ws / "out")], ws)
 
 
+def _demo_into_a_file(ws: Path) -> Observed:
+    (ws / "taken").write_text("a file")
+    return run_tool(["demo", "--output", str(ws / "taken")], ws)
+
+
+def _parquet_of(content: bytes) -> Callable[[Path], Observed]:
+    """``artbank shards build --parquet`` of a file holding ``content``."""
+
+    def run(ws: Path) -> Observed:
+        (ws / "data.parquet").write_bytes(content)
+        argv = ["shards", "build", "--parquet", str(ws / "data.parquet"), "--output", "out"]
+        return run_tool(argv, ws)
+
+    return run
+
+
+def _parquet_and_input(ws: Path) -> Observed:
+    argv = ["shards", "build", "--parquet", "x", "--input", "y", "--output", "out"]
+    return run_tool(argv, ws)
+
+
 def _grid_of(content: bytes) -> Callable[[Path], Observed]:
     """``artbank grid`` of a stylization manifest holding ``content``."""
 
@@ -535,6 +556,17 @@ WORLD_TOOLS = [
          exit=1, line="argument --vae-steps/--vae_steps: must be at least 1, got -5"),
     Case("world judges: --steps not a number", world_tool("judges", "--steps", "many"),
          exit=1, line="argument --steps: 'many' is not an integer"),
+    Case("world clip: --steps 0", world_tool("clip", "--steps", "0"),
+         exit=1, line="argument --steps: must be at least 1, got 0"),
+    Case("world pretrain: --min-snr-gamma not finite",
+         world_tool("pretrain", "--min-snr-gamma", "inf"),
+         exit=1, line="must be a number of at least 0.0, got inf"),
+    Case("demo: --output is a file", _demo_into_a_file,
+         exit=1, line="--output"),
+    Case("shards build --parquet: a file that is not Parquet", _parquet_of(b"PAR1 garbage"),
+         exit=1, line="is not a readable Parquet file"),
+    Case("shards build --parquet: --input too", _parquet_and_input,
+         exit=1, line="not allowed with argument"),
 ]  # fmt: skip
 
 CASES = [*SHARDS_BUILD, *MANIFESTS, *TRAINING_STREAM, *OPTIONS, *STYLIZE, *CONTENT,
