@@ -17,7 +17,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from artbank_pl.datamodules.artwork import crop_square, to_tensor
-from artbank_pl.datamodules.shards import load_rgb, read_manifest, resize_shorter_side
+from artbank_pl.datamodules.shards import (
+    images_per_shard,
+    load_rgb,
+    read_manifest,
+    resize_shorter_side,
+)
 from artbank_pl.datamodules.stream import (
     ShardStream,
     StreamPart,
@@ -122,6 +127,35 @@ class FolderStream(IterableDataset):
                 "caption": caption,
                 "source": str(path),
             }
+
+
+class CountedShardStream(ShardStream):
+    """A content stream of shards whose sample counts the manifest gives: its length is exact.
+
+    Each part (rank x worker) reads whole shards, so its items are the sum of its shards'
+    counts; as for :class:`FolderStream`, each worker's share is rounded up to whole
+    batches, so a ``DataLoader`` reports the exact number of batches and the progress bar
+    a total. Unreadable samples only make a part end early.
+
+    Args:
+        urls: the shards.
+        to_item: the content transform.
+        lengths: samples with an image in each shard, in ``urls`` order.
+    """
+
+    def __init__(self, urls: list[str], to_item, lengths: list[int]) -> None:
+        super().__init__(urls, to_item, mark_shards=True)
+        self.lengths = list(lengths)
+        self.batching = (1, 0)  # (batch size, workers) of the DataLoader, for __len__
+
+    def __len__(self) -> int:
+        """Return the rank's items, each worker's share rounded up to whole batches."""
+        batch_size, workers = self.batching[0], max(1, self.batching[1])
+        batches = 0
+        for worker in range(workers):
+            part = StreamPart.of(self.rank, self.world_size, workers, worker)
+            batches += math.ceil(sum(self.lengths[part.index :: part.count]) / batch_size)
+        return batches * batch_size
 
 
 def shard_content_item(resolution: int):
@@ -259,7 +293,13 @@ class ContentDataModule(LightningDataModule):
         if path.suffix == ".json" or path.is_dir():
             manifest = read_manifest(path)
             root = path if path.is_dir() else path.parent
-            urls = [str(root / s) for split in manifest["splits"].values() for s in split["shards"]]
+            names = [s for split in manifest["splits"].values() for s in split["shards"]]
+            urls = [str(root / name) for name in names]
+            counts = images_per_shard(manifest)
+            if counts is not None:
+                check_distinct_stems(urls)
+                item = shard_content_item(resolution)
+                return CountedShardStream(urls, item, [counts[name] for name in names])
         else:
             urls = expand_urls(content)
             missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
@@ -278,7 +318,7 @@ class ContentDataModule(LightningDataModule):
         """One pass over the content, every image exactly once over all ranks."""
         dataset = self._dataset()
         dataset.set_distributed(self.rank, self.world_size)
-        if isinstance(dataset, FolderStream):  # its length is known: the bar shows a total
+        if isinstance(dataset, FolderStream | CountedShardStream):  # the bar shows a total
             dataset.batching = (self.hparams.batch_size, self.hparams.num_workers)
         return DataLoader(
             dataset,

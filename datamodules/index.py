@@ -128,6 +128,11 @@ def build_manifest(names: list[str], per_shard: list[dict], totals: Counter, unf
                 "counts": dict(sorted(totals.items())),
                 "total": sum(totals.values()),
                 "per_shard": {n: r["counts"] for n, r in zip(names, per_shard, strict=True)},
+                # every sample with an image, labelled or not: what a content stream reads
+                "images_per_shard": {
+                    n: sum(r["counts"].values()) + r["no_collection"] + r["damaged"]
+                    for n, r in zip(names, per_shard, strict=True)
+                },
             }
         },
         "unfit": unfit,

@@ -178,6 +178,11 @@ class ShuffleBuffer:
             self.writer.write(sample)
         return self.writer.close()
 
+    @property
+    def sizes(self) -> list[int]:
+        """Samples in each shard written, in order (after :meth:`close`)."""
+        return self.writer.sizes
+
 
 def build_from_parquet(
     source: str | Path,
@@ -320,7 +325,9 @@ class _ParquetBuild:
             if shards:
                 counts = self.counts[split]
                 self.splits[split] = {"shards": shards, "counts": counts,
-                                      "total": sum(counts.values())}  # fmt: skip
+                                      "total": sum(counts.values()),
+                                      "images_per_shard": dict(zip(shards, buffer.sizes,
+                                                                   strict=True))}  # fmt: skip
         for counts in self.counts.values():
             for name, n in counts.items():
                 self.report.written[name] = self.report.written.get(name, 0) + n

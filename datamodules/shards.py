@@ -156,6 +156,7 @@ class AtomicShardWriter:
     def __init__(self, out_dir: Path, prefix: str, maxcount: int) -> None:
         self.out_dir, self.prefix, self.maxcount = out_dir, prefix, maxcount
         self.shards: list[str] = []
+        self.sizes: list[int] = []  # samples in each shard, in order
         self._writer: wds.TarWriter | None = None
         self._tmp: Path | None = None
         self._count = 0
@@ -171,6 +172,7 @@ class AtomicShardWriter:
         if self._writer is not None:
             self._writer.close()
             os.replace(self._tmp, self.out_dir / self.shards[-1])
+            self.sizes.append(self._count)
             self._writer = None
 
     def write(self, sample: dict) -> None:
@@ -291,7 +293,10 @@ def build_shards(
             continue
         writer = AtomicShardWriter(output_dir, split, maxcount)
         counts = _write_split(items, writer, opts, report)
-        splits[split] = {"shards": writer.close(), "counts": counts, "total": sum(counts.values())}
+        shards = writer.close()
+        sizes = dict(zip(shards, writer.sizes, strict=True))
+        splits[split] = {"shards": shards, "counts": counts, "total": sum(counts.values()),
+                         "images_per_shard": sizes}  # fmt: skip
         for name, n in counts.items():
             report.written[name] = report.written.get(name, 0) + n
     if not report.written:
@@ -316,6 +321,21 @@ def write_manifest(report: BuildReport, names: list[str], splits: dict, opts: di
         "skipped": report.skipped,
     }
     atomic_write_text(report.manifest, json.dumps(manifest, indent=2))
+
+
+def images_per_shard(manifest: dict) -> dict[str, int] | None:
+    """Return the samples with an image per shard of every split, when all are counted.
+
+    ``shards build`` and ``shards index`` record them (an older manifest does not); they
+    give a content stream its exact length.
+    """
+    counts: dict[str, int] = {}
+    for split in manifest.get("splits", {}).values():
+        known = split.get("images_per_shard") or {}
+        if any(name not in known for name in split.get("shards", [])):
+            return None
+        counts.update({name: int(known[name]) for name in split["shards"]})
+    return counts or None
 
 
 def manifest_collections(manifest: dict) -> list[str]:

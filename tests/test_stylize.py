@@ -598,3 +598,24 @@ def test_a_dataset_killed_mid_run_under_ddp_ends_as_an_uninterrupted_run(bank_ex
     assert found == read_output_shards(tmp_path / "whole")
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 16
+
+
+@pytest.mark.parametrize(("workers", "batch_size"), [(0, 2), (2, 3)])
+def test_content_from_a_manifest_knows_its_exact_batch_count(tmp_path, workers, batch_size):
+    from artbank_pl.datamodules.index import index_shards
+    from artbank_pl.datamodules.shards import build_shards
+
+    images = write_collections(tmp_path / "images", {"monet": 5, "ukiyo": 4}, size=(40, 48))
+    build_shards(images, tmp_path / "built", size=32, maxcount=2, val_per_collection=1)
+    (tmp_path / "foreign").mkdir()
+    write_content_shards(tmp_path / "foreign", (3, 2, 3))  # labelled by caption "x"
+    index_shards(f"{tmp_path}/foreign/{{00000..00002}}.tar", collection_key="caption")
+    for manifest, total in ((tmp_path / "built/manifest.json", 9),
+                            (tmp_path / "foreign/manifest.json", 8)):  # fmt: skip
+        data = ContentDataModule(str(manifest), resolution=32, batch_size=batch_size,
+                                 num_workers=workers)  # fmt: skip
+        loader = data.predict_dataloader()
+        batches = list(loader)
+        assert len(loader) == len(batches), manifest  # the progress bar's total is exact
+        keys = [key for batch in batches for key in batch["__key__"]]
+        assert len(keys) == len(set(keys)) == total
