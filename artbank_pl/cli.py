@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from artbank_pl.config_files import configs_main, resolve_config_args
 from artbank_pl.errors import ArtbankError, DataError
-from artbank_pl.tool_args import ToolParser
+from artbank_pl.tool_args import ToolParser, int_at_least
 
 USAGE = """usage: artbank COMMAND [options]    (artbank COMMAND --help: that command's options)
 
@@ -89,7 +89,8 @@ def _grid(argv: Sequence[str]) -> int:
     )
     parser.add_argument("manifests", nargs="+", help="manifest.jsonl files of artbank predict")
     parser.add_argument("--output", required=True, help="PNG to write")
-    parser.add_argument("--cell", type=int, default=128, help="cell size in pixels")
+    parser.add_argument("--cell", type=int_at_least(8, 1024), default=128,
+                        help="cell size in pixels, 8-1024")  # fmt: skip
     opts = parser.parse_args(argv)
     print(stylization_grid(opts.manifests, opts.output, opts.cell))
     return 0

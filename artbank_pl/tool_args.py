@@ -42,10 +42,11 @@ class ToolParser(argparse.ArgumentParser):
         return super().add_argument(*flags, *[a for a in aliases if a not in flags], **kwargs)
 
 
-def int_at_least(minimum: int):
+def int_at_least(minimum: int, maximum: int | None = None):
     """Return an argparse ``type`` that reads an integer of at least ``minimum``.
 
     argparse then refuses ``--photos -1`` in one line naming the option, before any work.
+    With ``maximum``, a larger value is refused the same way.
     """
 
     def parse(text: str) -> int:
@@ -55,9 +56,13 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = (
+        f"integer >= {minimum}" if maximum is None else f"integer in {minimum}-{maximum}"
+    )
     return parse
 
 

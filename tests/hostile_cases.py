@@ -508,6 +508,11 @@ def world_tool(*argv: str) -> Callable[[Path], Observed]:
     return lambda ws: run_tool(["world", *argv, "--output", str(ws / "out")], ws)
 
 
+def tool(*argv: str) -> Callable[[Path], Observed]:
+    """``artbank ...`` with ``argv`` in the case's folder (a data tool, not LightningCLI)."""
+    return lambda ws: run_tool(list(argv), ws)
+
+
 def _demo_into_a_file(ws: Path) -> Observed:
     (ws / "taken").write_text("a file")
     return run_tool(["demo", "--output", str(ws / "taken")], ws)
@@ -567,6 +572,18 @@ WORLD_TOOLS = [
          exit=1, line="is not a readable Parquet file"),
     Case("shards build --parquet: --input too", _parquet_and_input,
          exit=1, line="not allowed with argument"),
+    Case("grid: --cell 0 (failed before: a PIL traceback)", tool("grid", "m.jsonl", "--output",
+         "g.png", "--cell", "0"), exit=1, line="argument --cell: must be at least 8, got 0"),
+    Case("grid: --cell huge (failed before: a 100000 px cell allocates until killed)",
+         tool("grid", "m.jsonl", "--output", "g.png", "--cell", "100000"),
+         exit=1, line="argument --cell: must be at most 1024, got 100000"),
+    Case("shards build: --maxcount 0", tool("shards", "build", "--input", "x", "--output", "o",
+         "--maxcount", "0"), exit=1, line="--maxcount must be >= 1, got 0"),
+    Case("shards build --parquet: --workers negative", tool("shards", "build", "--parquet", "x",
+         "--output", "o", "--workers", "-1"), exit=1,
+         line="argument --workers: must be at least 0, got -1"),
+    Case("shards index: --workers 0", tool("shards", "index", "x.tar", "--workers", "0"),
+         exit=1, line="argument --workers: must be at least 1, got 0"),
 ]  # fmt: skip
 
 CASES = [*SHARDS_BUILD, *MANIFESTS, *TRAINING_STREAM, *OPTIONS, *STYLIZE, *CONTENT,
