@@ -121,6 +121,8 @@ def main(argv: Sequence[str]) -> int:
         "--output", default=SHIPPED_OUTPUT, help="folder for every output (default: %(default)s)"
     )
     opts = parser.parse_args(argv)
+    if not opts.output.strip():
+        raise ConfigError("--output is empty: name the folder the demo writes to")
     output = Path(opts.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output}: exists and is not a folder")

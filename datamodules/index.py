@@ -92,7 +92,17 @@ def index_shards(
             collection (the line names the field).
     """
     check_at_least("--workers", workers, 1)
+    if not pattern.strip():
+        raise DataError("shards index: the shard pattern is empty (give 'DIR/{00000..00099}.tar')")
     urls = expand_urls(pattern)
+    local = [url for url in urls if "://" not in url and not url.startswith("pipe:")]
+    missing = [url for url in local if not Path(url).is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(
+            f"shards index: {len(missing)} of {len(urls)} shards of {pattern} do not exist: "
+            f"{', '.join(missing[:3])}{more}"
+        )
     root = Path(output or Path(urls[0]).parent).resolve()
     names = shard_names(urls, root)
     table = read_collection_table(collection_table) if collection_table else None

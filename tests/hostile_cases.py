@@ -584,6 +584,13 @@ WORLD_TOOLS = [
          line="argument --workers: must be at least 0, got -1"),
     Case("shards index: --workers 0", tool("shards", "index", "x.tar", "--workers", "0"),
          exit=1, line="argument --workers: must be at least 1, got 0"),
+    Case("shards index: shards that do not exist (failed before: said no sample names a "
+         "collection)", tool("shards", "index", "nothere/{00000..00002}.tar"),
+         exit=1, line="3 of 3 shards of nothere/{00000..00002}.tar do not exist"),
+    Case("shards index: an empty pattern", tool("shards", "index", ""),
+         exit=1, line="the shard pattern is empty"),
+    Case("demo: --output empty (failed before: the whole demo ran into the working folder)",
+         tool("demo", "--output", ""), exit=1, line="--output is empty"),
 ]  # fmt: skip
 
 CASES = [*SHARDS_BUILD, *MANIFESTS, *TRAINING_STREAM, *OPTIONS, *STYLIZE, *CONTENT,
