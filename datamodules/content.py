@@ -68,6 +68,23 @@ def prepare(image: Image.Image, resolution: int) -> Image.Image:
     return crop_square(resize_shorter_side(image, resolution), resolution, None)
 
 
+def whole_batch_length(
+    sizes: list[int], rank: int, world_size: int, batching: tuple[int, int]
+) -> int:
+    """Return a stream's DataLoader length: each worker's share rounded up to whole batches.
+
+    ``sizes[i]`` is the items of the stream's ``i``-th unit (an image, a shard), split over
+    the parts (rank x worker) as the streams split them, every ``part.count``-th unit.
+    ``batching`` is the loader's (batch size, workers).
+    """
+    batch_size, workers = batching[0], max(1, batching[1])
+    batches = 0
+    for worker in range(workers):
+        part = StreamPart.of(rank, world_size, workers, worker)
+        batches += math.ceil(sum(sizes[part.index :: part.count]) / batch_size)
+    return batches * batch_size
+
+
 class FolderStream(IterableDataset):
     """Images of a folder (recursively, sorted), split by rank and worker, read once.
 
@@ -98,12 +115,8 @@ class FolderStream(IterableDataset):
         partial batch), so the progress bar shows the right total. ``batching`` holds the
         loader's (batch size, workers).
         """
-        batch_size, workers = self.batching[0], max(1, self.batching[1])
-        batches = 0
-        for worker in range(workers):
-            part = StreamPart.of(self.rank, self.world_size, workers, worker)
-            batches += math.ceil(len(self.files[part.index :: part.count]) / batch_size)
-        return batches * batch_size
+        return whole_batch_length([1] * len(self.files), self.rank, self.world_size,
+                                  self.batching)  # fmt: skip
 
     def set_distributed(self, rank: int, world_size: int) -> None:
         """Set this process's rank and the world size."""
@@ -150,12 +163,7 @@ class CountedShardStream(ShardStream):
 
     def __len__(self) -> int:
         """Return the rank's items, each worker's share rounded up to whole batches."""
-        batch_size, workers = self.batching[0], max(1, self.batching[1])
-        batches = 0
-        for worker in range(workers):
-            part = StreamPart.of(self.rank, self.world_size, workers, worker)
-            batches += math.ceil(sum(self.lengths[part.index :: part.count]) / batch_size)
-        return batches * batch_size
+        return whole_batch_length(self.lengths, self.rank, self.world_size, self.batching)
 
 
 def shard_content_item(resolution: int):
