@@ -216,8 +216,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         A caption too long for the 77 tokens is a per-sample problem, not the run's: it
         loses its last words (see :func:`~artbank_pl.tasks.prompts.fit_caption`).
         """
-        prompt = fit_caption(self.tokenizer, build, caption or "")
-        if caption and prompt != build(caption):
+        prompt, shortened = fit_caption(self.tokenizer, build, caption or "")
+        if shortened:
             self.captions_shortened = getattr(self, "captions_shortened", 0) + 1
             if worth_logging(self.captions_shortened):
                 log.warning("shortened a caption to fit CLIP's %d tokens: %r... (%d so far)",

@@ -56,8 +56,10 @@ class PromptTokens:
         return self.ids.masked_fill(self.ids >= self.first_placeholder_id, 0)
 
 
-def fit_caption(tokenizer: CLIPTokenizer, build: Callable[[str], str], caption: str) -> str:
-    """Return ``build(caption)``, the caption cut word by word from its end until it fits.
+def fit_caption(
+    tokenizer: CLIPTokenizer, build: Callable[[str], str], caption: str
+) -> tuple[str, bool]:
+    """Return ``build(caption)``, the caption cut from its end until it fits, and if it was cut.
 
     CLIP reads ``model_max_length`` tokens; a longer prompt is truncated, which would cut
     the style tokens off a prompt that has them after the caption. The caption is the
@@ -67,9 +69,9 @@ def fit_caption(tokenizer: CLIPTokenizer, build: Callable[[str], str], caption: 
     limit = tokenizer.model_max_length
     # byte-level BPE: a token covers at least one byte, so a short prompt needs no count
     if not caption or len(prompt.encode()) + 2 <= limit:
-        return prompt
+        return prompt, False
     if len(tokenizer(prompt).input_ids) <= limit:
-        return prompt
+        return prompt, False
     words = caption.split()
     fits, cut = 0, len(words)  # the most words known to fit, the fewest known not to
     while cut - fits > 1:
@@ -78,7 +80,7 @@ def fit_caption(tokenizer: CLIPTokenizer, build: Callable[[str], str], caption: 
             fits = middle
         else:
             cut = middle
-    return build(" ".join(words[:fits]))
+    return build(" ".join(words[:fits])), True
 
 
 def token_rows(
