@@ -21,7 +21,12 @@ from artbank_pl.datamodules.labels import (
     sample_caption,
 )
 from artbank_pl.datamodules.resumable import ResumableLoader
-from artbank_pl.datamodules.shards import manifest_collections, read_manifest, resize_shorter_side
+from artbank_pl.datamodules.shards import (
+    held_out_keys,
+    manifest_collections,
+    read_manifest,
+    resize_shorter_side,
+)
 from artbank_pl.datamodules.stream import (
     ShardStream,
     check_shards_open,
@@ -212,6 +217,7 @@ class ArtworkDataModule(LightningDataModule):
         self._manifest = read_manifest(manifest) if manifest else None
         self.collections = self._collection_names(collections)
         self.train_urls, self.val_urls = self._shard_urls(manifest, train_shards, val_shards)
+        self.held_out = held_out_keys(self._manifest)
         if samples_per_epoch is None and not self._manifest:
             raise ConfigError(
                 "data.samples_per_epoch is needed for shards without a manifest: give the "
@@ -228,9 +234,18 @@ class ArtworkDataModule(LightningDataModule):
             return key, table
         return labels.get("collection_key") or key, labels.get("collection_table")
 
-    def selector(self) -> CollectionSelector:
-        """Return a new reader of the samples' collections (each stream counts its own skips)."""
-        return CollectionSelector(self.collection_index, self.collection_key, self.table)
+    def selector(self, validation: bool = False) -> CollectionSelector:
+        """Return a new reader of the samples' collections (each stream counts its own skips).
+
+        With a split by key in the manifest (``shards index --val-per-collection``), training
+        passes over the held-out keys and validation reads only them (unless
+        ``data.val_shards`` names validation shards of its own).
+        """
+        held_out = self.held_out
+        if validation and self.hparams.val_shards:
+            held_out = None
+        return CollectionSelector(self.collection_index, self.collection_key, self.table,
+                                  held_out, validation)  # fmt: skip
 
     def _collection_names(self, collections: list[str] | None) -> list[str]:
         names = list(collections or []) or (
@@ -408,10 +423,12 @@ class ArtworkDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """One deterministic pass: every validation sample exactly once over all ranks."""
         hp = self.hparams
-        if self.val_urls == self.train_urls:  # said here: only a run that validates asks
+        if (
+            self.val_urls == self.train_urls and self.held_out is None
+        ):  # only a run that validates asks
             log.info("no validation split: validating on the training shards")
         cached = self.cache is not None and not hp.val_shards  # the manifest's own shards
-        selector = self.selector()
+        selector = self.selector(validation=True)
         transform = ArtworkTransform(
             selector, hp.resolution, train=False, cached=cached, caption_key=hp.caption_key
         )

@@ -22,6 +22,7 @@ from artbank_pl.datamodules.shards import (
     load_rgb,
     read_manifest,
     resize_shorter_side,
+    stored_splits,
 )
 from artbank_pl.datamodules.stream import (
     ShardStream,
@@ -301,7 +302,7 @@ class ContentDataModule(LightningDataModule):
         if path.suffix == ".json" or path.is_dir():
             manifest = read_manifest(path)
             root = path if path.is_dir() else path.parent
-            names = [s for split in manifest["splits"].values() for s in split["shards"]]
+            names = [s for split in stored_splits(manifest) for s in split["shards"]]
             urls = [str(root / name) for name in names]
             counts = images_per_shard(manifest)
             if counts is not None:

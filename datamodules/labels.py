@@ -12,6 +12,7 @@ once per collection, and says in one line when a whole pass matched nothing.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -28,6 +29,15 @@ DEFAULT_COLLECTION_KEY = "collection"
 INDEX_FIELD = "__collection_idx__"
 #: how many of the found values a no-match error names
 _SHOWN_VALUES = 8
+
+
+def key_rank(key: str) -> int:
+    """Return a sample key's place in the validation draw: 8 bytes of its BLAKE2b hash.
+
+    The smallest ranks of a collection are its held-out samples, whichever shard holds them
+    and whichever order the shards are read in.
+    """
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def json_field(meta: dict, path: str):
@@ -79,6 +89,9 @@ class CollectionSelector:
         collection_index: this run's collection names -> bank index.
         collection_key: json field (a dotted path for nested objects) naming the collection.
         collection_table: key -> collection, instead of the json field.
+        held_out: collection -> keys of its validation samples, when the split is by key (an
+            index of foreign shards: the held-out samples sit in the training shards).
+        validation: this stream reads the ``held_out`` keys only; otherwise every key but them.
     """
 
     def __init__(
@@ -86,12 +99,26 @@ class CollectionSelector:
         collection_index: dict[str, int],
         collection_key: str = DEFAULT_COLLECTION_KEY,
         collection_table: dict[str, str] | None = None,
+        held_out: dict[str, frozenset[str]] | None = None,
+        validation: bool = False,
     ) -> None:
         self.collection_index = collection_index
         self.collection_key = collection_key
         self.collection_table = collection_table
+        self.held_out = held_out
+        self.validation = validation
         #: samples passed over, per collection value found (None: the field is missing)
         self.other = Counter()
+
+    def in_split(self, sample: dict) -> bool:
+        """Whether the sample is on this stream's side of a split by key (always, without one)."""
+        if self.held_out is None:
+            return True
+        try:
+            name = self.name_of(sample)
+        except ValueError:
+            return not self.validation  # damaged: training skips and counts it
+        return (sample["__key__"] in self.held_out.get(name, ())) == self.validation
 
     def name_of(self, sample: dict) -> str | None:
         """Return the sample's collection name (None when it has none).

@@ -323,6 +323,17 @@ def write_manifest(report: BuildReport, names: list[str], splits: dict, opts: di
     atomic_write_text(report.manifest, json.dumps(manifest, indent=2))
 
 
+def stored_splits(manifest: dict) -> list[dict]:
+    """Return the splits that hold shards of their own (not a split by key of another's)."""
+    return [split for split in manifest.get("splits", {}).values() if "keys" not in split]
+
+
+def held_out_keys(manifest: dict | None) -> dict[str, frozenset[str]] | None:
+    """Return collection -> validation keys of a split by key (``shards index``), or None."""
+    keys = ((manifest or {}).get("splits", {}).get("val") or {}).get("keys")
+    return {name: frozenset(k) for name, k in keys.items()} if keys is not None else None
+
+
 def images_per_shard(manifest: dict) -> dict[str, int] | None:
     """Return the samples with an image per shard of every split, when all are counted.
 
@@ -330,7 +341,7 @@ def images_per_shard(manifest: dict) -> dict[str, int] | None:
     give a content stream its exact length.
     """
     counts: dict[str, int] = {}
-    for split in manifest.get("splits", {}).values():
+    for split in stored_splits(manifest):
         known = split.get("images_per_shard") or {}
         if any(name not in known for name in split.get("shards", [])):
             return None
@@ -388,6 +399,11 @@ def check_manifest(manifest: dict, path: Path) -> None:
         shards = split.get("shards") if isinstance(split, dict) else None
         if not isinstance(shards, list) or not all(isinstance(x, str) for x in shards):
             raise DataError(f"{path}: splits.{name}.shards must be a list of file names")
+        keys = split.get("keys", {})
+        if not isinstance(keys, dict) or not all(
+            isinstance(k, list) and all(isinstance(x, str) for x in k) for k in keys.values()
+        ):
+            raise DataError(f"{path}: splits.{name}.keys must map collections to key lists")
         for shard in shards:
             if Path(shard).is_absolute() or ".." in Path(shard).parts:
                 raise DataError(f"{path}: shard {shard!r} is outside the manifest's folder")

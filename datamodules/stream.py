@@ -197,9 +197,9 @@ class ShardStream(IterableDataset):
         seed: base seed of the shard order, shuffle and augmentation (see :func:`stream_seed`).
         chain_epochs: with ``resample`` and ``num_samples``, go on to the next epoch's
             items instead of stopping at the end of one (an endless iterator of epochs).
-        select: keeps the raw samples this run reads (``index_of(sample)`` is not None) and
-            counts the others; a pass over the shards of which it keeps none raises its
-            ``no_match_error(urls)``. ``None`` keeps every sample.
+        select: keeps the raw samples this run reads (``in_split(sample)`` and
+            ``index_of(sample)`` is not None) and counts the others; a pass over the shards
+            of which it keeps none raises its ``no_match_error(urls)``. ``None`` keeps every sample.
         mark_shards: for one pass without shuffling (stylization): each shard is read whole
             by one part, and every item carries ``shard`` (its URL) and ``shard_end``; the
             last item of a shard has ``shard_end`` True and ``shard_skipped``, the number of
@@ -267,6 +267,8 @@ class ShardStream(IterableDataset):
             return
         seen = kept = 0
         for sample in samples:
+            if not self.select.in_split(sample):
+                continue  # the other side of a split by key: neither ours nor a stranger
             seen += 1
             try:
                 ours = self.select.index_of(sample) is not None

@@ -181,3 +181,51 @@ def test_indexing_shards_that_name_no_collection_is_one_line(tmp_path):
     with pytest.raises(DataError, match="json field 'painter'"):
         index_shards(str(tmp_path / "foreign/{00000..00002}.tar"), "painter", workers=1)
     assert not (tmp_path / "foreign/manifest.json").exists()
+
+
+def test_an_index_holds_out_validation_samples_by_key_and_training_never_reads_them(tmp_path):
+    from artbank_pl.datamodules.index import index_shards
+    from artbank_pl.datamodules.shards import read_manifest
+
+    write_img2dataset_shards(tmp_path / "foreign", per_shard=7)
+    pattern = str(tmp_path / "foreign/{00000..00005}.tar")
+    index_shards(pattern, "artist", workers=1, val_per_collection=3)
+    manifest = read_manifest(tmp_path / "foreign/manifest.json")
+    val, train = manifest["splits"]["val"], manifest["splits"]["train"]
+    # monet and degas share key names ("500003"): held out per collection, not per key
+    assert val["counts"] == {"degas": 3, "hokusai": 3, "monet": 3} and val["total"] == 9
+    assert train["counts"] == {"degas": 17, "hokusai": 4, "monet": 4} and train["total"] == 25
+    assert sum(sum(c.values()) for c in val["per_shard"].values()) == 9
+    assert set(val["shards"]) == set(val["per_shard"]) and set(val["shards"]) < set(train["shards"])
+    # the draw depends on the keys only: more workers, the same keys
+    index_shards(pattern, "artist", workers=3, val_per_collection=3)
+    assert read_manifest(tmp_path / "foreign/manifest.json")["splits"]["val"] == val
+
+    dm = ArtworkDataModule(manifest=str(tmp_path / "foreign"), resolution=32, batch_size=4,
+                           num_workers=0, shuffle_buffer=4)  # fmt: skip
+    read = {
+        (key, dm.collections[index])
+        for batch in dm.val_dataloader()
+        for key, index in zip(batch["__key__"], batch["collection_list"], strict=True)
+    }
+    held_out = {(key, name) for name, keys in val["keys"].items() for key in keys}
+    assert read == held_out
+    loader, trained = dm.train_dataloader(), set()
+    for _ in range(8):  # 8 epochs of 24 samples: every training sample, many times over
+        for batch in loader:
+            keys, indices = batch["__key__"], batch["collection_list"]
+            trained |= {(k, dm.collections[i]) for k, i in zip(keys, indices, strict=True)}
+    dm.teardown("fit")
+    readable = {(f"{len(a)}{i:05d}", a) for a, n in ARTISTS.items() for i in range(n)}
+    assert trained == readable - held_out
+
+
+def test_an_index_keeps_one_training_sample_of_a_collection_smaller_than_the_hold_out(tmp_path):
+    from artbank_pl.datamodules.index import index_shards
+    from artbank_pl.datamodules.shards import read_manifest
+
+    write_img2dataset_shards(tmp_path / "foreign")
+    index_shards(str(tmp_path / "foreign/{00000..00002}.tar"), "artist", val_per_collection=50)
+    splits = read_manifest(tmp_path / "foreign/manifest.json")["splits"]
+    assert splits["train"]["counts"] == {"degas": 1, "hokusai": 1, "monet": 1}
+    assert splits["val"]["counts"] == {"degas": 19, "hokusai": 6, "monet": 6}
