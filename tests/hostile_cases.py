@@ -193,6 +193,10 @@ MANIFESTS = [
     Case("manifest: names missing shards",
          fit_with(manifest_edit=_train({"train": {"shards": ["gone.tar"]}})),
          exit=1, line="names 1 missing shard(s): ['gone.tar']"),
+    Case("manifest: held-out keys a list instead of collection -> keys",
+         fit_with(manifest_edit=lambda m: {**m, "splits": {**m["splits"], "val": {
+             "shards": m["splits"]["train"]["shards"], "keys": ["k1", "k2"]}}}),
+         exit=1, line="splits.val.keys must map collections to key lists"),
     Case("manifest: shards not a list",
          fit_with(manifest_edit=_train({"train": {"shards": "train-000000.tar"}})),
          exit=1, line="splits.train.shards must be a list of file names"),
@@ -587,6 +591,9 @@ WORLD_TOOLS = [
     Case("shards index: shards that do not exist (failed before: said no sample names a "
          "collection)", tool("shards", "index", "nothere/{00000..00002}.tar"),
          exit=1, line="3 of 3 shards of nothere/{00000..00002}.tar do not exist"),
+    Case("shards index: --val-per-collection negative", tool("shards", "index", "x.tar",
+         "--val-per-collection", "-1"), exit=1,
+         line="argument --val-per-collection/--val_per_collection: must be at least 0, got -1"),
     Case("shards index: an empty pattern", tool("shards", "index", ""),
          exit=1, line="the shard pattern is empty"),
     Case("demo: --output empty (failed before: the whole demo ran into the working folder)",
