@@ -28,6 +28,8 @@ class ArtbankCLI(LightningCLI):
 
     #: the collections of the ``--ckpt_path`` file's bank, if it names them
     _ckpt_collections: list[str] | None = None
+    #: the checkpoint file a fit resumes from (``--ckpt_path`` resolved), if any
+    _resume_from: Path | None = None
 
     def parse_arguments(self, parser, args) -> None:
         """Parse, keeping the command line (a resume checks the model options it names)."""
@@ -43,10 +45,12 @@ class ArtbankCLI(LightningCLI):
             model = (config.get("model") or {}).get("class_path") if config.get("model") else None
             self._ckpt_collections = check_ckpt_path(config.get("ckpt_path"), model)
             if subcommand == "fit":
+                self._resume_from = resume_file(
+                    config.get("ckpt_path"), config.get("trainer.default_root_dir")
+                )
                 check_resume_options(
-                    getattr(self, "_argv", []), config.get("model.init_args"),
-                    resume_file(config.get("ckpt_path"), config.get("trainer.default_root_dir")),
-                )  # fmt: skip
+                    getattr(self, "_argv", []), config.get("model.init_args"), self._resume_from
+                )
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs):
@@ -54,6 +58,8 @@ class ArtbankCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         config = self.config.get(self.subcommand, {}) if self.subcommand else {}
         make_run_resumable(trainer, self.subcommand, config.get("ckpt_path"))
+        if self.subcommand == "fit":
+            continue_logger_runs_of(trainer, self._resume_from)
         use_logging_step_progress_bar(trainer)
         use_trainable_summary(trainer)
         return trainer
@@ -127,6 +133,20 @@ def make_run_resumable(trainer, subcommand: str | None, ckpt_path: str | None = 
     has_one = any(isinstance(cb, CheckpointOnSignal) for cb in trainer.callbacks)
     if subcommand == "fit" and not has_one:
         trainer.callbacks.insert(0, CheckpointOnSignal(ckpt_path))
+
+
+def continue_logger_runs_of(trainer, checkpoint: Path | None) -> None:
+    """Record TensorBoard runs in checkpoints; a resume goes on writing the one it resumes.
+
+    See :mod:`artbank_pl.callbacks.logger_runs`.
+    """
+    from artbank_pl.callbacks.logger_runs import LoggerRuns, continue_logger_runs
+    from artbank_pl.export import load_checkpoint
+
+    if not any(isinstance(cb, LoggerRuns) for cb in trainer.callbacks):
+        trainer.callbacks.append(LoggerRuns())
+    if checkpoint is not None:
+        continue_logger_runs(trainer, load_checkpoint(checkpoint))
 
 
 def use_logging_step_progress_bar(trainer) -> None:

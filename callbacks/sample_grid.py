@@ -194,14 +194,21 @@ class SampleGrid(Callback):
         return metrics
 
     def _log(self, trainer: Trainer, grid: Image.Image) -> None:
-        """Send the grid to every logger: its image API, else a PNG in its log dir."""
+        """Send the grid to every logger: its image API, else a PNG in its log dir.
+
+        A logger gets it at the step Lightning logs this validation's scalars at (one less
+        than the steps trained, ``global_step``), so a TensorBoard step shows both; the PNG
+        is named by ``global_step``, as the checkpoints are.
+        """
         step = trainer.global_step
+        # Lightning's step for logged metrics (LoggerConnector.log_metrics); no public name
+        logged = trainer.fit_loop.epoch_loop._batches_that_stepped
         self.last_path = None
         for logger in trainer.loggers or [None]:
             if logger is not None and hasattr(logger, "log_image"):
-                logger.log_image(key="samples", images=[grid], step=step)
+                logger.log_image(key="samples", images=[grid], step=logged)
             elif logger is not None and hasattr(getattr(logger, "experiment", None), "add_image"):
-                logger.experiment.add_image("samples", np.asarray(grid), step, dataformats="HWC")
+                logger.experiment.add_image("samples", np.asarray(grid), logged, dataformats="HWC")
             elif self.last_path is None:  # file loggers (CSV) and no logger: one PNG
                 root = Path(logger.log_dir if logger is not None else trainer.default_root_dir)
                 self.last_path = root / "samples" / f"step_{step:07d}.png"

@@ -95,6 +95,13 @@ def test_env_overrides_defaults(monkeypatch, capsys):
     assert "max_steps: 9" in capsys.readouterr().out
 
 
+def tensorboard_events(folder: Path):
+    """The scalars and images of every event file in ``folder``, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0}).Reload()
+
+
 @pytest.fixture()
 def demo_dir(tmp_path, image_root, monkeypatch):
     """A working directory laid out as `make demo` leaves it, with small synthetic images."""
@@ -119,7 +126,6 @@ def test_quickstart_trains_resumes_and_exports(demo_dir):
     last = out / "checkpoints/last.ckpt"
     assert last.stat().st_size < 1024 * 1024
     assert (out / "loss.png").stat().st_size > 0
-    assert list((out / "lightning_logs").glob("version_*/samples/step_*.png"))
     assert sorted(p.name for p in (out / "embeddings/diffusers").iterdir()) == [
         "hokusai.safetensors",
         "monet.safetensors",
@@ -134,6 +140,13 @@ def test_quickstart_trains_resumes_and_exports(demo_dir):
     assert table[0] == ["step", "train_loss", "val_loss"]
     assert [int(s) for s, _, _ in table[1:]] == [1, 2, 3, 4, 5, 6]
     assert [int(s) for s, _, val in table[1:] if val] == [2, 4, 6]
+    # TensorBoard (the default logger with the extra): the resume went on writing the same
+    # run, the validation's scalars and sample grid share a step, and no step is drawn twice
+    assert [p.name for p in (out / "lightning_logs").iterdir()] == ["version_0"]
+    events = tensorboard_events(out / "lightning_logs/version_0")
+    val_steps = [e.step for e in events.Scalars("val/loss")]
+    assert len(val_steps) == 3 and val_steps == sorted(set(val_steps)), val_steps
+    assert [e.step for e in events.Images("samples")] == val_steps
     assert main(["export", "--ckpt", str(last), "--output", "exported"]) == 0
     assert len(list((demo_dir / "exported").rglob("*.safetensors"))) == 4
 
@@ -145,7 +158,7 @@ def test_default_root_dir_moves_everything_a_run_writes(demo_dir):
     mine = demo_dir / "runs/mine"
     assert (mine / "checkpoints/last.ckpt").is_file()
     assert (mine / "loss.png").is_file()
-    assert list((mine / "lightning_logs").glob("version_0/samples/step_*.png"))
+    assert list((mine / "lightning_logs").glob("version_0/events.out.tfevents.*"))
     assert (mine / "lightning_logs/version_0/config.yaml").is_file()
     assert list((mine / "embeddings/diffusers").glob("*.safetensors"))
     assert sorted(p.name for p in (demo_dir / "outputs/demo").iterdir()) == ["images", "shards"]

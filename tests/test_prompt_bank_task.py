@@ -1,3 +1,4 @@
+import csv
 from pathlib import Path
 
 import pytest
@@ -236,8 +237,12 @@ def test_sample_grid_is_written_with_the_csv_logger(shard_dir, tmp_path, task_na
     )  # fmt: skip
     fit.fit(task, datamodule(shard_dir))
     assert grid.last_path == Path(fit.logger.log_dir) / "samples" / "step_0000002.png"
-    # every logger gets the grid, not only the first
-    assert [(key, step) for key, _, step in images.logged] == [("samples", 2)]
+    # every logger gets the grid, not only the first, at the step of this validation's
+    # scalars (Lightning logs them at global_step - 1)
+    rows = list(csv.DictReader((Path(fit.logger.log_dir) / "metrics.csv").open()))
+    val_steps = [int(row["step"]) for row in rows if row.get("val/loss")]
+    assert val_steps == [1]
+    assert [(key, step) for key, _, step in images.logged] == [("samples", 1)]
     image = Image.open(grid.last_path)
     # 2 collections x (name + style + 2 x (content, result)) cells of 96 px, under a header
     # of one 12 px text line

@@ -140,6 +140,12 @@ def _pretrain(argv: Sequence[str]) -> int:
         default=defaults["min_snr_gamma"],
         help="Min-SNR-gamma loss weighting of the UNet; 0 turns it off",
     )
+    parser.add_argument(
+        "--noise-offset",
+        type=float_at_least(0.0),
+        default=defaults["noise_offset"],
+        help="offset noise of the UNet's training (per-channel constants); 0 turns it off",
+    )
     opts = parser.parse_args(argv)
     print(json.dumps(pretrain(**vars(opts)), indent=2))
     return 0

@@ -212,6 +212,7 @@ def pretrain(
     dataset_size: int = 16384,
     judge_steps: int = 500,
     min_snr_gamma: float = 0.0,
+    noise_offset: float = 0.0,
 ) -> dict:
     """Run all stages and write the world model folder; return a summary (also saved).
 
@@ -226,6 +227,9 @@ def pretrain(
             the model: ``artbank world judges`` writes them alone).
         min_snr_gamma: the UNet's Min-SNR-gamma loss weighting (Hang et al. 2023); 0 (the
             shipped version 1) is the plain epsilon loss.
+        noise_offset: the UNet's offset noise (Guttenberg 2023): per-channel constants added
+            to the training noise, so the model learns to move an image's mean (the dark
+            ``neon`` scenes); 0 (version 1) is plain Gaussian noise.
     """
     from artbank_pl.world.judges import train_judges
 
@@ -240,7 +244,7 @@ def pretrain(
     features = caption_features(parts)
     unet, losses = train_unet(
         moments, labels, features, parts.noise_scheduler, vae.config.scaling_factor,
-        unet_steps, seed, min_snr_gamma=min_snr_gamma or None,
+        unet_steps, seed, min_snr_gamma=min_snr_gamma or None, noise_offset=noise_offset,
     )  # fmt: skip
     unet_done = time.monotonic()
     judges = train_judges(output / "judges", seed, judge_steps) if judge_steps else None
@@ -250,11 +254,12 @@ def pretrain(
         "command": (
             f"artbank world pretrain --output {output} --seed {seed} --vae-steps {vae_steps} "
             f"--unet-steps {unet_steps} --dataset-size {dataset_size} --judge-steps {judge_steps} "
-            f"--min-snr-gamma {min_snr_gamma}"
+            f"--min-snr-gamma {min_snr_gamma} --noise-offset {noise_offset}"
         ),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps,
         "dataset_size": dataset_size, "judge_steps": judge_steps, "min_snr_gamma": min_snr_gamma,
+        "noise_offset": noise_offset,
         "seconds": {"vae": round(vae_done - started, 1), "unet": round(unet_done - vae_done, 1),
                     "total": round(time.monotonic() - started, 1)},
         # mean loss over the first and the last 200 steps (a tenth of short runs)
