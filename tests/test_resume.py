@@ -178,3 +178,32 @@ def test_ckpt_path_last_without_a_checkpoint_says_it_starts_from_scratch(shards,
     done = fit(config, "--ckpt_path", "last")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "no last checkpoint" in done.stderr and "from scratch" in done.stderr
+
+
+def test_a_resumed_tensorboard_logger_takes_the_checkpoints_run_and_purges_later_steps(tmp_path):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from artbank_pl.callbacks.logger_runs import LoggerRuns, continue_logger_runs
+
+    (tmp_path / "logs/version_0").mkdir(parents=True)  # an older run
+    first = TensorBoardLogger(tmp_path, name="logs")
+    first.experiment  # noqa: B018 - the interrupted run's folder, version_1, exists
+    saved: dict = {"loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": 40}}}}
+    LoggerRuns().on_save_checkpoint(
+        Trainer(logger=first, enable_checkpointing=False, enable_progress_bar=False), None, saved
+    )
+    resumed = Trainer(logger=TensorBoardLogger(tmp_path, name="logs"), enable_progress_bar=False,
+                      enable_checkpointing=False)  # fmt: skip
+    continue_logger_runs(resumed, saved)
+    assert resumed.logger.version == 1  # not a new version_2
+    assert resumed.logger._kwargs["purge_step"] == 40
+    # a version given explicitly, or another folder of runs, is the user's choice
+    explicit = Trainer(logger=TensorBoardLogger(tmp_path, name="logs", version=7),
+                       enable_progress_bar=False, enable_checkpointing=False)  # fmt: skip
+    other = Trainer(logger=TensorBoardLogger(tmp_path, name="other"), enable_progress_bar=False,
+                    enable_checkpointing=False)  # fmt: skip
+    continue_logger_runs(explicit, saved)
+    continue_logger_runs(other, saved)
+    assert explicit.logger.version == 7 and "purge_step" not in explicit.logger._kwargs
+    assert other.logger.version == 0 and "purge_step" not in other.logger._kwargs  # its own
