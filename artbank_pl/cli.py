@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from artbank_pl.config_files import configs_main, resolve_config_args
-from artbank_pl.errors import ArtbankError, DataError
+from artbank_pl.errors import ArtbankError, ConfigError, DataError
 from artbank_pl.tool_args import ToolParser, int_at_least
 
 USAGE = """usage: artbank COMMAND [options]    (artbank COMMAND --help: that command's options)
@@ -222,6 +222,27 @@ PATH_ERRORS = (
 )  # fmt: skip
 
 
+def command_line_error(err: BaseException) -> ConfigError | None:
+    """Return a bad command-line option or Trainer argument as one ``ConfigError``, or None.
+
+    jsonargparse raises ``ArgumentError`` (the parser does not exit, see
+    :func:`~artbank_pl.lightning_cli.run_lightning_cli`); Lightning's Trainer raises
+    ``MisconfigurationException`` for an argument out of range (``max_steps -5``).
+    """
+    if "lightning" not in sys.modules:  # a data tool: argparse says it itself
+        return None
+    from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from artbank_pl.lightning_cli import parse_error_line
+
+    if isinstance(err, ArgumentError):
+        return ConfigError(parse_error_line(str(err)))
+    if isinstance(err, MisconfigurationException):
+        return ConfigError(str(err).strip().splitlines()[0])
+    return None
+
+
 def user_error(err: BaseException) -> BaseException | None:
     """Return the user error behind ``err``, or ``None`` for a bug (shown as a traceback).
 
@@ -231,6 +252,9 @@ def user_error(err: BaseException) -> BaseException | None:
     while err is not None:
         if isinstance(err, ArtbankError):
             return err
+        bad_option = command_line_error(err)
+        if bad_option is not None:
+            return bad_option
         if isinstance(err, PATH_ERRORS) and err.filename:
             return DataError(f"{err.filename}: {err.strerror or type(err).__name__}")
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +74,7 @@ class ArtbankCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_accelerator(config.get("trainer.accelerator"))
         check_strategy(config.get("trainer.strategy"))
+        check_trainer_length(config.get("trainer.max_steps"), config.get("trainer.max_epochs"))
         check_loggers(config.get("trainer.logger"))
         model_args, data = config.get("model.init_args"), config.get("data")
         model = config.get("model")
@@ -205,6 +207,19 @@ def check_strategy(strategy: object) -> None:
         )
 
 
+def check_trainer_length(max_steps: object, max_epochs: object) -> None:
+    """Refuse a run length Lightning would refuse only after the model is loaded.
+
+    Raises:
+        ConfigError: ``trainer.max_steps`` or ``trainer.max_epochs`` below -1 (-1: no limit).
+    """
+    for name, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
+        if isinstance(value, int) and value < -1:
+            raise ConfigError(
+                f"trainer.{name} must be a non-negative integer or -1 (no limit), got {value}"
+            )
+
+
 #: logger class name -> (modules that can back it, the extra that installs one)
 LOGGER_PACKAGES = {
     "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
@@ -335,6 +350,27 @@ def check_checkpoint_task(path: str, state_dict: dict, model_class: str | None) 
         )
 
 
+def parse_error_line(message: str) -> str:
+    """Condense a jsonargparse error into one line naming the option and what was wrong.
+
+    A bad ``--model.init_args.X`` is reported as a union of every subclass that failed,
+    nesting ``Parser key "model"`` around ``Parser key "X"`` and the reason; the line
+    names the innermost key under its outer one and keeps the reason.
+    """
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    lines = [line.strip().removeprefix("- ") for line in message.splitlines() if line.strip()]
+    if not keys:
+        return lines[0] if lines else "invalid command line"
+    heads = ("Parser key", "Problem with given class_path")
+    last = max(i for i, line in enumerate(lines) if line.startswith(heads))
+    reason = lines[last + 1] if last + 1 < len(lines) else lines[last]
+    reason = reason.replace("typing.", "").replace("<class '", "").replace("'>", "")
+    option = keys[0] if len(keys) == 1 else f"{keys[0]}.init_args.{keys[-1]}"
+    named = re.search(r"Problem with given class_path '([\w.]+)'", lines[last])
+    where = f" ({named.group(1).rsplit('.', 1)[-1]})" if named else ""
+    return f"--{option}{where}: {reason}"
+
+
 def import_object(class_path: str):
     """Import ``package.module.Name``."""
     module, _, name = class_path.rpartition(".")
@@ -356,6 +392,9 @@ def run_lightning_cli(args: Sequence[str] | None, epilog: str = "") -> ArtbankCL
         save_config_callback=SaveRunConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
+            # a bad option raises (said in one line by artbank's entry point) instead of
+            # printing the whole usage and a nested union report
+            "exit_on_error": False,
             "default_env": True,
             "env_prefix": "ARTBANK",
             "epilog": epilog,

@@ -109,6 +109,7 @@ class StylizeTask(FrozenDiffusionTask):
         _check_options(bank, inverter, style_images, prompt, adain, adain_reference)
         check_sampling(strength, steps, inversion, scheduler)
         check_at_least("model.guidance_scale", guidance_scale, 0)
+        check_at_least("model.eta", eta, 0)
         # a bank is read before Stable Diffusion is loaded: a bad file is refused at once
         bank_styles = load_bank_styles(bank, collections) if bank else None
         super().__init__(
