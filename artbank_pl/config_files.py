@@ -75,9 +75,37 @@ def resolve_config_args(argv: list[str]) -> list[str]:
 
 
 def _resolve_one(value: str) -> str:
-    if Path(value).is_file() or ":" in value or "\n" in value:
-        return value  # a file, or an inline YAML/JSON config that jsonargparse parses itself
+    if Path(value).is_file():
+        check_config_file(Path(value))
+        return value
+    if ":" in value or "\n" in value:
+        return value  # an inline YAML/JSON config that jsonargparse parses itself
     return str(shipped_config_path(value))
+
+
+def check_config_file(path: Path) -> None:
+    """Refuse a config file that is not a YAML mapping, naming the file and the problem.
+
+    jsonargparse says "Problems parsing config" without the file, or "Unexpected config"
+    for an empty one.
+
+    Raises:
+        ConfigError: the file is not UTF-8, not YAML, empty or not a mapping.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {path}: not UTF-8 text ({err.reason})") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--config {path}: not valid YAML{where}: {problem}") from err
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        raise ConfigError(f"--config {path}: {what} (a config maps trainer/model/data to options)")
 
 
 def configs_main(argv: list[str]) -> int:

@@ -558,6 +558,16 @@ def _demo_into_a_file(ws: Path) -> Observed:
     return run_tool(["demo", "--output", str(ws / "taken")], ws)
 
 
+def _config_of(content: bytes) -> Callable[[Path], Observed]:
+    """``artbank fit --config`` of a file holding ``content``."""
+
+    def run(ws: Path) -> Observed:
+        (ws / "mine.yaml").write_bytes(content)
+        return run_tool(["fit", "--config", "mine.yaml"], ws)
+
+    return run
+
+
 def _parquet_of(content: bytes) -> Callable[[Path], Observed]:
     """``artbank shards build --parquet`` of a file holding ``content``."""
 
@@ -635,6 +645,22 @@ WORLD_TOOLS = [
          line="argument --val-per-collection/--val_per_collection: must be at least 0, got -1"),
     Case("shards index: an empty pattern", tool("shards", "index", ""),
          exit=1, line="the shard pattern is empty"),
+    Case("config: not YAML (failed before: did not name the file)",
+         _config_of(b"trainer: [unclosed\n"), exit=1,
+         line="--config mine.yaml: not valid YAML at line 2, column 1"),
+    Case("config: empty file (failed before: 'Unexpected config:')", _config_of(b""),
+         exit=1, line="--config mine.yaml: empty"),
+    Case("config: not UTF-8", _config_of(b"\xff\xfe garbage"),
+         exit=1, line="--config mine.yaml: not UTF-8 text"),
+    Case("config: a list, not a mapping", _config_of(b"- trainer\n- model\n"),
+         exit=1, line="--config mine.yaml: a list, not a mapping"),
+    Case("config: missing, no shipped config of the name", tool("fit", "--config", "nothere.yaml"),
+         exit=1, line="--config nothere.yaml: no such file, and no shipped config of that name"),
+    Case("export: a non-Latin checkpoint name that does not exist",
+         tool("export", "--ckpt", "日本画.ckpt", "--output", "o"),
+         exit=1, line="checkpoint 日本画.ckpt does not exist"),
+    Case("shards build --parquet: an empty file", _parquet_of(b""),
+         exit=1, line="is not a readable Parquet file: Parquet file size is 0 bytes"),
     Case("demo: --output empty (failed before: the whole demo ran into the working folder)",
          tool("demo", "--output", ""), exit=1, line="--output is empty"),
 ]  # fmt: skip
