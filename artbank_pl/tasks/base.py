@@ -18,7 +18,7 @@ from torch import nn
 from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
 from artbank_pl.optim import LRSchedule, warmup_schedule_factor
-from artbank_pl.options import check_at_least, check_positive
+from artbank_pl.options import check_at_least, check_betas, check_fraction, check_positive
 from artbank_pl.ratelimit import worth_logging
 from artbank_pl.sd import (
     StableDiffusionParts,
@@ -131,6 +131,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         check_at_least("model.weight_decay", weight_decay, 0)
         check_at_least("model.warmup_steps", warmup_steps, 0)
         check_at_least("model.noise_offset", noise_offset, 0)
+        check_fraction("model.min_lr_ratio", min_lr_ratio, include_one=True)
+        check_betas("model.betas", betas)
         check_positive("model.min_snr_gamma", min_snr_gamma)
         parts = load_parts(pretrained, revision, variant)
         self.unet = parts.unet

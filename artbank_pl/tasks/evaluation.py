@@ -174,6 +174,7 @@ class EvaluateTask(StylizeTask):
         **stylize_args: Any,
     ) -> None:
         _check_sweep(sweep_strengths or [], sweep_guidance_scales or [], stylize_args)
+        check_at_least("model.report_images", report_images, 0)
         # the evaluation options reach self.hparams through save_hyperparameters, which
         # collects the arguments of every __init__ in the chain; StyleEvaluation reads them
         super().__init__(**stylize_args)

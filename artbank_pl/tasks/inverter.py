@@ -9,7 +9,7 @@ import torch
 from artbank_pl.errors import ConfigError
 from artbank_pl.modules.inverter import AttentionInverter
 from artbank_pl.optim import LRSchedule
-from artbank_pl.options import check_at_least
+from artbank_pl.options import check_at_least, check_fraction
 from artbank_pl.tasks.prompts import PromptTokens
 from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
@@ -107,6 +107,8 @@ class InverterTask(StyleTask):
         check_at_least("model.num_tokens", num_tokens, 1)
         check_at_least("model.inverter_layers", inverter_layers, 1)
         check_at_least("model.inverter_heads", inverter_heads, 1)
+        check_at_least("model.inverter_dim", inverter_dim, 1)
+        check_fraction("model.inverter_dropout", inverter_dropout)
         super().__init__(
             collections, templates or ["{}"], use_captions, pretrained, revision, variant,
             vae_fp32, lr, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio,

@@ -10,7 +10,7 @@ from artbank_pl.errors import ConfigError
 from artbank_pl.modules import ImplicitStylePromptBank
 from artbank_pl.modules.ssam import BankAttention, default_attention_lr
 from artbank_pl.optim import LRSchedule
-from artbank_pl.options import check_at_least
+from artbank_pl.options import check_at_least, check_fraction
 from artbank_pl.tasks.prompts import PromptTokens
 from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
@@ -104,6 +104,7 @@ class PromptBankTask(StyleTask):
         # checked before the base class loads Stable Diffusion
         check_at_least("model.num_tokens", num_tokens, 1)
         check_at_least("model.bank_heads", bank_heads, 1)
+        check_fraction("model.bank_dropout", bank_dropout)
         if attention_lr is not None:
             check_at_least("model.attention_lr", attention_lr, 0)
         super().__init__(

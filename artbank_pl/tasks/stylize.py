@@ -110,6 +110,7 @@ class StylizeTask(FrozenDiffusionTask):
         check_sampling(strength, steps, inversion, scheduler)
         check_at_least("model.guidance_scale", guidance_scale, 0)
         check_at_least("model.eta", eta, 0)
+        check_at_least("model.clip_skip", clip_skip, 0)  # before the bank is read
         # a bank is read before Stable Diffusion is loaded: a bad file is refused at once
         bank_styles = load_bank_styles(bank, collections) if bank else None
         super().__init__(
