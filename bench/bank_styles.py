@@ -1,7 +1,8 @@
 """The demo's prompt bank on other styles, to see whether it transfers those too.
 
     python bench/bank_styles.py --sets striped,dotted,sketch checkered,neon,mosaic \
-        --seed 11 --output outputs/bank-styles [--pretrained /path/to/world-v2]
+        --seed 11 --output outputs/bank-styles [--pretrained /path/to/world-v2] \
+        [--fit-args "--model.init_args.bank_norm_cap 3"]
 
 For each set of three world styles this runs the product's own commands, as the demo does:
 ``artbank world images`` (24 paintings per style, 8 photographs, world seed ``--seed``),
@@ -35,7 +36,9 @@ def artbank(*args: str) -> None:
         raise SystemExit(f"artbank {' '.join(args)} failed (rc {done.returncode})")
 
 
-def run_set(styles: list[str], seed: int, out: Path, pretrained: str | None) -> dict:
+def run_set(
+    styles: list[str], seed: int, out: Path, pretrained: str | None, fit_args: list[str]
+) -> dict:
     """Train the demo's bank on ``styles`` and judge its stylization; return the figures."""
     configs = demo_configs(out)
     model = ["--model.init_args.pretrained", pretrained] if pretrained else []
@@ -44,11 +47,12 @@ def run_set(styles: list[str], seed: int, out: Path, pretrained: str | None) -> 
     artbank("shards", "build", "--input", f"{out}/images/collections", "--output",
             f"{out}/shards", "--size", "32", "--val-per-collection", "2", "--maxcount", "8",
             "--format", "png")  # fmt: skip
-    artbank("fit", "--config", configs["quickstart"], *model)
+    artbank("fit", "--config", configs["quickstart"], *model, *fit_args)
     artbank("test", "--config", configs["evaluate-quickstart"], *model,
             "--model.init_args.sweep_strengths", json.dumps(list(STRENGTHS)))  # fmt: skip
     results = json.loads((out / "report/metrics.json").read_text())["results"]
-    row: dict = {"styles": styles, "seed": seed, "pretrained": pretrained or "world"}
+    row: dict = {"styles": styles, "seed": seed, "pretrained": pretrained or "world",
+                 "fit_args": fit_args}  # fmt: skip
     for strength in STRENGTHS:
         metrics = results[f"strength={strength:g} guidance=10"]
         per_style = {k: round(v, 3) for k, v in metrics["style_accuracy"].items()}
@@ -69,13 +73,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11, help="world images seed")
     parser.add_argument("--output", default="outputs/bank-styles")
     parser.add_argument("--pretrained", default=None, help="another world model folder")
+    parser.add_argument("--fit-args", default="", help="more `artbank fit` options, quoted")
     args = parser.parse_args()
     rows = []
     for number, names in enumerate(args.sets):
         styles = [name.strip() for name in names.split(",")]
         slugs = "-".join(style_slug(style) for style in styles)
         folder = Path(args.output) / f"set{number}-{slugs}-seed{args.seed}"
-        rows.append(run_set(styles, args.seed, folder, args.pretrained))
+        rows.append(run_set(styles, args.seed, folder, args.pretrained, args.fit_args.split()))
         print(json.dumps(rows[-1]), flush=True)
     (Path(args.output) / "bank_styles.json").write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -1,6 +1,6 @@
 """The world model's own ceiling per style: img2img and text-to-image from the true words.
 
-    python bench/world_ceiling.py --photos 16 --seed 11
+    python bench/world_ceiling.py --photos 16 --seed 11 [--pretrained FOLDER]
 
 A bank stands where the style word stood ("a circle in <x> style"), so what the model does
 with the true word ("a circle in striped style") is the most a bank can be expected to reach
@@ -47,16 +47,19 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=0.7)
     parser.add_argument("--guidance", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--pretrained", default=None, help="another world model folder")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     judges = load_judges("world")
     photos, shapes = photographs(args.photos, args.seed)
-    img2img = StableDiffusionImg2ImgPipeline.from_pretrained(model_dir(), safety_checker=None)
+    folder = args.pretrained or model_dir()
+    img2img = StableDiffusionImg2ImgPipeline.from_pretrained(folder, safety_checker=None)
     img2img.scheduler = DDIMScheduler.from_config(img2img.scheduler.config)
     img2img.set_progress_bar_config(disable=True)
     txt2img = StableDiffusionPipeline(**img2img.components)
     common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance,
               "output_type": "pt"}  # fmt: skip
+    rows = []
     for style in (s for s in STYLES if s != PHOTO):
         prompts = [f"a {shape} in {style} style" for shape in shapes]
         gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
@@ -69,6 +72,10 @@ def main() -> None:
             row[name] = {"style": round(style_acc, 3), "shape": round(shape_acc, 3),
                          "iou": round(iou, 3)}  # fmt: skip
         print(json.dumps(row), flush=True)
+        rows.append(row)
+    for name in ("img2img", "text-to-image"):
+        mean = float(np.mean([row[name]["style"] for row in rows]))
+        print(json.dumps({"mean_style": name, "value": round(mean, 3)}))
     print(json.dumps({"photos": args.photos, "seed": args.seed,
                       "judged_photo_shapes": float(np.mean(
                           [a == b for a, b in zip(judges.predict("content", photos), shapes,
