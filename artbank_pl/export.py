@@ -163,7 +163,6 @@ def bank_embeddings_from_checkpoint(
             dim,
             attention=hparams.get("bank_attention", "ssam"),
             num_heads=hparams.get("bank_heads", 8),
-            max_norm=float(bank_state["max_norm"]) if "max_norm" in bank_state else None,
         )
         bank.load_state_dict(bank_state)
     except (ValueError, RuntimeError) as err:  # options or shapes the checkpoint contradicts

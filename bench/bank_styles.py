@@ -2,7 +2,7 @@
 
     python bench/bank_styles.py --sets striped,dotted,sketch checkered,neon,mosaic \
         --seed 11 --output outputs/bank-styles [--pretrained /path/to/world-v2] \
-        [--fit-args "--model.init_args.bank_norm_cap 3"]
+        [--fit-args "--model.init_args.lr 0.01"]
 
 For each set of three world styles this runs the product's own commands, as the demo does:
 ``artbank world images`` (24 paintings per style, 8 photographs, world seed ``--seed``),

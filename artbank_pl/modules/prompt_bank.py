@@ -8,15 +8,6 @@ from torch import nn
 from artbank_pl.modules.ssam import BankAttention, build_bank_attention
 
 
-def cap_token_norms(tokens: torch.Tensor, max_norm: torch.Tensor | float) -> torch.Tensor:
-    """Scale each token ``[..., d]`` whose L2 norm exceeds ``max_norm`` down onto it.
-
-    The scale is differentiable, so a capped token still moves along the sphere.
-    """
-    norms = tokens.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return tokens * torch.clamp(max_norm / norms, max=1.0)
-
-
 class ImplicitStylePromptBank(nn.Module):
     """K trainable prompt matrices of n tokens x d channels, read out through SSAM.
 
@@ -27,8 +18,6 @@ class ImplicitStylePromptBank(nn.Module):
         attention: ``ssam``, ``self`` or ``none`` (see :mod:`artbank_pl.modules.ssam`).
         num_heads: row-attention heads.
         dropout: attention dropout in training.
-        max_norm: cap on each output token's L2 norm (kept in the state dict, so an export
-            without the text encoder applies it too); ``None``: no cap.
     """
 
     def __init__(
@@ -39,7 +28,6 @@ class ImplicitStylePromptBank(nn.Module):
         attention: BankAttention = "ssam",
         num_heads: int = 8,
         dropout: float = 0.0,
-        max_norm: float | None = None,
     ) -> None:
         super().__init__()
         if num_collections < 1 or num_tokens < 1:
@@ -48,10 +36,6 @@ class ImplicitStylePromptBank(nn.Module):
             )
         self.prompts = nn.Parameter(torch.randn(num_collections, num_tokens, dim) * 0.02)
         self.attention = build_bank_attention(attention, dim, num_tokens, num_heads, dropout)
-        # a buffer only when set: checkpoints of uncapped banks keep their keys
-        self.register_buffer(
-            "max_norm", None if max_norm is None else torch.tensor(float(max_norm))
-        )
 
     @property
     def num_collections(self) -> int:
@@ -89,8 +73,6 @@ class ImplicitStylePromptBank(nn.Module):
         which other samples share its batch.
         """
         table = self.attention(self.prompts)
-        if self.max_norm is not None:
-            table = cap_token_norms(table, self.max_norm)
         return table if collection_idx is None else table[collection_idx]
 
     def embeddings(self) -> torch.Tensor:

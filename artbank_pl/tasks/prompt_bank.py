@@ -10,7 +10,7 @@ from artbank_pl.errors import ConfigError
 from artbank_pl.modules import ImplicitStylePromptBank
 from artbank_pl.modules.ssam import BankAttention, default_attention_lr
 from artbank_pl.optim import LRSchedule
-from artbank_pl.options import check_at_least, check_fraction, check_positive
+from artbank_pl.options import check_at_least, check_fraction
 from artbank_pl.tasks.prompts import PromptTokens
 from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
@@ -38,9 +38,6 @@ class PromptBankTask(StyleTask):
             row and statistical branches of ``ssam`` degenerate to linear maps.
         bank_heads: heads of the bank's row attention.
         bank_dropout: attention dropout in the bank.
-        bank_norm_cap: cap each style token's norm at this multiple of the vocabulary's mean
-            token norm (``None``: no cap). Trained vectors otherwise drift to several times
-            any word's norm, where the text encoder was never trained.
         attention_lr: learning rate of the bank attention's weights (SSAM's or
             self-attention's projections and norms), their own AdamW group beside the
             vectors at ``lr``. ``None``: ``lr * 3.2 / d`` (see
@@ -82,7 +79,6 @@ class PromptBankTask(StyleTask):
         bank_attention: BankAttention = "ssam",
         bank_heads: int = 8,
         bank_dropout: float = 0.0,
-        bank_norm_cap: float | None = None,
         attention_lr: float | None = None,
         initializer_token: str | None = "painting",
         init_embeddings: str | None = None,
@@ -109,8 +105,6 @@ class PromptBankTask(StyleTask):
         check_at_least("model.num_tokens", num_tokens, 1)
         check_at_least("model.bank_heads", bank_heads, 1)
         check_fraction("model.bank_dropout", bank_dropout)
-        if bank_norm_cap is not None:
-            check_positive("model.bank_norm_cap", bank_norm_cap)
         if attention_lr is not None:
             check_at_least("model.attention_lr", attention_lr, 0)
         super().__init__(
@@ -119,15 +113,12 @@ class PromptBankTask(StyleTask):
             noise_offset, val_seed, compile_unet, channels_last, clip_skip,
         )  # fmt: skip
         self.placeholders = [placeholder_token(name) for name in self.collections]
-        words = self.text_encoder.get_input_embeddings().weight
-        max_norm = bank_norm_cap * float(words.norm(dim=-1).mean()) if bank_norm_cap else None
         token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)
         self.first_placeholder_id = token_ids[0][0]
         dim = self.text_encoder.get_input_embeddings().embedding_dim
         self.bank = ImplicitStylePromptBank(
-            len(self.collections), num_tokens, dim, bank_attention, bank_heads, bank_dropout,
-            max_norm,
-        )  # fmt: skip
+            len(self.collections), num_tokens, dim, bank_attention, bank_heads, bank_dropout
+        )
         if init_embeddings:
             self.bank.init_from_tables(self._start_tables(init_embeddings))
         elif initializer_token:
