@@ -211,8 +211,8 @@ def pretrain(
     unet_steps: int = 5500,
     dataset_size: int = 16384,
     judge_steps: int = 500,
-    min_snr_gamma: float = 0.0,
-    noise_offset: float = 0.0,
+    min_snr_gamma: float = 5.0,
+    noise_offset: float = 0.1,
 ) -> dict:
     """Run all stages and write the world model folder; return a summary (also saved).
 
@@ -225,11 +225,12 @@ def pretrain(
         dataset_size: scenes rendered and encoded for the UNet.
         judge_steps: steps of each judge; 0 leaves the judges out (they do not depend on
             the model: ``artbank world judges`` writes them alone).
-        min_snr_gamma: the UNet's Min-SNR-gamma loss weighting (Hang et al. 2023); 0 (the
-            shipped version 1) is the plain epsilon loss.
+        min_snr_gamma: the UNet's Min-SNR-gamma loss weighting (Hang et al. 2023); 0 (as
+            version 1) is the plain epsilon loss. Version 2 (shipped): 5.
         noise_offset: the UNet's offset noise (Guttenberg 2023): per-channel constants added
             to the training noise, so the model learns to move an image's mean (the dark
-            ``neon`` scenes); 0 (version 1) is plain Gaussian noise.
+            ``neon`` scenes, which version 1 could not draw); 0 (version 1) is plain
+            Gaussian noise. Version 2 (shipped): 0.1.
     """
     from artbank_pl.world.judges import train_judges
 
