@@ -1,4 +1,3 @@
-import csv
 import json
 import shutil
 import subprocess
@@ -192,9 +191,9 @@ def test_the_gpu_recipe_on_a_cpu_machine_is_one_line(demo_dir, capsys, monkeypat
 def test_checkpoints_are_ranked_by_the_val_loss_of_their_own_step(demo_dir):
     main(["fit", "--config", "quickstart", "--trainer.max_steps", "6", *QUICK])  # val at 2, 4, 6
     out = demo_dir / "outputs/demo"
-    log = next((out / "lightning_logs").glob("version_*")) / "metrics.csv"
-    rows = list(csv.DictReader(log.open()))
-    val_loss = {int(r["step"]) + 1: float(r["val/loss"]) for r in rows if r.get("val/loss")}
+    events = tensorboard_events(next((out / "lightning_logs").glob("version_*")))
+    # Lightning logs a validation's scalars one below the steps trained
+    val_loss = {e.step + 1: e.value for e in events.Scalars("val/loss")}
     assert sorted(val_loss) == [2, 4, 6]
     best = list((out / "checkpoints").glob("best-*.ckpt"))
     assert len(best) == 1  # save_top_k: 1
@@ -256,8 +255,8 @@ def test_one_collection_fits_with_validation_and_tests_with_one_style(tmp_path, 
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", "quickstart", "--trainer.max_steps", "2", *QUICK])
     out = tmp_path / "outputs/demo"
-    metrics = (next((out / "lightning_logs").glob("version_*")) / "metrics.csv").read_text()
-    assert "val/loss/monet" in metrics and "val/style_sim/monet" in metrics
+    events = tensorboard_events(next((out / "lightning_logs").glob("version_*")))
+    assert {"val/loss/monet", "val/style_sim/monet"} <= set(events.Tags()["scalars"])
     (tmp_path / "config.yaml").write_text("# the user's own notes\n")
     main(["test", "--config", "evaluate-quickstart", "--model.init_args.steps", "4",
           "--data.init_args.resolution", "32"])  # fmt: skip
