@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -18,6 +19,8 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from artbank_pl.errors import ConfigError
 from artbank_pl.tasks.style import check_same_collections
+
+log = logging.getLogger(__name__)
 
 
 class ArtbankCLI(LightningCLI):
@@ -132,9 +135,25 @@ def make_run_resumable(trainer, subcommand: str | None, ckpt_path: str | None = 
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
             callback.dirpath = os.path.realpath(Path(trainer.default_root_dir) / "checkpoints")
+        if isinstance(callback, ModelCheckpoint) and subcommand == "fit":
+            # a new run in a folder of an earlier one wrote last-v1.ckpt beside the earlier
+            # run's last.ckpt, which export, predict and --ckpt_path last then read
+            callback._enable_version_counter = False
+            if not ckpt_path:
+                warn_of_an_earlier_run(callback)
     has_one = any(isinstance(cb, CheckpointOnSignal) for cb in trainer.callbacks)
     if subcommand == "fit" and not has_one:
         trainer.callbacks.insert(0, CheckpointOnSignal(ckpt_path))
+
+
+def warn_of_an_earlier_run(callback: ModelCheckpoint) -> None:
+    """Say once that a new run replaces the ``last.ckpt`` an earlier run left in the folder."""
+    last = Path(str(callback.dirpath or "")) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt"
+    if callback.save_last and last.is_file():
+        log.warning(
+            "%s is an earlier run's; this new run replaces it (to continue that run "
+            "instead, pass --ckpt_path last)", last,
+        )  # fmt: skip
 
 
 def continue_logger_runs_of(trainer, checkpoint: Path | None) -> None:

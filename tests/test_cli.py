@@ -1,4 +1,5 @@
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -200,6 +201,20 @@ def test_checkpoints_are_ranked_by_the_val_loss_of_their_own_step(demo_dir):
     ckpt = torch.load(best[0], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == min(val_loss, key=val_loss.get)
     assert torch.load(out / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_a_new_run_in_the_folder_of_an_earlier_one_replaces_its_last_checkpoint(demo_dir, caplog):
+    # it wrote last-v1.ckpt beside the earlier run's last.ckpt, and export, predict and
+    # --ckpt_path last went on reading the earlier run's bank (a second `make demo`)
+    main(["fit", "--config", "quickstart", "--trainer.max_steps", "2", *QUICK])
+    with caplog.at_level(logging.WARNING):
+        main(["fit", "--config", "quickstart", "--trainer.max_steps", "4", *QUICK])
+    folder = demo_dir / "outputs/demo/checkpoints"
+    assert not list(folder.glob("last-v*.ckpt"))
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert sum("an earlier run's; this new run replaces it" in r.getMessage()
+               for r in caplog.records) == 1  # fmt: skip
 
 
 def test_console_module_runs():
