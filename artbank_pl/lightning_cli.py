@@ -32,8 +32,8 @@ class ArtbankCLI(LightningCLI):
 
     #: the collections of the ``--ckpt_path`` file's bank, if it names them
     _ckpt_collections: list[str] | None = None
-    #: the checkpoint file a fit resumes from (``--ckpt_path`` resolved), if any
-    _resume_from: Path | None = None
+    #: the checkpoint a fit resumes from (``--ckpt_path`` resolved and loaded), if any
+    _resume_from: dict | None = None
 
     def parse_arguments(self, parser, args) -> None:
         """Parse, keeping the command line (a resume checks the model options it names)."""
@@ -49,12 +49,15 @@ class ArtbankCLI(LightningCLI):
             model = (config.get("model") or {}).get("class_path") if config.get("model") else None
             self._ckpt_collections = check_ckpt_path(config.get("ckpt_path"), model)
             if subcommand == "fit":
-                self._resume_from = resume_file(
-                    config.get("ckpt_path"), config.get("trainer.default_root_dir")
-                )
+                from artbank_pl.export import load_checkpoint
+
+                path = resume_file(config.get("ckpt_path"), config.get("trainer.default_root_dir"))
+                # read once: the option check and the logger's run both need it
+                self._resume_from = load_checkpoint(path) if path else None
                 check_resume_options(
-                    getattr(self, "_argv", []), config.get("model.init_args"), self._resume_from
-                )
+                    getattr(self, "_argv", []), config.get("model.init_args"), path,
+                    self._resume_from,
+                )  # fmt: skip
         super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs):
@@ -156,18 +159,17 @@ def warn_of_an_earlier_run(callback: ModelCheckpoint) -> None:
         )  # fmt: skip
 
 
-def continue_logger_runs_of(trainer, checkpoint: Path | None) -> None:
+def continue_logger_runs_of(trainer, checkpoint: dict | None) -> None:
     """Record TensorBoard runs in checkpoints; a resume goes on writing the one it resumes.
 
     See :mod:`artbank_pl.callbacks.logger_runs`.
     """
     from artbank_pl.callbacks.logger_runs import LoggerRuns, continue_logger_runs
-    from artbank_pl.export import load_checkpoint
 
     if not any(isinstance(cb, LoggerRuns) for cb in trainer.callbacks):
         trainer.callbacks.append(LoggerRuns())
     if checkpoint is not None:
-        continue_logger_runs(trainer, load_checkpoint(checkpoint))
+        continue_logger_runs(trainer, checkpoint)
 
 
 def use_logging_step_progress_bar(trainer) -> None:
@@ -293,7 +295,9 @@ def given_model_options(argv: Sequence[str]) -> list[str]:
     return names
 
 
-def check_resume_options(argv: Sequence[str], model_args, checkpoint: Path | None) -> None:
+def check_resume_options(
+    argv: Sequence[str], model_args, checkpoint: Path | None, loaded: dict | None = None
+) -> None:
     """Refuse a model option on a resume's command line that differs from the checkpoint's.
 
     A resume continues the checkpoint's run: Lightning builds the model from the
@@ -306,9 +310,11 @@ def check_resume_options(argv: Sequence[str], model_args, checkpoint: Path | Non
     """
     if checkpoint is None or model_args is None:
         return
-    from artbank_pl.export import load_checkpoint
+    if loaded is None:
+        from artbank_pl.export import load_checkpoint
 
-    saved = load_checkpoint(str(checkpoint)).get("hyper_parameters") or {}
+        loaded = load_checkpoint(str(checkpoint))
+    saved = loaded.get("hyper_parameters") or {}
     for key in given_model_options(argv):
         if key in saved and key in model_args and model_args[key] != saved[key]:
             raise ConfigError(

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 DEFAULT_COLLECTION_KEY = "collection"
 #: where :meth:`CollectionSelector.index_of` leaves a kept sample's bank index
 INDEX_FIELD = "__collection_idx__"
+#: where :meth:`CollectionSelector.name_of` leaves the name it read (the json is parsed once)
+NAME_FIELD = "__collection_name__"
 #: how many of the found values a no-match error names
 _SHOWN_VALUES = 8
 
@@ -126,6 +128,11 @@ class CollectionSelector:
         Raises:
             ValueError: the sample's json is damaged (not UTF-8 JSON, or not an object).
         """
+        if NAME_FIELD not in sample:
+            sample[NAME_FIELD] = self._read_name(sample)
+        return sample[NAME_FIELD]
+
+    def _read_name(self, sample: dict) -> str | None:
         if self.collection_table is not None:
             return self.collection_table.get(sample["__key__"])
         if "json" not in sample:
