@@ -73,8 +73,10 @@ def _export(argv: Sequence[str]) -> int:
         help="export the raw weights, not the TrainablesEMA average a checkpoint holds",
     )  # fmt: skip
     opts = parser.parse_args(argv)
-    styles = checkpoint_styles(opts.ckpt, opts.style_images, opts.vision_model, not opts.raw)
-    paths = write_embeddings(styles, opts.output, opts.formats)
+    styles, widths = checkpoint_styles(
+        opts.ckpt, opts.style_images, opts.vision_model, not opts.raw
+    )
+    paths = write_embeddings(styles, opts.output, opts.formats, widths)
     for path in paths:
         print(path)
     return 0

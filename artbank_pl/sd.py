@@ -4,6 +4,11 @@
 diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``),
 or ``tiny``: random weights from the configs in ``artbank_pl/tiny/``, seeded so that
 every process builds bit-identical weights.
+
+An SDXL model (a folder or hub id whose UNet has ``addition_embed_type: text_time``, or the
+``tiny-xl`` preset) brings a second text encoder and tokenizer (``text_encoder_2/``,
+``tokenizer_2/``: OpenCLIP ViT-bigG with its projection, whose pooled output conditions
+the UNet beside the six micro-conditioning numbers).
 """
 
 from __future__ import annotations
@@ -14,7 +19,12 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 from transformers.utils import logging as transformers_logging
 
 from artbank_pl.errors import ArtbankError
@@ -23,12 +33,17 @@ from artbank_pl.world import WORLD
 from artbank_pl.world import model_dir as world_model_dir
 
 TINY = "tiny"
-# random-weight models built from configs in the package: "tiny" for tests and the demo,
+TINY_XL = "tiny-xl"
+# random-weight models built from configs in the package: "tiny" and "tiny-xl" (SDXL's
+# architecture: two text encoders, text_time conditioning) for tests and the demo,
 # "random-sd15" (SD 1.5 sizes) for benchmarks
 RANDOM_PRESETS = {
     TINY: Path(__file__).parent / "tiny",
+    TINY_XL: Path(__file__).parent / "tiny_xl",
     "random-sd15": Path(__file__).parent / "random_sd15",
 }
+#: the UNet config value that marks SDXL's conditioning (pooled text and micro-conditioning)
+SDXL_ADDITION = "text_time"
 
 
 def _no_weight_loading_bar(factory, args: tuple, kwargs: dict):
@@ -59,6 +74,8 @@ class StableDiffusionParts:
         text_encoder: the CLIP text encoder.
         tokenizer: the CLIP tokenizer matching ``text_encoder``.
         noise_scheduler: the training noise schedule (a ``DDPMScheduler``).
+        text_encoder_2: SDXL's second text encoder (with projection), else ``None``.
+        tokenizer_2: the tokenizer of ``text_encoder_2``, else ``None``.
     """
 
     unet: UNet2DConditionModel
@@ -66,6 +83,13 @@ class StableDiffusionParts:
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     noise_scheduler: DDPMScheduler
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+
+    @property
+    def is_xl(self) -> bool:
+        """Whether this is SDXL: two text encoders, pooled text and micro-conditioning."""
+        return self.text_encoder_2 is not None
 
     @property
     def prediction_type(self) -> str:
@@ -110,16 +134,35 @@ def build_tiny_parts(preset: str = TINY) -> StableDiffusionParts:
     the same model.
     """
     init = preset_config(preset, "init")
+    second = (RANDOM_PRESETS[preset] / "text_encoder_2.json").is_file()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init["seed"])
         unet = UNet2DConditionModel(**preset_config(preset, "unet"))
         vae = AutoencoderKL(**preset_config(preset, "vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig(**preset_config(preset, "text_encoder")))
+        text_encoder_2 = (
+            CLIPTextModelWithProjection(CLIPTextConfig(**preset_config(preset, "text_encoder_2")))
+            if second
+            else None
+        )
     sharpen_cross_attention(
         unet, init["cross_attention_qk_scale"], init["cross_attention_value_scale"]
     )
     scheduler = DDPMScheduler.from_config(preset_config(preset, "scheduler"))
-    return StableDiffusionParts(unet, vae, text_encoder, build_clip_tokenizer(), scheduler)
+    tokenizer_2 = openclip_tokenizer() if second else None
+    return StableDiffusionParts(
+        unet, vae, text_encoder, build_clip_tokenizer(), scheduler, text_encoder_2, tokenizer_2
+    )
+
+
+def openclip_tokenizer() -> CLIPTokenizer:
+    """Build the offline CLIP tokenizer padded with id 0 (``!``), as OpenCLIP's were trained.
+
+    SD 2.x's and SDXL's second tokenizer are this one.
+    """
+    tokenizer = build_clip_tokenizer()
+    tokenizer.pad_token = "!"
+    return tokenizer
 
 
 def _is_local(pretrained: str) -> bool:
@@ -132,19 +175,19 @@ def _looks_like_path(pretrained: str) -> bool:
 
 
 def _load_tokenizer(
-    pretrained: str, revision: str | None, text_encoder: CLIPTextModel
+    pretrained: str, revision: str | None, text_encoder: CLIPTextModel, subfolder: str
 ) -> CLIPTokenizer:
     """Load the folder's tokenizer, or the offline CLIP one padded as its text encoder wants.
 
     OpenAI's CLIP text encoders (``quick_gelu``; SD 1.x) were trained with ``<|endoftext|>``
-    padding; OpenCLIP's (``gelu``; SD 2.x) with id 0 (``!``), as SD 2.x tokenizers say.
+    padding; OpenCLIP's (``gelu``; SD 2.x, SDXL's second) with id 0 (``!``), as SD 2.x
+    tokenizers say.
     """
-    if _is_local(pretrained) and not (Path(pretrained).expanduser() / "tokenizer").is_dir():
-        tokenizer = build_clip_tokenizer()
+    if _is_local(pretrained) and not (Path(pretrained).expanduser() / subfolder).is_dir():
         if text_encoder.config.hidden_act == "gelu":
-            tokenizer.pad_token = "!"
-        return tokenizer
-    return CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)
+            return openclip_tokenizer()
+        return build_clip_tokenizer()
+    return CLIPTokenizer.from_pretrained(pretrained, subfolder=subfolder, revision=revision)
 
 
 def _load_pretrained_parts(
@@ -153,18 +196,49 @@ def _load_pretrained_parts(
     if _is_local(pretrained):
         pretrained = str(Path(pretrained).expanduser())
     kwargs = {"revision": revision}
+    unet = UNet2DConditionModel.from_pretrained(
+        pretrained, subfolder="unet", variant=variant, **kwargs
+    )
     text_encoder = CLIPTextModel.from_pretrained(
         pretrained, subfolder="text_encoder", variant=variant, **kwargs
     )
+    text_encoder_2 = tokenizer_2 = None
+    if unet.config.addition_embed_type == SDXL_ADDITION:
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            pretrained, subfolder="text_encoder_2", variant=variant, **kwargs
+        )
+        tokenizer_2 = _load_tokenizer(pretrained, revision, text_encoder_2, "tokenizer_2")
     return StableDiffusionParts(
-        unet=UNet2DConditionModel.from_pretrained(
-            pretrained, subfolder="unet", variant=variant, **kwargs
-        ),
+        unet=unet,
         vae=AutoencoderKL.from_pretrained(pretrained, subfolder="vae", variant=variant, **kwargs),
         text_encoder=text_encoder,
-        tokenizer=_load_tokenizer(pretrained, revision, text_encoder),
+        tokenizer=_load_tokenizer(pretrained, revision, text_encoder, "tokenizer"),
         noise_scheduler=DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **kwargs),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
     )
+
+
+def load_vae(vae: str, revision: str | None = None) -> AutoencoderKL:
+    """Load another autoencoder (``vae:``), e.g. SDXL's fp16-fix VAE: a folder or a hub id.
+
+    A diffusers model folder is read from its ``vae/``, an autoencoder folder directly.
+
+    Raises:
+        PretrainedLoadError: it cannot be found or loaded.
+    """
+    local = Path(vae).expanduser()
+    subfolder = "vae" if (local / "vae" / "config.json").is_file() else None
+    if _looks_like_path(vae) and not local.is_dir():
+        raise PretrainedLoadError(f"vae={vae!r}: no such folder")
+    source = str(local) if local.is_dir() else vae
+    try:
+        return freeze(AutoencoderKL.from_pretrained(source, subfolder=subfolder, revision=revision))
+    except (OSError, ValueError) as err:
+        raise PretrainedLoadError(
+            f"cannot load vae={vae!r}: {str(err).splitlines()[0]} Point `vae` at a local "
+            "autoencoder folder (its config.json and weights) or a downloaded hub id."
+        ) from err
 
 
 def load_parts(
@@ -173,9 +247,9 @@ def load_parts(
     """Build the frozen Stable Diffusion parts named by ``pretrained``.
 
     Args:
-        pretrained: ``tiny`` or ``random-sd15`` (random weights), ``world`` (the shipped
-            miniature SD pretrained on the planted style world), a local diffusers folder,
-            or a hub id.
+        pretrained: ``tiny``, ``tiny-xl`` or ``random-sd15`` (random weights), ``world``
+            (the shipped miniature SD pretrained on the planted style world), a local
+            diffusers folder (SD 1.x, 2.x or SDXL), or a hub id.
         revision: hub revision (branch, tag or commit).
         variant: weight variant, e.g. ``fp16``.
 
@@ -200,8 +274,9 @@ def load_parts(
                 f"Download it where there is internet (`hf download {pretrained}`) and set "
                 "HF_HOME, or point `pretrained` at a local diffusers folder."
             ) from err
-    for module in (parts.unet, parts.vae, parts.text_encoder):
-        freeze(module)
+    for module in (parts.unet, parts.vae, parts.text_encoder, parts.text_encoder_2):
+        if module is not None:
+            freeze(module)
     return parts
 
 

@@ -17,8 +17,10 @@ from safetensors.torch import load_file
 
 from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.export import (
+    SDXL_KEYS,
     CheckpointError,
-    bank_embeddings_from_checkpoint,
+    bank_styles_and_widths,
+    checkpoint_text_widths,
     file_stem,
     load_checkpoint,
     trained_state,
@@ -92,7 +94,8 @@ def style_image_names(paths: list[str]) -> dict[str, str]:
     return dict(zip(names, paths, strict=True))
 
 
-def _read_embedding_file(path: Path) -> torch.Tensor:
+def _read_embedding_file(path: Path) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Read one embedding file: its ``[n, d]`` vectors (SDXL: ``[n, d_l + d_g]``), its widths."""
     if path.suffix != ".safetensors":
         raise CheckpointError(
             f"{path}: embeddings are read from .safetensors only (a pickled .pt/.bin file "
@@ -102,15 +105,83 @@ def _read_embedding_file(path: Path) -> torch.Tensor:
         state = load_file(path)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    if set(state) == set(SDXL_KEYS):  # A1111 / ComfyUI / kohya-ss SDXL: one file, two tensors
+        parts = [_checked_table(path, state[key], key) for key in SDXL_KEYS]
+        if parts[0].shape[0] != parts[1].shape[0]:
+            raise CheckpointError(
+                f"{path}: clip_l holds {parts[0].shape[0]} vectors and clip_g "
+                f"{parts[1].shape[0]}; an SDXL embedding has as many in each"
+            )
+        return torch.cat(parts, dim=-1), tuple(p.shape[-1] for p in parts)
     if len(state) != 1:
-        raise CheckpointError(f"{path} holds {len(state)} tensors; expected one [n, d] tensor")
-    table = next(iter(state.values())).float()
+        raise CheckpointError(
+            f"{path} holds {len(state)} tensors ({', '.join(sorted(state)[:4])}); expected one "
+            "[n, d] tensor, or clip_l and clip_g (SDXL)"
+        )
+    table = _checked_table(path, next(iter(state.values())))
+    return table, (table.shape[-1],)
+
+
+def _checked_table(path: Path, tensor: torch.Tensor, name: str = "") -> torch.Tensor:
+    """Return a stored tensor as float ``[n, d]``, refusing empty or non-finite ones."""
+    path = f"{path} ({name})" if name else path
+    table = tensor.float()
     if table.ndim == 0 or table.numel() == 0:
         shape = "a scalar" if table.ndim == 0 else f"an empty {tuple(table.shape)} tensor"
         raise CheckpointError(f"{path} holds {shape}; expected one [n, d] tensor")
     if not torch.isfinite(table).all():
         raise CheckpointError(f"{path} holds NaN or infinite values (a diverged run?)")
     return table if table.ndim == 2 else table.reshape(-1, table.shape[-1])
+
+
+def _text_encoder_of(path: Path) -> str | None:
+    """Return the ``text_encoder`` an exported file's metadata names (diffusers' SDXL pair)."""
+    try:
+        with safe_open(path, "pt") as handle:
+            return (handle.metadata() or {}).get("text_encoder")
+    except (SafetensorError, OSError):
+        return None
+
+
+def _with_second_encoder_file(path: Path) -> list[Path]:
+    """One exported file, and the ``_2`` file beside it when they are diffusers' SDXL pair."""
+    second = path.with_name(f"{path.stem}_2{path.suffix}")
+    if _text_encoder_of(path) == "text_encoder" and _text_encoder_of(second) == "text_encoder_2":
+        return [path, second]
+    return [path]
+
+
+def _read_embedding_files(files: list[Path]) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
+    """Read embedding files into ``{collection: (vectors, widths)}``, joining SDXL pairs.
+
+    A diffusers SDXL pair is two files of one collection, the second encoder's marked
+    ``text_encoder: text_encoder_2``: its vectors follow the first's.
+    """
+    firsts, seconds = {}, {}
+    for path in files:
+        target = seconds if _text_encoder_of(path) == "text_encoder_2" else firsts
+        name = _collection_of(path)
+        if name in target:
+            raise CheckpointError(f"{path}: a second embedding file for the style {name!r}")
+        target[name] = (path, *_read_embedding_file(path))
+    read = {}
+    for name, (path, table, widths) in firsts.items():
+        if name in seconds:
+            second = seconds.pop(name)
+            if second[1].shape[0] != table.shape[0]:
+                raise CheckpointError(
+                    f"{path} and {second[0]}: {table.shape[0]} and {second[1].shape[0]} "
+                    "vectors; the two encoders' files of an SDXL style hold as many"
+                )
+            table, widths = torch.cat([table, second[1]], dim=-1), widths + second[2]
+        read[name] = (table, widths)
+    if seconds:
+        name, (path, *_) = next(iter(seconds.items()))
+        raise CheckpointError(
+            f"{path}: the second text encoder's file of {name!r} without its first "
+            f"({file_stem(name)}.safetensors)"
+        )
+    return read
 
 
 def _collection_of(path: Path) -> str:
@@ -123,37 +194,57 @@ def _collection_of(path: Path) -> str:
     return name or path.stem
 
 
-def load_bank_styles(source: str | Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+def load_bank_styles(
+    source: str | Path, names: list[str] | None = None, widths: tuple[int, ...] | None = None
+) -> dict[str, torch.Tensor]:
     """Read per-collection embeddings ``{name: [n, d]}`` from a bank checkpoint or export.
+
+    SDXL styles come as ``[n, d_l + d_g]``: from a one-file ``{clip_l, clip_g}`` embedding,
+    from diffusers' pair (``<name>.safetensors`` and ``<name>_2.safetensors``, told apart by
+    their ``text_encoder`` metadata), or from an SDXL bank checkpoint.
 
     Args:
         source: a ``PromptBankTask`` checkpoint (``.ckpt``), one exported ``.safetensors``
             file, or a folder of them (``artbank export``'s ``diffusers/`` or ``a1111/``).
         names: collections to keep (default: all).
+        widths: the text encoders' widths of the model that will use them; a style of
+            other widths (an SD 1.5 file on SDXL, or the reverse) is refused.
 
     Raises:
         CheckpointError: the file is missing, pickled, or not an embedding.
-        ConfigError: a requested collection is not in the source.
+        ConfigError: a requested collection is not in the source, or has other widths.
     """
+    read = read_bank_styles(source, names)
+    if widths:
+        for name, (_, found) in read.items():
+            check_widths(name, found, widths, source)
+    return {name: table for name, (table, _) in read.items()}
+
+
+def read_bank_styles(
+    source: str | Path, names: list[str] | None = None
+) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
+    """:func:`load_bank_styles` before the width check: ``{name: (vectors, widths)}``."""
     source = Path(source)
     if source.suffix == ".ckpt":
-        styles = bank_embeddings_from_checkpoint(source)
+        styles, found = bank_styles_and_widths(source)
+        read = {name: (table, found) for name, table in styles.items()}
     elif source.is_dir():
         files = sorted(source.glob("*.safetensors"))
         if not files:
             raise CheckpointError(f"{source} holds no .safetensors embedding file")
-        styles = {_collection_of(f): _read_embedding_file(f) for f in files}
+        read = _read_embedding_files(files)
     elif source.is_file():
-        styles = {_collection_of(source): _read_embedding_file(source)}
+        read = _read_embedding_files(_with_second_encoder_file(source))
     else:
         raise CheckpointError(f"style source {source} does not exist")
     # a checkpoint's bank is checked here; an embedding file names itself when read
-    diverged = [name for name, table in styles.items() if not torch.isfinite(table).all()]
+    diverged = [name for name, (table, _) in read.items() if not torch.isfinite(table).all()]
     if diverged:
         raise CheckpointError(
             f"{source} holds NaN or infinite values (a diverged run?) in {diverged}"
         )
-    return select_styles(styles, names, source) if names else styles
+    return select_styles(read, names, source) if names else read
 
 
 def select_styles(
@@ -243,7 +334,7 @@ def checkpoint_styles(
     style_images: list[str] | None = None,
     vision_model: str | None = None,
     averaged: bool = True,
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
     """Per-style embeddings ``{name: [n, d]}`` of a checkpoint, as ``artbank export`` writes them.
 
     Args:
@@ -252,10 +343,15 @@ def checkpoint_styles(
         style_images: style images to invert.
         vision_model: CLIP vision model of the inverter (default: its training one).
         averaged: read the ``TrainablesEMA`` average when the checkpoint has one.
+
+    Returns:
+        The styles and the text encoders' widths they are for (SDXL: two).
     """
-    if style_images:
-        return invert_style_images(checkpoint, style_images, vision_model, averaged)[0]
-    return bank_embeddings_from_checkpoint(checkpoint, averaged)
+    if not style_images:
+        return bank_styles_and_widths(checkpoint, averaged)
+    styles = invert_style_images(checkpoint, style_images, vision_model, averaged)[0]
+    width = next(iter(styles.values())).shape[-1]
+    return styles, checkpoint_text_widths(load_checkpoint(checkpoint)) or (width,)
 
 
 def load_image(path: str | Path, max_side: int = 1024) -> torch.Tensor:
@@ -274,11 +370,30 @@ def load_image(path: str | Path, max_side: int = 1024) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 
 
-def check_width(styles: dict[str, torch.Tensor], width: int) -> None:
-    """Raise ConfigError if a style's embeddings do not fit the text encoder's width."""
+def describe_widths(widths: tuple[int, ...]) -> str:
+    """Say what text encoders vectors of ``widths`` are for: ``768 (one text encoder)``."""
+    if len(widths) == 2:
+        return f"clip_l {widths[0]} + clip_g {widths[1]} (SDXL's two text encoders)"
+    return f"{widths[0]} (one text encoder: SD 1.x/2.x)"
+
+
+def check_widths(
+    name: str, found: tuple[int, ...], wanted: tuple[int, ...], source: str | Path
+) -> None:
+    """Refuse a style whose vectors are for other text encoders than the model's.
+
+    Raises:
+        ConfigError: naming the source, the widths found and the widths wanted.
+    """
+    if tuple(found) != tuple(wanted):
+        raise ConfigError(
+            f"{source}: style {name!r} has embeddings of width {describe_widths(found)}; this "
+            f"model needs {describe_widths(wanted)} (was it trained on another model family?)"
+        )
+
+
+def check_width(styles: dict[str, torch.Tensor], widths: tuple[int, ...], source: str) -> None:
+    """Raise ConfigError if a style's embeddings do not fit the text encoders' widths."""
     for name, table in styles.items():
-        if table.shape[-1] != width:
-            raise ConfigError(
-                f"style {name!r} has {table.shape[-1]}-d embeddings; the text encoder takes "
-                f"{width} (was it trained on another model?)"
-            )
+        if table.shape[-1] != sum(widths):
+            check_widths(name, (table.shape[-1],), widths, source)

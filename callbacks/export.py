@@ -43,7 +43,8 @@ class EmbeddingExport(Callback):
         """Write the current embeddings; returns the paths written."""
         if not hasattr(pl_module, "embeddings"):
             raise TypeError(f"{type(pl_module).__name__} has no embeddings() to export")
-        paths = write_embeddings(pl_module.embeddings(), self._out_dir(trainer), self.formats)
+        out_dir, widths = self._out_dir(trainer), pl_module.text_widths
+        paths = write_embeddings(pl_module.embeddings(), out_dir, self.formats, widths)
         log.info("exported %d embedding files to %s", len(paths), self._out_dir(trainer))
         return paths
 

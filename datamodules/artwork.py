@@ -68,10 +68,31 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 def crop_square(image: Image.Image, size: int, rng: random.Random | None) -> Image.Image:
     """Crop a ``size`` square: at random when ``rng`` is given, else from the centre."""
+    return crop_square_at(image, size, rng)[0]
+
+
+def crop_square_at(
+    image: Image.Image, size: int, rng: random.Random | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`crop_square`, and the crop's ``(top, left)`` corner (SDXL's crop conditioning)."""
     w, h = image.size
     left = rng.randint(0, w - size) if rng else (w - size) // 2
     top = rng.randint(0, h - size) if rng else (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    return image.crop((left, top, left + size, top + size)), (top, left)
+
+
+def original_size(meta: dict | None, decoded: Image.Image) -> tuple[int, int]:
+    """Return a sample's ``(height, width)`` before any resizing (SDXL's size conditioning).
+
+    From its json's ``original_height``/``original_width`` (img2dataset's fields, which
+    ``artbank shards build`` writes too) when both are positive integers, else the size it
+    was stored at.
+    """
+    if meta:
+        height, width = meta.get("original_height"), meta.get("original_width")
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
+            return height, width
+    return decoded.size[1], decoded.size[0]
 
 
 class ArtworkTransform:
@@ -126,10 +147,15 @@ class ArtworkTransform:
                 item["clip"] = from_npy(sample[f"clip{suffix}.npy"])
             if self.train:
                 return item
-        image = resize_shorter_side(decode_image(sample), self.resolution)
+        decoded = decode_image(sample)
+        resized = resize_shorter_side(decoded, self.resolution)
         crop_rng = rng if self.train and not self.center_crop else None
-        image = crop_square(image, self.resolution, crop_rng)
+        image, (top, left) = crop_square_at(resized, self.resolution, crop_rng)
+        if flip:  # the crop of the mirrored image sits mirrored
+            left = resized.width - self.resolution - left
         item["pixel_values"] = to_tensor(ImageOps.mirror(image) if flip else image)
+        item["original_size"] = torch.tensor(original_size(meta, decoded))
+        item["crop_top_left"] = torch.tensor((top, left))
         return item
 
 
@@ -146,7 +172,7 @@ def collate_artworks(items: list[dict]) -> dict:
         "caption": [item["caption"] for item in items],
         "__key__": [item["__key__"] for item in items],
     }
-    for key in ("pixel_values", "moments", "clip"):
+    for key in ("pixel_values", "moments", "clip", "original_size", "crop_top_left"):
         if key in items[0]:
             batch[key] = torch.stack([item[key] for item in items])
     return batch

@@ -121,13 +121,23 @@ def load_rgb(path: Path, size: int, crop: bool) -> Image.Image:
         ValueError: the image is more than :data:`MAX_ASPECT` times longer than wide.
         OSError, PIL.Image.DecompressionBombError: the file is unreadable or far too large.
     """
+    return load_rgb_sized(path, size, crop)[0]
+
+
+def load_rgb_sized(path: Path, size: int, crop: bool) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`load_rgb`, and the image's ``(width, height)`` before it was resized.
+
+    SDXL conditions on the original size (``original_width``/``original_height`` in the
+    sample's json, as img2dataset names them).
+    """
     with Image.open(path) as img:
         if max(img.size) > MAX_ASPECT * max(1, min(img.size)):
             raise ValueError(f"{img.size[0]} x {img.size[1]} px is too elongated")
         img.load()
         image = to_rgb(ImageOps.exif_transpose(img))
+    original = image.size
     image = resize_shorter_side(image, size)
-    return center_crop(image, min(image.size)) if crop else image
+    return (center_crop(image, min(image.size)) if crop else image), original
 
 
 def encode_image(image: Image.Image, fmt: str, quality: int) -> bytes:
@@ -211,7 +221,7 @@ def _write_split(
         try:
             if image.problem:
                 raise ValueError(image.problem)
-            rgb = load_rgb(image.path, opts["size"], opts["crop"])
+            rgb, (width, height) = load_rgb_sized(image.path, opts["size"], opts["crop"])
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             log.warning("skipping unreadable image %s: %s", image.path, err)
             report.skipped.append(str(image.path))
@@ -220,6 +230,8 @@ def _write_split(
             "collection": image.collection,
             "caption": image.caption,
             "source": str(image.path.relative_to(opts["input_dir"])),
+            "original_width": width,
+            "original_height": height,
         }
         ext = opts["format"]
         writer.write(

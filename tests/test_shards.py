@@ -19,7 +19,9 @@ def test_build_writes_shards_and_manifest(shard_dir):
         names = tar.getnames()
         meta = json.loads(tar.extractfile([n for n in names if n.endswith(".json")][0]).read())
     assert {n.rsplit(".", 1)[1] for n in names} == {"jpg", "json"}
-    assert set(meta) == {"collection", "caption", "source"}
+    assert set(meta) == {"collection", "caption", "source", "original_width", "original_height"}
+    # the size before resizing to 64 (SDXL conditions on it), as img2dataset records it
+    assert (meta["original_width"], meta["original_height"]) == (80, 64)
     assert not list(shard_dir.glob(".*"))  # no temporary file left behind
 
 

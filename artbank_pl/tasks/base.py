@@ -27,6 +27,12 @@ from artbank_pl.sd import (
     load_parts,
     outside_autocast,
 )
+from artbank_pl.tasks.conditioning import (
+    TextConditioning,
+    as_conditioning,
+    micro_conditioning,
+    repad,
+)
 from artbank_pl.tasks.prompts import PromptTokens, fit_caption, tokenize_prompts
 from artbank_pl.tasks.sampling import SamplingMixin
 from artbank_pl.transfer import upload
@@ -51,6 +57,11 @@ def training_draw_seed(seed: int, rank: int, draw_index: int) -> int:
     drawn at the same batch, because nothing depends on the global RNG's history.
     """
     return sample_seed(f"train/rank{rank}/batch{draw_index}", seed)
+
+
+@contextmanager
+def _noop() -> Iterator[None]:
+    yield
 
 
 @contextmanager
@@ -103,7 +114,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             diffusers does; 0 is the last layer.
     """
 
-    frozen_names: tuple[str, ...] = ("unet", "vae", "text_encoder")
+    frozen_names: tuple[str, ...] = ("unet", "vae", "text_encoder", "text_encoder_2")
 
     def __init__(
         self,
@@ -140,6 +151,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         self.text_encoder = parts.text_encoder
         self.tokenizer = parts.tokenizer
         self.noise_scheduler = parts.noise_scheduler
+        self.text_encoder_2 = parts.text_encoder_2
+        self.tokenizer_2 = parts.tokenizer_2
         # Checkpoints hold the trainables only; load_state_dict checks them strictly itself.
         self.strict_loading = False
 
@@ -148,8 +161,24 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
     def parts(self) -> StableDiffusionParts:
         """The frozen parts, e.g. to build a diffusers pipeline around them."""
         return StableDiffusionParts(
-            self.unet, self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler
-        )
+            self.unet, self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler,
+            self.text_encoder_2, self.tokenizer_2,
+        )  # fmt: skip
+
+    @property
+    def is_xl(self) -> bool:
+        """Whether the model is SDXL (two text encoders, pooled text, micro-conditioning)."""
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_widths(self) -> tuple[int, ...]:
+        """The token-embedding width of each text encoder: ``(d,)``, on SDXL ``(d_l, d_g)``.
+
+        A style's vectors are ``[n, sum(text_widths)]``: on SDXL each row is its CLIP-L
+        vector followed by its OpenCLIP-G vector.
+        """
+        encoders = [self.text_encoder, self.text_encoder_2]
+        return tuple(e.get_input_embeddings().embedding_dim for e in encoders if e is not None)
 
     @property
     def prediction_type(self) -> str:
@@ -170,19 +199,23 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """Cast the UNet and text encoder (and the VAE unless ``vae_fp32``) to ``dtype``."""
         vae_dtype = torch.float32 if self.hparams.vae_fp32 else dtype
+        if self.is_xl and dtype == torch.float16 and self.vae.config.get("force_upcast"):
+            vae_dtype = torch.float32  # SDXL's VAE overflows in float16, as diffusers upcasts
         for module, target in (
             (self.unet, dtype),
             (self.text_encoder, dtype),
+            (self.text_encoder_2, dtype),
             (self.vae, vae_dtype),
         ):
-            if module.dtype != target:
+            if module is not None and module.dtype != target:
                 module.to(target)
 
     def train(self, mode: bool = True) -> FrozenDiffusionTask:
         """Switch train/eval mode of the trainable parts; frozen parts stay in eval."""
         super().train(mode)
         for name in self.frozen_names:
-            freeze(getattr(self, name))
+            if getattr(self, name) is not None:
+                freeze(getattr(self, name))
         return self
 
     def _frozen_prefixes(self, prefix: str = "") -> tuple[str, ...]:
@@ -210,6 +243,10 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         # the frozen parts are by design not in checkpoints: report nothing missing, so that
         # load_from_checkpoint does not list every frozen key in a warning
         return type(result)(missing_keys=[], unexpected_keys=[])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the text encoders' widths, so exports know an SDXL style's two parts."""
+        checkpoint["text_widths"] = list(self.text_widths)
 
     # ------------------------------------------------------------------ conditioning
     def fitted_prompt(self, build: Callable[[str], str], caption: str | None) -> str:
@@ -256,7 +293,9 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
             out = self.text_encoder(input_ids, output_hidden_states=True)
             return self.text_encoder.final_layer_norm(out.hidden_states[-(skip + 1)])
 
-    def encode_text(self, tokens: PromptTokens, vectors: torch.Tensor) -> torch.Tensor:
+    def encode_text(
+        self, tokens: PromptTokens, vectors: torch.Tensor
+    ) -> torch.Tensor | TextConditioning:
         """Run the text encoder with placeholder token embeddings spliced in.
 
         The token embeddings at the placeholders (before position embeddings are added, as
@@ -265,15 +304,76 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
 
         Args:
             tokens: the prompts' ids and placeholder positions.
-            vectors: ``[M, d]``, one per placeholder token, in ``tokens``' order.
+            vectors: ``[M, sum(text_widths)]``, one per placeholder token, in ``tokens``'
+                order (on SDXL the CLIP-L part, then the OpenCLIP-G part).
 
         Returns:
-            The last hidden state ``[B, L, d]`` in the text encoder's dtype.
+            The last hidden state ``[B, L, d]`` in the text encoder's dtype; on SDXL a
+            :class:`TextConditioning` (see :meth:`encode_text_xl`).
         """
+        if self.is_xl:
+            return self.encode_text_xl(tokens, vectors)
         if not tokens.count:
             return self.text_hidden_states(tokens.ids)
         with _spliced_embeddings(self.text_encoder.get_input_embeddings(), tokens, vectors):
             return self.text_hidden_states(tokens.vocabulary_ids())
+
+    def encode_text_xl(self, tokens: PromptTokens, vectors: torch.Tensor) -> TextConditioning:
+        """SDXL's text conditioning with placeholder vectors spliced into both encoders.
+
+        As diffusers' SDXL pipelines: each encoder's hidden states ``clip_skip + 2`` layers
+        from the end (the penultimate by default, not final-normed), concatenated, and the
+        second encoder's projected pooled output (``text_embeds``). The second tokenizer's
+        ids are the first's with its own padding.
+        """
+        width = self.text_widths[0]
+        vectors_l, vectors_g = vectors[..., :width], vectors[..., width:]
+        layer = -(self.hparams.get("clip_skip", 0) + 2)
+        ids = tokens.vocabulary_ids()
+        tok_2 = self.tokenizer_2
+        ids_2 = repad(ids, tok_2.eos_token_id, tok_2.pad_token_id)
+        hidden = []
+        with outside_autocast(self.device):
+            for encoder, encoder_ids, part in (
+                (self.text_encoder, ids, vectors_l),
+                (self.text_encoder_2, ids_2, vectors_g),
+            ):
+                embedding = encoder.get_input_embeddings()
+                with _spliced_embeddings(embedding, tokens, part) if tokens.count else _noop():
+                    out = encoder(encoder_ids, output_hidden_states=True)
+                hidden.append(out.hidden_states[layer])
+        return TextConditioning(torch.cat(hidden, dim=-1), out.text_embeds)
+
+    def empty_conditioning(self) -> torch.Tensor | TextConditioning:
+        """Return the unconditional branch of guidance: the empty prompt; on SDXL zeros.
+
+        SDXL was trained with dropped prompts zeroed, so diffusers' SDXL pipelines guide
+        against zeros when no negative prompt is given (``force_zeros_for_empty_prompt``).
+        """
+        if not self.is_xl:
+            return self.text_hidden_states(self.tokenize([""]))
+        options = {"device": self.device, "dtype": self.text_encoder_2.dtype}
+        length = self.tokenizer.model_max_length
+        return TextConditioning(
+            torch.zeros(1, length, sum(self.text_widths), **options),
+            torch.zeros(1, self.text_encoder_2.config.projection_dim, **options),
+        )
+
+    def batch_time_ids(self, batch: dict, latents: torch.Tensor) -> torch.Tensor | None:
+        """SDXL's micro-conditioning of a training batch (``None`` on other models).
+
+        Each sample's own original size and crop corner, as the data module reads them
+        (``original_size``, ``crop_top_left``), with the trained size as the target; a batch
+        without them (cached latents of older shards) is taken as uncropped at its size.
+        """
+        if not self.is_xl:
+            return None
+        if "original_size" not in batch:
+            return self.image_time_ids(latents)
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        target = (latents.shape[-2] * scale, latents.shape[-1] * scale)
+        sizes, crops = batch["original_size"], batch["crop_top_left"]
+        return micro_conditioning(sizes.to(self.device), crops.to(self.device), target)
 
     @torch.no_grad()
     def encode_latents(
@@ -374,7 +474,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
     def diffusion_loss(
         self,
         latents: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | TextConditioning,
         keys: Sequence[str] | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
@@ -382,7 +482,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
 
         Args:
             latents: clean latents ``[B, C, h, w]``.
-            encoder_hidden_states: text conditioning ``[B, L, d]``.
+            encoder_hidden_states: text conditioning ``[B, L, d]`` (SDXL: a
+                :class:`TextConditioning` with each sample's micro-conditioning).
             keys: sample keys; when given, noise and timesteps are fixed per key
                 (deterministic validation), otherwise drawn at random.
             generator: generator of the random draws (on this module's device).
@@ -393,7 +494,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         noise, timesteps = self._noise_and_timesteps(latents, keys, generator)
         abar = self.alphas_cumprod(timesteps)
         noisy = diffusion.add_noise(latents, noise, abar)
-        pred = self.unet_forward(noisy, timesteps, encoder_hidden_states)
+        cond = as_conditioning(encoder_hidden_states).with_time_ids(self.image_time_ids(latents))
+        pred = self.unet_forward(noisy, timesteps, cond)
         target = diffusion.training_target(self.prediction_type, latents, noise, abar)
         losses = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         gamma = self.hparams.min_snr_gamma

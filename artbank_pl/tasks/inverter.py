@@ -10,6 +10,7 @@ from artbank_pl.errors import ConfigError
 from artbank_pl.modules.inverter import AttentionInverter
 from artbank_pl.optim import LRSchedule
 from artbank_pl.options import check_at_least, check_fraction
+from artbank_pl.tasks.conditioning import TextConditioning
 from artbank_pl.tasks.prompts import PromptTokens
 from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
@@ -36,7 +37,8 @@ class InverterTask(StyleTask):
             projected image embedding alone, as in the paper).
         num_tokens: token embeddings the inverter produces.
         placeholder: the placeholder string added to the tokenizer.
-        inverter_dim: width of the attention layers (default: the text embedding width).
+        inverter_dim: width of the attention layers (default: the (first) text encoder's
+            embedding width; on SDXL the output maps to both encoders' widths).
         inverter_layers: cross-attention layers.
         inverter_heads: attention heads.
         inverter_dropout: dropout (0.05 in the paper).
@@ -68,7 +70,7 @@ class InverterTask(StyleTask):
             diffusers does; 0 is the last layer.
     """
 
-    frozen_names = ("unet", "vae", "text_encoder", "vision")
+    frozen_names = ("unet", "vae", "text_encoder", "text_encoder_2", "vision")
 
     def __init__(
         self,
@@ -121,15 +123,18 @@ class InverterTask(StyleTask):
         self.placeholder = placeholder
         config = self.vision.config
         feature_dim = config.hidden_size if image_features == "patch" else config.projection_dim
-        embed_dim = self.text_encoder.get_input_embeddings().embedding_dim
+        # SDXL: one output over both encoders' widths, i.e. one head per encoder
+        widths = self.text_widths
         self.inverter = AttentionInverter(
-            feature_dim, embed_dim, num_tokens, inverter_dim or embed_dim, inverter_layers,
+            feature_dim, sum(widths), num_tokens, inverter_dim or widths[0], inverter_layers,
             inverter_heads, inverter_dropout, image_queries, config.projection_dim,
             learned_base,
         )  # fmt: skip
         if initializer_token:
             init_id = single_token_id(self.tokenizer, initializer_token)
-            self.inverter.init_base(self.text_encoder.get_input_embeddings().weight[init_id])
+            encoders = [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+            words = [e.get_input_embeddings().weight[init_id] for e in encoders]
+            self.inverter.init_base(torch.cat(words))
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """Cast the frozen SD parts and, once, the frozen CLIP vision model to ``dtype``."""
@@ -152,7 +157,7 @@ class InverterTask(StyleTask):
         """Return the placeholder expanded to its tokens (the same for every sample)."""
         return expand_placeholder(self.placeholder, self.placeholder, self.inverter.num_tokens)
 
-    def conditioning(self, batch: dict, tokens: PromptTokens) -> torch.Tensor:
+    def conditioning(self, batch: dict, tokens: PromptTokens) -> torch.Tensor | TextConditioning:
         """Encode the prompts with each sample's own inverted embeddings spliced in.
 
         Row ``b``'s placeholder token ``j`` gets ``vectors[b, j]``. Cached CLIP features

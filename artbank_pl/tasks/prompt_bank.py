@@ -11,6 +11,7 @@ from artbank_pl.modules import ImplicitStylePromptBank
 from artbank_pl.modules.ssam import BankAttention, default_attention_lr
 from artbank_pl.optim import LRSchedule
 from artbank_pl.options import check_at_least, check_fraction
+from artbank_pl.tasks.conditioning import TextConditioning
 from artbank_pl.tasks.prompts import PromptTokens
 from artbank_pl.tasks.style import StyleTask
 from artbank_pl.tokenizer import (
@@ -115,32 +116,57 @@ class PromptBankTask(StyleTask):
         self.placeholders = [placeholder_token(name) for name in self.collections]
         token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)
         self.first_placeholder_id = token_ids[0][0]
-        dim = self.text_encoder.get_input_embeddings().embedding_dim
+        widths = self.text_widths
+        count = len(self.collections)
         self.bank = ImplicitStylePromptBank(
-            len(self.collections), num_tokens, dim, bank_attention, bank_heads, bank_dropout
+            count, num_tokens, widths[0], bank_attention, bank_heads, bank_dropout
+        )
+        # SDXL: the second encoder's tokens, their own table and attention (1280 wide on SDXL)
+        self.bank_2 = (
+            ImplicitStylePromptBank(
+                count, num_tokens, widths[1], bank_attention, bank_heads, bank_dropout
+            )
+            if self.is_xl
+            else None
         )
         if init_embeddings:
-            self.bank.init_from_tables(self._start_tables(init_embeddings))
+            self._init_from_tables(self._start_tables(init_embeddings))
         elif initializer_token:
             init_id = single_token_id(self.tokenizer, initializer_token)
-            init = self.text_encoder.get_input_embeddings().weight[init_id]
-            self.bank.init_from_embedding(init)
+            for bank, encoder in zip(self.banks, self.text_encoders, strict=True):
+                bank.init_from_embedding(encoder.get_input_embeddings().weight[init_id])
+
+    @property
+    def banks(self) -> list[ImplicitStylePromptBank]:
+        """One bank per text encoder: ``[bank]``, on SDXL ``[bank, bank_2]``."""
+        return [self.bank] if self.bank_2 is None else [self.bank, self.bank_2]
+
+    @property
+    def text_encoders(self) -> list:
+        """The text encoders, in the order of :attr:`banks`."""
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+
+    def _init_from_tables(self, tables: torch.Tensor) -> None:
+        """Start each bank at its encoder's slice of ``[K, n, sum(text_widths)]`` tables."""
+        for bank, part in zip(self.banks, tables.split(self.text_widths, dim=-1), strict=True):
+            bank.init_from_tables(part)
 
     def _start_tables(self, source: str) -> torch.Tensor:
         """Read ``init_embeddings``: one ``[n, d]`` table per collection, checked."""
         from artbank_pl.styles import load_bank_styles, select_styles
 
-        found = load_bank_styles(source)
+        found = load_bank_styles(source, widths=self.text_widths)
         if len(found) == 1:
             tables = [next(iter(found.values()))] * len(self.collections)
         else:
             tables = list(select_styles(found, self.collections, source).values())
-        expected = tuple(self.bank.prompts.shape[1:])
+        expected = (self.bank.num_tokens, sum(self.text_widths))
         for name, table in zip(self.collections, tables, strict=True):
             if tuple(table.shape) != expected:
                 raise ConfigError(
                     f"model.init_embeddings {source}: the vectors for {name} are "
                     f"{tuple(table.shape)}, the bank needs num_tokens x d = {expected}"
+                    + (f" (widths {' + '.join(map(str, self.text_widths))})" if self.is_xl else "")
                 )
         return torch.stack(tables)
 
@@ -152,11 +178,14 @@ class PromptBankTask(StyleTask):
         quickstart's 300 steps, against 5.3x for the bare vectors; 277x in 20 steps at
         d = 768); their own group and rate keep it at the bare vectors' (README).
         """
-        attention = [p for p in self.bank.attention.parameters() if p.requires_grad]
-        dim = self.bank.prompts.shape[-1]
-        rate = self.hparams.attention_lr
-        rate = default_attention_lr(self.hparams.lr, dim) if rate is None else rate
-        return [{"params": [self.bank.prompts]}, {"params": attention, "lr": rate}]
+        groups = [{"params": [bank.prompts for bank in self.banks]}]
+        for bank in self.banks:  # on SDXL each encoder's attention at its own width's rate
+            attention = [p for p in bank.attention.parameters() if p.requires_grad]
+            rate = self.hparams.attention_lr
+            dim = bank.prompts.shape[-1]
+            rate = default_attention_lr(self.hparams.lr, dim) if rate is None else rate
+            groups.append({"params": attention, "lr": rate})
+        return groups
 
     def placeholder_text(self, collection: int) -> str:
         """Return the collection's placeholder expanded to its tokens: ``<x> <x>_1 ...``."""
@@ -172,21 +201,27 @@ class PromptBankTask(StyleTask):
         others): an index gather needs no host-device sync, where selecting only the
         batch's collections would.
         """
-        return self.bank.embeddings().flatten(0, 1)[tokens.offsets]
+        return self.bank_tables().flatten(0, 1)[tokens.offsets]
 
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+    def bank_tables(self) -> torch.Tensor:
+        """Every collection's vectors ``[K, n, sum(text_widths)]`` (SDXL: CLIP-L then G)."""
+        return torch.cat([bank.embeddings() for bank in self.banks], dim=-1)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor | TextConditioning:
         """Text conditioning ``[B, 77, d]`` with the bank spliced into the prompts."""
         return self.conditioning({}, self.prompt_tokens(prompts, self.first_placeholder_id))
 
-    def conditioning(self, batch: dict, tokens: PromptTokens) -> torch.Tensor:
+    def conditioning(self, batch: dict, tokens: PromptTokens) -> torch.Tensor | TextConditioning:
         """Encode the prompts; each placeholder names its collection's bank rows."""
         return self.encode_text(tokens, self.bank_vectors(tokens))
 
     def embeddings(self) -> dict[str, torch.Tensor]:
         """Each collection's token embeddings ``[n, d]`` (float32, CPU), bank in eval mode."""
         was_training = self.bank.training
-        self.bank.eval()
+        for bank in self.banks:
+            bank.eval()
         with torch.no_grad():
-            table = self.bank.embeddings().float().cpu()
-        self.bank.train(was_training)
+            table = self.bank_tables().float().cpu()
+        for bank in self.banks:
+            bank.train(was_training)
         return dict(zip(self.collections, table, strict=True))

@@ -26,6 +26,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from artbank_pl import diffusion
 from artbank_pl.errors import ConfigError
 from artbank_pl.sd import outside_autocast
+from artbank_pl.tasks.conditioning import TextConditioning, as_conditioning, cat_conditioning
+from artbank_pl.transfer import upload
+
+Conditioning = torch.Tensor | TextConditioning
 
 Sampler = Literal["ddim", "dpmsolver++", "euler", "unipc"]
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
@@ -108,14 +112,26 @@ def pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class SamplingMixin:
-    """Sampling for a task that has ``unet``, ``noise_scheduler`` and ``prediction_type``."""
+    """Sampling for a task with ``unet``, ``vae``, ``noise_scheduler``, ``prediction_type``."""
+
+    def image_time_ids(self, latents: torch.Tensor) -> torch.Tensor | None:
+        """SDXL micro-conditioning of an uncropped image at its own size, from its latents.
+
+        ``(h, w, 0, 0, h, w)`` in pixels, as diffusers' SDXL pipelines default to; ``None``
+        on a model without micro-conditioning.
+        """
+        if self.unet.config.get("addition_embed_type") != "text_time":
+            return None
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        height, width = (side * scale for side in latents.shape[-2:])
+        return upload([[height, width, 0, 0, height, width]], latents.device, torch.float32)
 
     def model_output(
         self,
         latents: torch.Tensor,
         timestep: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor | None = None,
+        cond: Conditioning,
+        uncond: Conditioning | None = None,
         guidance_scale: float = 1.0,
     ) -> torch.Tensor:
         """UNet output at one timestep, with classifier-free guidance when ``uncond`` is given.
@@ -127,13 +143,14 @@ class SamplingMixin:
         t = timestep.to(latents.device).expand(latents.shape[0])
         if uncond is None or guidance_scale <= 1.0:
             return self.unet_forward(latents, t, cond)
+        cond = as_conditioning(cond)
         both = torch.cat([latents, latents])
-        context = torch.cat([uncond.expand_as(cond), cond])
+        context = cat_conditioning([as_conditioning(uncond).expand(len(cond)), cond])
         out_u, out_c = self.unet_forward(both, torch.cat([t, t]), context).chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
 
     def unet_forward(
-        self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
+        self, latents: torch.Tensor, timesteps: torch.Tensor, context: Conditioning
     ) -> torch.Tensor:
         """Return the frozen UNet's float32 output, run in its own dtype outside autocast.
 
@@ -144,10 +161,11 @@ class SamplingMixin:
         """
         count = latents.shape[0]
         size = self._compiled_batch_size(count)
-        latents, timesteps, context = (pad_rows(x, size) for x in (latents, timesteps, context))
+        latents, timesteps = pad_rows(latents, size), pad_rows(timesteps, size)
+        context = as_conditioning(context).map(lambda x: pad_rows(x, size))
         dtype = self.unet.dtype
         with outside_autocast(latents.device):
-            out = self.unet(latents.to(dtype), timesteps, context.to(dtype)).sample
+            out = self.unet(latents.to(dtype), timesteps, **context.unet_kwargs(dtype)).sample
         return out[:count].float()
 
     def _compiled_batch_size(self, count: int) -> int:
@@ -164,7 +182,7 @@ class SamplingMixin:
         return count
 
     def ddim_invert(
-        self, z0: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor, steps: int
+        self, z0: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, steps: int
     ) -> torch.Tensor:
         """Deterministic DDIM inversion of ``z0`` up to ``timesteps[0]`` (a descending list).
 
@@ -186,7 +204,7 @@ class SamplingMixin:
         sampler: SchedulerMixin,
         z0: torch.Tensor,
         start: torch.Tensor,
-        cond: torch.Tensor,
+        cond: Conditioning,
         noise: torch.Tensor,
         inversion: str,
     ) -> torch.Tensor:
@@ -211,8 +229,8 @@ class SamplingMixin:
     def img2img(
         self,
         z0: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
+        cond: Conditioning,
+        uncond: Conditioning,
         generators: Sequence[torch.Generator],
         strength: float = 0.7,
         steps: int = 50,
@@ -232,11 +250,16 @@ class SamplingMixin:
 
         Then ``scheduler`` runs from ``T`` down with guidance. Every random draw comes from
         the per-sample CPU ``generators``, so results do not depend on batch composition.
+        On SDXL, conditioning without micro-conditioning gets the image's own size, no crop
+        and the same target size, as diffusers' SDXL img2img pipeline sets by default.
 
         Returns:
             The final latents, float32.
         """
         check_sampling(strength, steps, inversion, scheduler)
+        size_ids = self.image_time_ids(z0)
+        cond = as_conditioning(cond).with_time_ids(size_ids)
+        uncond = as_conditioning(uncond).with_time_ids(size_ids)
         sampler = make_sampler(self.noise_scheduler.config, scheduler)
         timesteps = img2img_timesteps(sampler, steps, strength, z0.device)
         shape = z0.shape[1:]

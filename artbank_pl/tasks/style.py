@@ -12,6 +12,7 @@ from artbank_pl.errors import ConfigError
 from artbank_pl.metrics import PerCollectionMean
 from artbank_pl.optim import LRSchedule
 from artbank_pl.tasks.base import FrozenDiffusionTask
+from artbank_pl.tasks.conditioning import as_conditioning
 from artbank_pl.tasks.prompts import PromptTokens, TemplateTable
 
 STYLE_TEMPLATES = (
@@ -205,10 +206,12 @@ class StyleTask(FrozenDiffusionTask):
             latents = self.batch_latents(batch, sample=False)
             prompts = self.build_prompts(batch, deterministic=True)
             cond = self.conditioning(batch, self.prompt_tokens(prompts, self.first_placeholder_id))
+            cond = as_conditioning(cond).with_time_ids(self.batch_time_ids(batch, latents))
             return self.diffusion_loss(latents, cond, batch["__key__"])
         device_gen, host_gen = self.training_generators()
         latents = self.batch_latents(batch, sample=True, generator=device_gen)
         cond = self.conditioning(batch, self.training_tokens(batch, device_gen, host_gen))
+        cond = as_conditioning(cond).with_time_ids(self.batch_time_ids(batch, latents))
         return self.diffusion_loss(latents, cond, generator=device_gen)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -292,8 +295,8 @@ class StyleTask(FrozenDiffusionTask):
         style = {"pixel_values": style_pixels[None].expand(len(prompts), -1, -1, -1),
                  "collection_idx": torch.tensor([collection] * len(prompts))}  # fmt: skip
         tokens = self.prompt_tokens(prompts, self.first_placeholder_id)
-        cond = self.conditioning(style, tokens).expand(len(content), -1, -1)
-        uncond = self.text_hidden_states(self.tokenize([""]))
+        cond = as_conditioning(self.conditioning(style, tokens)).expand(len(content))
+        uncond = self.empty_conditioning()
         z0 = self.encode_latents(content, sample=False)
         if adain:
             z0 = diffusion.adain(z0, self.encode_latents(style_pixels[None], sample=False))

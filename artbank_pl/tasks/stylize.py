@@ -13,13 +13,15 @@ from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.options import check_at_least
 from artbank_pl.styles import (
     check_width,
+    check_widths,
     image_files,
     invert_style_images,
-    load_bank_styles,
     load_image,
+    read_bank_styles,
     style_image_names,
 )
 from artbank_pl.tasks.base import FrozenDiffusionTask, sample_seed
+from artbank_pl.tasks.conditioning import TextConditioning
 from artbank_pl.tasks.sampling import Sampler, check_sampling
 from artbank_pl.tokenizer import add_placeholder_tokens, expand_placeholder, placeholder_token
 
@@ -77,7 +79,7 @@ class StylizeTask(FrozenDiffusionTask):
             diffusers does; 0 is the last layer.
     """
 
-    frozen_names = ("unet", "vae", "text_encoder")
+    frozen_names = ("unet", "vae", "text_encoder", "text_encoder_2")
 
     def __init__(
         self,
@@ -112,19 +114,20 @@ class StylizeTask(FrozenDiffusionTask):
         check_at_least("model.eta", eta, 0)
         check_at_least("model.clip_skip", clip_skip, 0)  # before the bank is read
         # a bank is read before Stable Diffusion is loaded: a bad file is refused at once
-        bank_styles = load_bank_styles(bank, collections) if bank else None
+        bank_styles = read_bank_styles(bank, collections) if bank else None
         super().__init__(
             pretrained, revision, variant, vae_fp32, compile_unet=compile_unet,
             channels_last=channels_last, clip_skip=clip_skip,
         )  # fmt: skip
-        width = self.text_encoder.get_input_embeddings().embedding_dim
         if bank:
-            styles = bank_styles
+            for name, (_, found) in bank_styles.items():
+                check_widths(name, found, self.text_widths, bank)
+            styles = {name: table for name, (table, _) in bank_styles.items()}
         else:
             styles, self.inverter_vision_model = invert_style_images(
                 inverter, style_images, vision_model
             )
-        check_width(styles, width)
+            check_width(styles, self.text_widths, inverter)
         self.style_names = list(styles)
         self._register_styles(styles)
         self.output_exists: Callable[[str, str], bool] | None = None
@@ -154,7 +157,7 @@ class StylizeTask(FrozenDiffusionTask):
 
         return self.fitted_prompt(build, caption)
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode(self, prompts: list[str]) -> torch.Tensor | TextConditioning:
         """Text conditioning of prompts, with style tokens spliced in."""
         tokens = self.prompt_tokens(prompts, self.first_placeholder_id)
         # the style tokens' ids are consecutive rows of the table
@@ -198,11 +201,16 @@ class StylizeTask(FrozenDiffusionTask):
             return torch.cat([self.encode_latents(p[None], sample=False) for p in pixels])
         return self.encode_latents(pixels, sample=False)
 
-    def negative_conditioning(self) -> torch.Tensor:
-        """Return the negative prompt's encoding, computed once per device and dtype."""
+    def negative_conditioning(self) -> torch.Tensor | TextConditioning:
+        """Return the negative prompt's encoding, computed once per device and dtype.
+
+        On SDXL an empty negative prompt is zeros, as in diffusers' SDXL pipelines.
+        """
         key = (self.device, self.text_encoder.dtype)
         if getattr(self, "_negative", (None, None))[0] != key:
-            self._negative = (key, self.encode([self.hparams.negative_prompt]))
+            negative = self.hparams.negative_prompt
+            cond = self.encode([negative]) if negative or not self.is_xl else None
+            self._negative = (key, cond if cond is not None else self.empty_conditioning())
         return self._negative[1]
 
     def _render(
