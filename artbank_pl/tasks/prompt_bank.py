@@ -153,9 +153,12 @@ class PromptBankTask(StyleTask):
 
     def _start_tables(self, source: str) -> torch.Tensor:
         """Read ``init_embeddings``: one ``[n, d]`` table per collection, checked."""
-        from artbank_pl.styles import load_bank_styles, select_styles
+        from artbank_pl.styles import check_widths, read_bank_styles, select_styles
 
-        found = load_bank_styles(source, widths=self.text_widths)
+        read = read_bank_styles(source)
+        for name, (_, widths) in read.items():  # an SD 1.5 file on SDXL, or the reverse
+            check_widths(name, widths, self.text_widths, f"model.init_embeddings {source}")
+        found = {name: table for name, (table, _) in read.items()}
         if len(found) == 1:
             tables = [next(iter(found.values()))] * len(self.collections)
         else:
@@ -166,7 +169,6 @@ class PromptBankTask(StyleTask):
                 raise ConfigError(
                     f"model.init_embeddings {source}: the vectors for {name} are "
                     f"{tuple(table.shape)}, the bank needs num_tokens x d = {expected}"
-                    + (f" (widths {' + '.join(map(str, self.text_widths))})" if self.is_xl else "")
                 )
         return torch.stack(tables)
 
