@@ -43,7 +43,7 @@ TOOLS_HELP = """data tools (not LightningCLI):
                                                    write per-style embedding files
   artbank grid MANIFEST... --output PNG            content | stylized grid
   artbank configs list | show NAME                 the shipped configs (--config NAME)
-  artbank world images | pretrain | judges         the planted style world
+  artbank world images | pretrain[-xl] | judges    the planted style world
   artbank demo [--output DIR]                      the whole quick start, from the package"""
 
 

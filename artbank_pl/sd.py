@@ -29,7 +29,7 @@ from transformers.utils import logging as transformers_logging
 
 from artbank_pl.errors import ArtbankError
 from artbank_pl.tokenizer import build_clip_tokenizer
-from artbank_pl.world import WORLD
+from artbank_pl.world import WORLD, WORLD_XL, model_xl_dir
 from artbank_pl.world import model_dir as world_model_dir
 
 TINY = "tiny"
@@ -219,6 +219,26 @@ def _load_pretrained_parts(
     )
 
 
+def load_world_xl(folder: Path) -> StableDiffusionParts:
+    """world-xl: its UNet, second text encoder and scheduler with the world model's other parts.
+
+    The autoencoder, first text encoder and tokenizer are the world model's (version 2),
+    which world-xl was trained on and does not ship twice.
+    """
+    world = _load_pretrained_parts(str(world_model_dir()), None, None)
+    return StableDiffusionParts(
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+        vae=world.vae,
+        text_encoder=world.text_encoder,
+        tokenizer=world.tokenizer,
+        noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
+            folder, subfolder="text_encoder_2"
+        ),
+        tokenizer_2=openclip_tokenizer(),
+    )
+
+
 def load_vae(vae: str, revision: str | None = None) -> AutoencoderKL:
     """Load another autoencoder (``vae:``), e.g. SDXL's fp16-fix VAE: a folder or a hub id.
 
@@ -248,8 +268,9 @@ def load_parts(
 
     Args:
         pretrained: ``tiny``, ``tiny-xl`` or ``random-sd15`` (random weights), ``world``
-            (the shipped miniature SD pretrained on the planted style world), a local
-            diffusers folder (SD 1.x, 2.x or SDXL), or a hub id.
+            (the shipped miniature SD pretrained on the planted style world), ``world-xl``
+            (the same world in SDXL's architecture), a local diffusers folder (SD 1.x, 2.x
+            or SDXL), or a hub id.
         revision: hub revision (branch, tag or commit).
         variant: weight variant, e.g. ``fp16``.
 
@@ -261,7 +282,9 @@ def load_parts(
     """
     if pretrained == WORLD:
         pretrained = str(world_model_dir())
-    if pretrained in RANDOM_PRESETS:
+    if pretrained == WORLD_XL:
+        parts = load_world_xl(model_xl_dir())
+    elif pretrained in RANDOM_PRESETS:
         parts = build_tiny_parts(pretrained)
     elif _looks_like_path(pretrained) and not _is_local(pretrained):
         raise PretrainedLoadError(f"pretrained={pretrained!r}: no such folder")

@@ -177,14 +177,14 @@ def test_diffusers_loads_the_exports_into_an_sdxl_pipeline(tmp_path):
     folder = tmp_path / "diffusers"
     pipe.load_textual_inversion(folder / "ukiyo-e.safetensors", text_encoder=pipe.text_encoder,
                                 tokenizer=pipe.tokenizer)  # fmt: skip
-    pipe.load_textual_inversion(folder / "ukiyo-e_2.safetensors",
-                                text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)  # fmt: skip
+    pipe.load_textual_inversion(folder / "ukiyo-e_2.safetensors", text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)  # fmt: skip
     for name, placeholder in (("monet", token), ("ukiyo-e", second)):
         n = len(styles[name])
         ids = pipe.tokenizer.convert_tokens_to_ids(token_strings(placeholder, n))
         ids_2 = pipe.tokenizer_2.convert_tokens_to_ids(token_strings(placeholder, n))
-        rows = torch.cat([pipe.text_encoder.get_input_embeddings().weight[ids],
-                          pipe.text_encoder_2.get_input_embeddings().weight[ids_2]], -1)  # fmt: skip
+        first = pipe.text_encoder.get_input_embeddings().weight[ids]
+        rows = torch.cat([first, pipe.text_encoder_2.get_input_embeddings().weight[ids_2]], -1)
         assert torch.equal(rows, styles[name]), name
 
 
@@ -228,3 +228,39 @@ def test_the_prompt_bank_steps_on_a_batch_without_sizes():
     task = xl_bank()
     losses = task._batch_losses(make_batch([0, 1]), deterministic=True)
     assert losses.shape == (2,) and torch.isfinite(losses).all()
+
+
+def test_the_sdxl_recipes_train_export_and_stylize_on_tiny_xl(shard_dir, image_root, tmp_path,
+                                                              monkeypatch):  # fmt: skip
+    from artbank_pl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cpu = ["--trainer.accelerator", "cpu", "--trainer.devices", "1",
+           "--trainer.precision", "32-true", "--model.init_args.pretrained", TINY_XL,
+           "--model.init_args.vae", "null"]  # fmt: skip
+    main(["fit", "--config", "artbank-sdxl", *cpu, "--trainer.max_steps", "2",
+          "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+          "--data.init_args.manifest", str(shard_dir / "manifest.json"),
+          "--data.init_args.resolution", "32", "--data.init_args.num_workers", "0"])  # fmt: skip
+    run = tmp_path / "runs/artbank-sdxl"
+    one = load_file(run / "embeddings/a1111/artbank-monet.safetensors")
+    assert one["clip_l"].shape == (4, 32) and one["clip_g"].shape == (4, 48)
+    main(["predict", "--config", "stylize-sdxl", *cpu,
+          "--model.init_args.bank", str(run / "checkpoints/last.ckpt"),
+          "--model.init_args.steps", "4", "--data.init_args.content", str(image_root / "monet"),
+          "--data.init_args.resolution", "32", "--data.init_args.num_workers", "0"])  # fmt: skip
+    written = sorted((tmp_path / "runs/stylized-sdxl").rglob("*.jpg"))
+    assert len(written) == 2 * 6  # every content image in each of the bank's two styles
+
+
+def test_another_vae_replaces_the_models_and_decides_the_upcast(tmp_path):
+    vae = load_parts(TINY_XL).vae
+    vae.register_to_config(force_upcast=False)  # as the fp16-fix VAE's config says
+    vae.save_pretrained(tmp_path / "fp16-fix")
+    task = xl_bank(vae=str(tmp_path / "fp16-fix"))
+    task.cast_frozen(torch.float16)
+    assert task.vae.dtype == torch.float16
+    from artbank_pl.sd import PretrainedLoadError
+
+    with pytest.raises(PretrainedLoadError, match="vae='/nowhere/vae': no such folder"):
+        xl_bank(vae="/nowhere/vae")

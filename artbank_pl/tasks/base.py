@@ -25,6 +25,7 @@ from artbank_pl.sd import (
     freeze,
     half_dtype,
     load_parts,
+    load_vae,
     outside_autocast,
 )
 from artbank_pl.tasks.conditioning import (
@@ -112,6 +113,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         clip_skip: condition on the output of the text encoder's ``clip_skip``-th layer from
             the end (1: the penultimate, for models trained that way), final-normed as
             diffusers does; 0 is the last layer.
+        vae: another autoencoder (a folder or hub id), e.g. SDXL's fp16-fix VAE
+            (``madebyollin/sdxl-vae-fp16-fix``); ``None`` keeps ``pretrained``'s.
     """
 
     frozen_names: tuple[str, ...] = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -134,6 +137,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         compile_unet: bool = False,
         channels_last: bool = False,
         clip_skip: int = 0,
+        vae: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -147,7 +151,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         check_positive("model.min_snr_gamma", min_snr_gamma)
         parts = load_parts(pretrained, revision, variant)
         self.unet = parts.unet
-        self.vae = parts.vae
+        self.vae = load_vae(vae, revision) if vae else parts.vae
         self.text_encoder = parts.text_encoder
         self.tokenizer = parts.tokenizer
         self.noise_scheduler = parts.noise_scheduler

@@ -68,6 +68,8 @@ class InverterTask(StyleTask):
         clip_skip: condition on the output of the text encoder's ``clip_skip``-th layer from
             the end (1: the penultimate, for models trained that way), final-normed as
             diffusers does; 0 is the last layer.
+        vae: another autoencoder (a folder or hub id), e.g. SDXL's fp16-fix VAE
+            (``madebyollin/sdxl-vae-fp16-fix``); ``None`` keeps ``pretrained``'s.
     """
 
     frozen_names = ("unet", "vae", "text_encoder", "text_encoder_2", "vision")
@@ -104,6 +106,7 @@ class InverterTask(StyleTask):
         compile_unet: bool = False,
         channels_last: bool = False,
         clip_skip: int = 0,
+        vae: str | None = None,
     ) -> None:
         # checked before the base class loads Stable Diffusion
         check_at_least("model.num_tokens", num_tokens, 1)
@@ -114,7 +117,7 @@ class InverterTask(StyleTask):
         super().__init__(
             collections, templates or ["{}"], use_captions, pretrained, revision, variant,
             vae_fp32, lr, weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio,
-            min_snr_gamma, noise_offset, val_seed, compile_unet, channels_last, clip_skip,
+            min_snr_gamma, noise_offset, val_seed, compile_unet, channels_last, clip_skip, vae,
         )  # fmt: skip
         self.vision = load_vision_encoder(vision_model)
         self.first_placeholder_id = add_placeholder_tokens(

@@ -71,6 +71,8 @@ class PromptBankTask(StyleTask):
         clip_skip: condition on the output of the text encoder's ``clip_skip``-th layer from
             the end (1: the penultimate, for models trained that way), final-normed as
             diffusers does; 0 is the last layer.
+        vae: another autoencoder (a folder or hub id), e.g. SDXL's fp16-fix VAE
+            (``madebyollin/sdxl-vae-fp16-fix``); ``None`` keeps ``pretrained``'s.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class PromptBankTask(StyleTask):
         compile_unet: bool = False,
         channels_last: bool = False,
         clip_skip: int = 0,
+        vae: str | None = None,
     ) -> None:
         # checked before the base class loads Stable Diffusion
         check_at_least("model.num_tokens", num_tokens, 1)
@@ -111,7 +114,7 @@ class PromptBankTask(StyleTask):
         super().__init__(
             collections, templates, use_captions, pretrained, revision, variant, vae_fp32, lr,
             weight_decay, betas, warmup_steps, lr_schedule, min_lr_ratio, min_snr_gamma,
-            noise_offset, val_seed, compile_unet, channels_last, clip_skip,
+            noise_offset, val_seed, compile_unet, channels_last, clip_skip, vae,
         )  # fmt: skip
         self.placeholders = [placeholder_token(name) for name in self.collections]
         token_ids = add_placeholder_tokens(self.tokenizer, self.placeholders, num_tokens)

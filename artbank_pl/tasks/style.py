@@ -112,6 +112,7 @@ class StyleTask(FrozenDiffusionTask):
         compile_unet: bool = False,
         channels_last: bool = False,
         clip_skip: int = 0,
+        vae: str | None = None,
     ) -> None:
         name = type(self).__name__
         if not collections:
@@ -125,7 +126,7 @@ class StyleTask(FrozenDiffusionTask):
         super().__init__(
             pretrained, revision, variant, vae_fp32, lr, weight_decay, betas, warmup_steps,
             lr_schedule, min_lr_ratio, min_snr_gamma, noise_offset, val_seed, compile_unet,
-            channels_last, clip_skip,
+            channels_last, clip_skip, vae,
         )  # fmt: skip
         self.collections = list(collections)
         self.templates = list(templates or STYLE_TEMPLATES)

@@ -77,6 +77,8 @@ class StylizeTask(FrozenDiffusionTask):
         clip_skip: condition on the output of the text encoder's ``clip_skip``-th layer from
             the end (1: the penultimate, for models trained that way), final-normed as
             diffusers does; 0 is the last layer.
+        vae: another autoencoder (a folder or hub id), e.g. SDXL's fp16-fix VAE
+            (``madebyollin/sdxl-vae-fp16-fix``); ``None`` keeps ``pretrained``'s.
     """
 
     frozen_names = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -107,6 +109,7 @@ class StylizeTask(FrozenDiffusionTask):
         compile_unet: bool = False,
         channels_last: bool = False,
         clip_skip: int = 0,
+        vae: str | None = None,
     ) -> None:
         _check_options(bank, inverter, style_images, prompt, adain, adain_reference)
         check_sampling(strength, steps, inversion, scheduler)
@@ -117,7 +120,7 @@ class StylizeTask(FrozenDiffusionTask):
         bank_styles = read_bank_styles(bank, collections) if bank else None
         super().__init__(
             pretrained, revision, variant, vae_fp32, compile_unet=compile_unet,
-            channels_last=channels_last, clip_skip=clip_skip,
+            channels_last=channels_last, clip_skip=clip_skip, vae=vae,
         )  # fmt: skip
         if bank:
             for name, (_, found) in bank_styles.items():

@@ -10,7 +10,10 @@ from pathlib import Path
 from artbank_pl.errors import ConfigError
 
 WORLD = "world"
+WORLD_XL = "world-xl"
 MODEL_DIR = Path(__file__).resolve().parent / "model"
+#: world-xl's own parts (UNet, second text encoder, scheduler); the rest is the world model's
+MODEL_XL_DIR = Path(__file__).resolve().parent / "model_xl"
 
 
 def model_dir() -> Path:
@@ -21,6 +24,16 @@ def model_dir() -> Path:
             "`artbank world pretrain --output <folder>` and point pretrained at the folder"
         )
     return MODEL_DIR
+
+
+def model_xl_dir() -> Path:
+    """Return the shipped world-xl folder (its UNet, second text encoder and scheduler)."""
+    if not (MODEL_XL_DIR / "unet").is_dir():
+        raise ConfigError(
+            f"the world-xl model is missing from {MODEL_XL_DIR}; rebuild it with "
+            "`artbank world pretrain-xl --output <folder>`"
+        )
+    return MODEL_XL_DIR
 
 
 def judges_dir(name: str) -> Path:

@@ -1,4 +1,4 @@
-"""``artbank world images | pretrain | judges``: the planted style world's tools."""
+"""``artbank world images | pretrain | pretrain-xl | judges | clip``: the world's tools."""
 
 from __future__ import annotations
 
@@ -151,6 +151,28 @@ def _pretrain(argv: Sequence[str]) -> int:
     return 0
 
 
+def _pretrain_xl(argv: Sequence[str]) -> int:
+    from artbank_pl.world.pretrain_xl import pretrain_xl
+
+    parser = _parser(
+        "pretrain-xl",
+        "Pretrain world-xl: the world model's UNet in SDXL's architecture (two text "
+        "encoders, pooled text, micro-conditioning), on the world model's autoencoder.",
+        "folder to write (unet/, text_encoder_2/, scheduler/, recipe.json)",
+    )
+    defaults = _defaults(pretrain_xl)
+    for name in ("unet_steps", "dataset_size"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int_at_least(1),
+                            default=defaults[name], help=name.replace("_", " "))  # fmt: skip
+    for name in ("min_snr_gamma", "noise_offset"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=float_at_least(0.0), default=defaults[name],
+                            help=f"{name.replace('_', ' ')}; 0 turns it off")  # fmt: skip
+    opts = parser.parse_args(argv)
+    print(json.dumps(pretrain_xl(**vars(opts)), indent=2))
+    return 0
+
+
 def _judges(argv: Sequence[str]) -> int:
     from artbank_pl.world.judges import train_judges
 
@@ -182,12 +204,18 @@ def _clip(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"images": _images, "pretrain": _pretrain, "judges": _judges, "clip": _clip}
+COMMANDS = {
+    "images": _images,
+    "pretrain": _pretrain,
+    "pretrain-xl": _pretrain_xl,
+    "judges": _judges,
+    "clip": _clip,
+}
 
 
 def main(argv: Sequence[str]) -> int:
     """Dispatch ``artbank world <command>``."""
     if not argv or argv[0] not in COMMANDS:
-        print("usage: artbank world {images,pretrain,judges,clip} ... (--help on each)")
+        print("usage: artbank world {images,pretrain,pretrain-xl,judges,clip} ... (--help on each)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return COMMANDS[argv[0]](argv[1:])

@@ -153,10 +153,17 @@ def train_unet(
     lr: float = 1e-3,
     min_snr_gamma: float | None = None,
     noise_offset: float = 0.0,
+    unet_config: dict | None = None,
+    pooled: torch.Tensor | None = None,
+    time_ids: torch.Tensor | None = None,
 ) -> tuple[UNet2DConditionModel, list[float]]:
-    """Stage 2: the UNet on cached latents; returns its EMA and the per-step losses."""
+    """Stage 2: the UNet on cached latents; returns its EMA and the per-step losses.
+
+    ``pooled`` (per caption, like ``features``) and ``time_ids`` (per sample, like
+    ``moments``) are SDXL's added conditioning (``world-xl``, with its ``unet_config``).
+    """
     gen = torch.Generator().manual_seed(seed)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    unet = UNet2DConditionModel(**(unet_config or UNET_CONFIG))
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, steps))
@@ -173,7 +180,13 @@ def train_unet(
         noise = diffusion.offset_noise(latents.shape, noise_offset, gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
         noisy = diffusion.add_noise(latents, noise, abar_table[t])
-        per_sample = (unet(noisy, t, features[cond_idx]).sample - noise).pow(2).mean((1, 2, 3))
+        added = (
+            {"text_embeds": pooled[cond_idx], "time_ids": time_ids[idx]}
+            if pooled is not None
+            else None
+        )
+        pred = unet(noisy, t, features[cond_idx], added_cond_kwargs=added).sample
+        per_sample = (pred - noise).pow(2).mean((1, 2, 3))
         if min_snr_gamma is not None:
             per_sample = per_sample * diffusion.min_snr_weights(
                 abar_table[t], min_snr_gamma, "epsilon"
