@@ -69,14 +69,25 @@ def test_a_bank_trains_both_encoders_tables(shard_dir, tmp_path, bank_attention)
     }
 
 
-def test_an_inverter_trains_one_head_per_encoder(shard_dir, tmp_path):
+def test_an_inverter_trains_one_head_per_encoder_and_exports_sdxl_files(
+    shard_dir, image_root, tmp_path
+):
     task = InverterTask(collections=["hokusai", "monet"], pretrained=TINY_XL,
                         vision_model="tiny", inverter_heads=4, lr=1e-3)  # fmt: skip
     assert task.inverter.output.out_features == sum(WIDTHS)
     start = task.inverter.output.weight.detach().clone()
-    fit(task, shard_dir, tmp_path)
+    trainer = fit(task, shard_dir, tmp_path)
     moved = (task.inverter.output.weight.detach() - start).abs().sum(dim=1)
     assert moved[: WIDTHS[0]].sum() > 0 and moved[WIDTHS[0] :].sum() > 0
+    trainer.save_checkpoint(tmp_path / "inst.ckpt")
+    from artbank_pl.styles import checkpoint_styles
+
+    image = str(next((image_root / "monet").glob("*.png")))
+    styles, widths = checkpoint_styles(tmp_path / "inst.ckpt", [image])
+    assert widths == WIDTHS  # recorded in the checkpoint: the export splits at 32
+    write_embeddings(styles, tmp_path / "out", widths=widths)
+    one = load_file(next((tmp_path / "out/a1111").glob("*.safetensors")))
+    assert one["clip_l"].shape == (1, 32) and one["clip_g"].shape == (1, 48)
 
 
 def test_each_sample_carries_its_own_size_and_crop_to_the_unet(shard_dir):
@@ -245,6 +256,11 @@ def test_the_sdxl_recipes_train_export_and_stylize_on_tiny_xl(shard_dir, image_r
     run = tmp_path / "runs/artbank-sdxl"
     one = load_file(run / "embeddings/a1111/artbank-monet.safetensors")
     assert one["clip_l"].shape == (4, 32) and one["clip_g"].shape == (4, 48)
+    # `artbank export` of the checkpoint, without loading SDXL, writes the same file
+    assert main(["export", "--ckpt", str(run / "checkpoints/last.ckpt"), "--output", "out"]) == 0
+    again = load_file(tmp_path / "out/a1111/artbank-monet.safetensors")
+    assert all(torch.equal(again[key], one[key]) for key in one)
+    assert (tmp_path / "out/diffusers/monet_2.safetensors").is_file()
     main(["predict", "--config", "stylize-sdxl", *cpu,
           "--model.init_args.bank", str(run / "checkpoints/last.ckpt"),
           "--model.init_args.steps", "4", "--data.init_args.content", str(image_root / "monet"),
