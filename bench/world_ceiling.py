@@ -1,13 +1,14 @@
 """The world model's own ceiling per style: img2img and text-to-image from the true words.
 
-    python bench/world_ceiling.py --photos 16 --seed 11 [--pretrained FOLDER]
+    python bench/world_ceiling.py --photos 16 --seed 11 [--pretrained FOLDER | world-xl]
 
 A bank stands where the style word stood ("a circle in <x> style"), so what the model does
 with the true word ("a circle in striped style") is the most a bank can be expected to reach
 on this world. For every style it stylizes world photographs with diffusers' img2img
 pipeline (DDIM, the demo's strength and guidance, no AdaIN) and draws text-to-image
 samples from the same captions, and prints the judges' style accuracy, shape accuracy and
-content IoU per style (text-to-image's IoU is the floor a prompt alone reaches).
+content IoU per style (text-to-image's IoU is the floor a prompt alone reaches). With
+``--pretrained world-xl`` the pipelines are diffusers' SDXL ones around world-xl's parts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import (
+    DDIMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from artbank_pl.styles import load_image
 from artbank_pl.world import model_dir
@@ -39,6 +46,28 @@ def photographs(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     return images, shapes
 
 
+def pipelines(pretrained: str | None):
+    """Return diffusers' img2img and text-to-image pipelines (DDIM) of a world model."""
+    if pretrained == "world-xl":
+        from artbank_pl.sd import load_parts
+
+        parts = load_parts("world-xl")
+        img2img = StableDiffusionXLImg2ImgPipeline(
+            parts.vae, parts.text_encoder, parts.text_encoder_2, parts.tokenizer,
+            parts.tokenizer_2, parts.unet, DDIMScheduler.from_config(parts.noise_scheduler.config),
+            add_watermarker=False,
+        )  # fmt: skip
+        txt2img = StableDiffusionXLPipeline(**img2img.components, add_watermarker=False)
+    else:
+        folder = pretrained or model_dir()
+        img2img = StableDiffusionImg2ImgPipeline.from_pretrained(folder, safety_checker=None)
+        img2img.scheduler = DDIMScheduler.from_config(img2img.scheduler.config)
+        txt2img = StableDiffusionPipeline(**img2img.components)
+    img2img.set_progress_bar_config(disable=True)
+    txt2img.set_progress_bar_config(disable=True)
+    return img2img, txt2img
+
+
 def main() -> None:
     """Judge img2img and text-to-image from the true caption of every style."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -52,11 +81,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     judges = load_judges("world")
     photos, shapes = photographs(args.photos, args.seed)
-    folder = args.pretrained or model_dir()
-    img2img = StableDiffusionImg2ImgPipeline.from_pretrained(folder, safety_checker=None)
-    img2img.scheduler = DDIMScheduler.from_config(img2img.scheduler.config)
-    img2img.set_progress_bar_config(disable=True)
-    txt2img = StableDiffusionPipeline(**img2img.components)
+    img2img, txt2img = pipelines(args.pretrained)
     common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance,
               "output_type": "pt"}  # fmt: skip
     rows = []
