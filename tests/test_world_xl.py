@@ -1,0 +1,91 @@
+"""On world-xl (the planted world in SDXL's architecture): a prompt bank learns the styles.
+
+A random-weight SDXL hides conditioning bugs (pooled text, micro-conditioning, the split
+between the two encoders): here the bank has to find styles the model really draws. It is
+trained with the demo's shipped ``quickstart`` config on ``pretrained: world-xl`` and judged
+as ``tests/test_world_learning.py`` judges the world model's bank.
+"""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionXLImg2ImgPipeline
+from lightning.pytorch import seed_everything
+from safetensors.torch import load_file
+
+from artbank_pl.export import write_embeddings
+from artbank_pl.sd import load_parts
+from artbank_pl.tasks import PromptBankTask
+from artbank_pl.tasks.style import fill_template
+from artbank_pl.tokenizer import placeholder_token
+from artbank_pl.world.cli import DEFAULT_STYLES, style_slug
+from tests.test_world_learning import BANK_TEMPLATE, STYLIZE, World, fit, shipped
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return World(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def bank(world, tmp_path_factory):
+    """The quickstart bank on world-xl: its judged accuracies untrained, and trained."""
+    config = shipped("quickstart")
+    args = {**config["model"]["init_args"], "collections": world.collections,
+            "pretrained": "world-xl"}  # fmt: skip
+    seed_everything(config["seed_everything"], verbose=False)
+    task = PromptBankTask(**args)
+    before = [world.judge(task, k, s) for k, s in enumerate(world.styles)]
+    fit(task.train(), world.manifest, config, tmp_path_factory.mktemp("fit"))
+    return task, before
+
+
+def test_a_bank_on_world_xl_renders_its_styles_and_keeps_the_content(world, bank):
+    task, before = bank
+    outputs = [world.stylized(task, k) for k in range(len(world.styles))]
+    after = [world.judges.accuracy(out, s, world.shapes)
+             for out, s in zip(outputs, world.styles, strict=True)]  # fmt: skip
+    by_style = dict(zip(world.styles, (s for s, _ in after), strict=True))
+    assert np.mean([s for s, _ in before]) <= 0.25, before  # untrained: still photographs
+    # the issue's bar, as on the world model (measured: README "SDXL" section)
+    assert min(by_style.values()) >= 0.625 and np.mean(list(by_style.values())) >= 0.8, after
+    assert np.mean([c for _, c in after]) >= 0.8, after
+    kept = np.mean([world.content_iou(out) for out in outputs])
+    from_prompt = np.mean([
+        world.content_iou(world.stylized(task, k, strength=1.0, adain=False))
+        for k in range(len(world.styles))
+    ])  # fmt: skip
+    assert kept >= 0.7 and kept >= from_prompt + 0.08, (kept, from_prompt)
+
+
+def test_the_one_file_export_renders_in_diffusers_sdxl_img2img(world, bank, tmp_path):
+    task, before = bank
+    write_embeddings(task.embeddings(), tmp_path, formats=("a1111",), widths=task.text_widths)
+    parts = load_parts("world-xl")  # a user's pipeline: nothing of the task's in it
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        parts.vae, parts.text_encoder, parts.text_encoder_2, parts.tokenizer, parts.tokenizer_2,
+        parts.unet, DDIMScheduler.from_config(parts.noise_scheduler.config), add_watermarker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    hits = []
+    for style in DEFAULT_STYLES:
+        token = placeholder_token(style_slug(style))
+        state = load_file(tmp_path / "a1111" / f"artbank-{style_slug(style)}.safetensors")
+        encoders = {"clip_l": (pipe.text_encoder, pipe.tokenizer),
+                    "clip_g": (pipe.text_encoder_2, pipe.tokenizer_2)}  # fmt: skip
+        for key, (encoder, tokenizer) in encoders.items():  # two calls, as diffusers documents
+            pipe.load_textual_inversion(state[key], token=token, text_encoder=encoder,
+                                        tokenizer=tokenizer)  # fmt: skip
+        out = pipe(
+            [fill_template(BANK_TEMPLATE, token, c) for c in world.captions],
+            image=(world.photos + 1) / 2,
+            strength=STYLIZE["strength"], num_inference_steps=STYLIZE["steps"],
+            guidance_scale=STYLIZE["guidance_scale"], output_type="pt",
+            generator=[torch.Generator().manual_seed(i) for i in range(len(world.photos))],
+        ).images  # fmt: skip
+        hits.append(world.judges.accuracy(out, style, world.shapes))
+    theirs = np.mean([s for s, _ in hits])
+    assert theirs >= 0.625 and theirs >= np.mean([s for s, _ in before]) + 0.3, (hits, before)
+    assert np.mean([c for _, c in hits]) >= 0.75, hits
