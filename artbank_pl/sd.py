@@ -36,11 +36,12 @@ TINY = "tiny"
 TINY_XL = "tiny-xl"
 # random-weight models built from configs in the package: "tiny" and "tiny-xl" (SDXL's
 # architecture: two text encoders, text_time conditioning) for tests and the demo,
-# "random-sd15" (SD 1.5 sizes) for benchmarks
+# "random-sd15" and "random-sdxl" (SD 1.5's and SDXL base's sizes) for benchmarks
 RANDOM_PRESETS = {
     TINY: Path(__file__).parent / "tiny",
     TINY_XL: Path(__file__).parent / "tiny_xl",
     "random-sd15": Path(__file__).parent / "random_sd15",
+    "random-sdxl": Path(__file__).parent / "random_sdxl",
 }
 #: the UNet config value that marks SDXL's conditioning (pooled text and micro-conditioning)
 SDXL_ADDITION = "text_time"

@@ -2,19 +2,22 @@
 
     python bench/throughput.py --preset tiny                  # CPU, tiny model (make bench)
     python bench/throughput.py --preset sd15 --device cuda    # SD-1.5-sized random weights
+    python bench/throughput.py --preset sdxl --device cuda --batch-size 2   # SDXL base's sizes
 
 Rows (median of the timed steps after warm-up; CUDA-synchronised on GPU):
 
 a. peer        a training step as diffusers' examples/textual_inversion does it: VAE encode
                every step, the whole embedding matrix under AdamW with untouched rows
-               restored, UNet and VAE in the half dtype, text encoder in fp32
+               restored, UNet and VAE in the half dtype, text encoder in fp32 (SDXL presets:
+               as textual_inversion_sdxl.py, both encoders' matrices, pooled text and
+               micro-conditioning)
 b. lightning   our PromptBankTask through Lightning's Trainer and ArtworkDataModule on
                synthetic shards (the real code path)
 g. cached      the same, training from the latent cache (``artbank shards cache``)
 c. inverter    our InverterTask the same way
 e. bare        the same math as b (the same module's loss) in a plain PyTorch loop over the
                same dataloader, without Lightning
-d. stylize     diffusers StableDiffusionImg2ImgPipeline against our predict loop (StylizeTask +
+d. stylize     diffusers StableDiffusion(XL)Img2ImgPipeline against our predict loop (StylizeTask +
                ContentDataModule + StylizedImageWriter) on the same images and settings, with
                DDIM at 50 steps and with DPM-Solver++ at 20 (the pipeline with the same
                scheduler); the "x peer" column compares each to the pipeline at DDIM 50
@@ -51,7 +54,9 @@ from artbank_pl.transfer import upload
 
 PRESETS = {
     "tiny": {"pretrained": "tiny", "resolution": 64, "heads": 4},
+    "tiny-xl": {"pretrained": "tiny-xl", "resolution": 64, "heads": 4},
     "sd15": {"pretrained": "random-sd15", "resolution": 512, "heads": 8},
+    "sdxl": {"pretrained": "random-sdxl", "resolution": 1024, "heads": 8},
 }
 
 
@@ -192,40 +197,57 @@ def move(value, device: str):
 
 
 def make_peer_step(args) -> Callable[[torch.Tensor], None]:
-    """Build a textual-inversion training step as diffusers' example script performs it."""
+    """Build a textual-inversion training step as diffusers' example script performs it.
+
+    On SDXL as ``textual_inversion_sdxl.py``: both encoders' embedding matrices train, the
+    UNet reads both penultimate layers, the second's pooled output and the micro-conditioning.
+    """
     parts = load_parts(args.pretrained)
     dtype = half_dtype(args.precision)
-    unet, vae = parts.unet.to(args.device, dtype), parts.vae.to(args.device, dtype)
-    text_encoder = parts.text_encoder.to(args.device)  # trainable, so fp32
-    ids = add_placeholder_tokens(parts.tokenizer, ["<peer>"], 4)[0]
-    text_encoder.resize_token_embeddings(len(parts.tokenizer))
-    embedding = text_encoder.get_input_embeddings()
-    embedding.weight.requires_grad_(True)
-    optimizer = torch.optim.AdamW([embedding.weight], lr=5e-4)
-    original = embedding.weight.detach().clone()
-    keep = torch.ones(len(parts.tokenizer), dtype=torch.bool, device=args.device)
-    keep[ids] = False
-    prompt = "a painting in the style of " + " ".join(
-        ["<peer>", "<peer>_1", "<peer>_2", "<peer>_3"]
-    )
-    tokens = parts.tokenizer(
-        [prompt] * args.batch_size, padding="max_length", max_length=77, return_tensors="pt"
-    ).input_ids.to(args.device)
+    vae_dtype = torch.float32 if parts.is_xl and dtype == torch.float16 else dtype  # upcast
+    unet, vae = parts.unet.to(args.device, dtype), parts.vae.to(args.device, vae_dtype)
+    pairs = [(parts.text_encoder, parts.tokenizer)]
+    if parts.is_xl:
+        pairs.append((parts.text_encoder_2, parts.tokenizer_2))
+    weights, keeps, originals, token_ids = [], [], [], []
+    prompts = ["a painting in the style of <peer> <peer>_1 <peer>_2 <peer>_3"] * args.batch_size
+    for encoder, tokenizer in pairs:  # trainable, so fp32
+        ids = add_placeholder_tokens(tokenizer, ["<peer>"], 4)[0]
+        encoder.to(args.device).resize_token_embeddings(len(tokenizer))
+        weights.append(encoder.get_input_embeddings().weight.requires_grad_(True))
+        originals.append(weights[-1].detach().clone())
+        keeps.append(torch.ones(len(tokenizer), dtype=torch.bool, device=args.device))
+        keeps[-1][ids] = False
+        tokens = tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt")
+        token_ids.append(tokens.input_ids.to(args.device))
+    optimizer = torch.optim.AdamW(weights, lr=5e-4)
     scheduler = parts.noise_scheduler
+    size = [[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]]
+    time_ids = torch.tensor(size * args.batch_size, device=args.device, dtype=dtype)
+
+    def conditioning() -> tuple[torch.Tensor, dict | None]:
+        if not parts.is_xl:
+            return pairs[0][0](token_ids[0])[0].to(dtype), None
+        first = pairs[0][0](token_ids[0], output_hidden_states=True).hidden_states[-2]
+        out = pairs[1][0](token_ids[1], output_hidden_states=True)
+        states = torch.cat([first, out.hidden_states[-2]], dim=-1).to(dtype)
+        return states, {"text_embeds": out.text_embeds.to(dtype), "time_ids": time_ids}
 
     def step(pixels: torch.Tensor) -> None:
-        latents = vae.encode(pixels.to(dtype)).latent_dist.sample() * vae.config.scaling_factor
+        posterior = vae.encode(pixels.to(vae_dtype)).latent_dist
+        latents = (posterior.sample() * vae.config.scaling_factor).to(dtype)
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (latents.shape[0],), device=args.device)
         noisy = scheduler.add_noise(latents, noise, t)
-        states = text_encoder(tokens)[0].to(dtype)
-        pred = unet(noisy, t, states).sample
+        states, added = conditioning()
+        pred = unet(noisy, t, states, added_cond_kwargs=added).sample
         loss = F.mse_loss(pred.float(), noise.float())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         with torch.no_grad():  # the script restores every row but the placeholders'
-            embedding.weight[keep] = original[keep]
+            for weight, keep, original in zip(weights, keeps, originals, strict=True):
+                weight[keep] = original[keep]
 
     return step
 
@@ -321,8 +343,6 @@ def time_stylize(args, clock, root: Path) -> dict[str, dict]:
     Returns:
         Row name to ``{"rate": best img/s of the rounds, "memory", "flops" per image}``.
     """
-    from diffusers import StableDiffusionImg2ImgPipeline
-
     from artbank_pl.tasks.sampling import make_sampler
 
     content = write_images(root / "content", args.stylize_images, args.resolution, seed=9)
@@ -334,13 +354,7 @@ def time_stylize(args, clock, root: Path) -> dict[str, dict]:
             bank=str(args.export), collections=["alpha"], pretrained=args.pretrained,
             steps=steps, strength=0.7, guidance_scale=7.5, scheduler=sampler,
         )  # fmt: skip
-        parts = task.parts
-        pipe = StableDiffusionImg2ImgPipeline(
-            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
-            unet=parts.unet, scheduler=make_sampler(parts.noise_scheduler.config, sampler),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )  # fmt: skip
-        pipe.set_progress_bar_config(disable=True)
+        pipe = img2img_pipeline(task.parts, make_sampler(task.noise_scheduler.config, sampler))
         runs[f"ours {label}"] = lambda t=task: _stylize_ours(t, data, args, clock, root)
         runs[f"peer {label}"] = lambda p=pipe, n=steps: _stylize_peer(p, images, n, args, clock)
     flops = {}
@@ -358,6 +372,25 @@ def time_stylize(args, clock, root: Path) -> dict[str, dict]:
     for row in results.values():
         row["rate"] = statistics.median(row.pop("rates"))
     return results
+
+
+def img2img_pipeline(parts, scheduler):
+    """Return diffusers' img2img pipeline (SDXL's for an SDXL model) around the parts."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+    if parts.is_xl:
+        pipe = StableDiffusionXLImg2ImgPipeline(
+            parts.vae, parts.text_encoder, parts.text_encoder_2, parts.tokenizer,
+            parts.tokenizer_2, parts.unet, scheduler, add_watermarker=False,
+        )  # fmt: skip
+    else:
+        pipe = StableDiffusionImg2ImgPipeline(
+            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+            unet=parts.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _stylize_ours(task, data, args, clock, root: Path) -> float:
@@ -478,8 +511,9 @@ def main(argv=None) -> None:
     })  # fmt: skip
     from artbank_pl.export import write_embeddings
 
-    write_embeddings(bank().embeddings(), root / "export", formats=("diffusers",))
-    args.export = root / "export" / "diffusers"
+    built = bank()
+    write_embeddings(built.embeddings(), root / "export", ("a1111",), built.text_widths)
+    args.export = root / "export" / "a1111"
     stylize = time_stylize(args, clock, root)
     mm_dtype = half_dtype(args.precision) if args.device == "cuda" else torch.float32
     matmul = matmul_rate(args.device, mm_dtype)

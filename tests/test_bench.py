@@ -10,9 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_bench_runs_every_row_and_ends_with_the_ratio():
+@pytest.mark.parametrize("preset", ["tiny", "tiny-xl"])  # tiny-xl: the sdxl preset's code path
+def test_bench_runs_every_row_and_ends_with_the_ratio(preset):
     cmd = [
-        sys.executable, str(ROOT / "bench/throughput.py"), "--preset", "tiny", "--steps", "3",
+        sys.executable, str(ROOT / "bench/throughput.py"), "--preset", preset, "--steps", "3",
         "--warmup", "1", "--stylize-images", "2", "--stylize-batch", "2", "--batch-size", "2",
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
