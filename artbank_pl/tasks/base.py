@@ -373,6 +373,12 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         if not self.is_xl:
             return None
         if "original_size" not in batch:
+            if not getattr(self, "_warned_no_sizes", False):
+                self._warned_no_sizes = True
+                log.warning(
+                    "SDXL training on batches without each image's original size and crop "
+                    "(cached latents): conditioning on the trained size, uncropped"
+                )
             return self.image_time_ids(latents)
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         target = (latents.shape[-2] * scale, latents.shape[-1] * scale)
