@@ -7,7 +7,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -58,11 +58,6 @@ def training_draw_seed(seed: int, rank: int, draw_index: int) -> int:
     drawn at the same batch, because nothing depends on the global RNG's history.
     """
     return sample_seed(f"train/rank{rank}/batch{draw_index}", seed)
-
-
-@contextmanager
-def _noop() -> Iterator[None]:
-    yield
 
 
 @contextmanager
@@ -151,7 +146,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         check_positive("model.min_snr_gamma", min_snr_gamma)
         parts = load_parts(pretrained, revision, variant)
         self.unet = parts.unet
-        self.vae = load_vae(vae, revision) if vae else parts.vae
+        self.vae = load_vae(vae) if vae else parts.vae  # `revision` is pretrained's
         self.text_encoder = parts.text_encoder
         self.tokenizer = parts.tokenizer
         self.noise_scheduler = parts.noise_scheduler
@@ -343,7 +338,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
                 (self.text_encoder_2, ids_2, vectors_g),
             ):
                 embedding = encoder.get_input_embeddings()
-                with _spliced_embeddings(embedding, tokens, part) if tokens.count else _noop():
+                splice = _spliced_embeddings(embedding, tokens, part) if tokens.count else None
+                with splice or nullcontext():
                     out = encoder(encoder_ids, output_hidden_states=True)
                 hidden.append(out.hidden_states[layer])
         return TextConditioning(torch.cat(hidden, dim=-1), out.text_embeds)
