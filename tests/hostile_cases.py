@@ -469,6 +469,10 @@ STYLIZE = [
          exit=1, line="monet.safetensors holds an empty (0, 32) tensor"),
     Case("embedding: a pickle (never run)", _pickled_bank,
          exit=1, line="embeddings.pt"),
+    Case("embedding: an SD 1.x bank on an SDXL model",
+         predict_with("--model.init_args.pretrained", "tiny-xl", refused_at_start=False),
+         exit=1, line="width 32 (one text encoder: SD 1.x/2.x); this model needs clip_l 32 + "
+         "clip_g 48"),
     Case("output: a garbage manifest.jsonl already there",
          predict_with(prepare=_garbage_records),
          line="skipped 3 of 3 lines that are not output records", used=PHOTOS),
