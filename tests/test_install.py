@@ -53,7 +53,10 @@ def test_the_wheel_holds_only_artbank_pl_with_its_data(wheel):
                    "configs/trainer/ddp.yaml", "assets/bpe_simple_vocab_16e6.txt.gz",
                    "assets/NOTICE", "tiny/unet.json", "world/model/unet/config.json",
                    "world/model/judges/mask.safetensors",
-                   "world/model/image_encoder/model.safetensors"):  # fmt: skip
+                   "world/model/image_encoder/model.safetensors", "tiny_xl/unet.json",
+                   "random_sdxl/text_encoder_2.json", "configs/artbank-sdxl.yaml",
+                   "world/model_xl/unet/diffusion_pytorch_model.safetensors",
+                   "world/model_xl/text_encoder_2/model.safetensors"):  # fmt: skip
         assert f"artbank_pl/{member}" in names
 
 

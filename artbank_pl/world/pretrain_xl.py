@@ -7,11 +7,12 @@ model's size:
   ``!`` as OpenCLIP's), whose penultimate hidden states are concatenated to the first's
   (the world's own 32-wide encoder) and whose pooled, projected output (``text_embeds``)
   enters the timestep embedding (``addition_embed_type: text_time``);
-- micro-conditioning on six numbers, used in training as SDXL does: a quarter of the scenes
+- micro-conditioning on six numbers, used in training as SDXL does: an eighth of the scenes
   come from a low-resolution original (rendered, shrunk to 8-24 px and enlarged back:
-  ``original_size`` says so), a quarter are crops of an enlarged scene (``crop_top_left``
+  ``original_size`` says so), an eighth are crops of an enlarged scene (``crop_top_left``
   and the enlarged size), the rest are whole 32 px scenes ``(32, 32, 0, 0, 32, 32)``, the
-  conditioning sampling uses;
+  conditioning sampling uses (version 1 used a quarter each: its img2img drew stripes
+  less often, README "SDXL");
 - a dropped caption is all zeros, hidden states and pooled embedding, which is what SDXL
   pipelines guide against (``force_zeros_for_empty_prompt``).
 
@@ -88,14 +89,14 @@ def _resized(image: np.ndarray, side: int) -> np.ndarray:
 def micro_conditioned(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list]:
     """One training view of a scene and its ``(h0, w0, top, left, h, w)``.
 
-    A quarter from a low-resolution original, a quarter cropped from an enlarged scene,
-    half the whole scene (module docstring).
+    An eighth from a low-resolution original, an eighth cropped from an enlarged scene, the
+    rest the whole scene (module docstring).
     """
     draw = rng.random()
-    if draw < 0.25:
+    if draw < 0.125:
         side = int(rng.integers(8, 25))
         return _resized(_resized(image, side), SIZE), [side, side, 0, 0, SIZE, SIZE]
-    if draw < 0.5:
+    if draw < 0.25:
         side = int(rng.integers(SIZE + 4, SIZE + 17))
         top, left = (int(v) for v in rng.integers(0, side - SIZE + 1, 2))
         view = _resized(image, side)[top : top + SIZE, left : left + SIZE]
