@@ -88,6 +88,10 @@ def test_an_inverter_trains_one_head_per_encoder_and_exports_sdxl_files(
     write_embeddings(styles, tmp_path / "out", widths=widths)
     one = load_file(next((tmp_path / "out/a1111").glob("*.safetensors")))
     assert one["clip_l"].shape == (1, 32) and one["clip_g"].shape == (1, 48)
+    stylizer = StylizeTask(inverter=str(tmp_path / "inst.ckpt"), style_images=[image],
+                           pretrained=TINY_XL, steps=4, strength=0.5)  # fmt: skip
+    images = stylizer._render(stylizer.style_names[0], torch.randn(1, 4, 4, 4), [""], [0])
+    assert images.shape == (1, 32, 32, 3)
 
 
 def test_each_sample_carries_its_own_size_and_crop_to_the_unet(shard_dir):
