@@ -145,6 +145,9 @@ class ArtworkTransform:
             item["moments"] = from_npy(sample[f"moments{suffix}.npy"])
             if f"clip{suffix}.npy" in sample:
                 item["clip"] = from_npy(sample[f"clip{suffix}.npy"])
+            if "size.npy" in sample:  # SDXL's micro-conditioning (older caches have none)
+                item["original_size"] = from_npy(sample["size.npy"]).long()
+                item["crop_top_left"] = from_npy(sample[f"crop{suffix}.npy"]).long()
             if self.train:
                 return item
         decoded = decode_image(sample)

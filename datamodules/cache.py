@@ -4,8 +4,11 @@ Each sample is resized and centre-cropped to ``resolution`` once; its VAE poster
 parameters (``moments.npy``: mean and log-variance, so training still samples the
 posterior) and those of its mirror image (``moments_flip.npy``, so random flips still work)
 are stored next to the image, as float16 ``.npy`` arrays (no pickle). With a vision model,
-CLIP features (``clip.npy``, ``clip_flip.npy``) are stored too, for InST. The new manifest
-records what was cached; ``ArtworkDataModule`` then trains from the cache.
+CLIP features (``clip.npy``, ``clip_flip.npy``) are stored too, for InST. SDXL's
+micro-conditioning comes along: ``size.npy`` (the original height and width, from the json's
+``original_height``/``original_width`` or the stored image) and ``crop.npy``/``crop_flip.npy``
+(the centre crop's top-left corner, and the mirror's), as int32. The new manifest records
+what was cached; ``ArtworkDataModule`` then trains from the cache.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import numpy as np
 import torch
 
 from artbank_pl.atomic import atomic_write_text
-from artbank_pl.datamodules.artwork import crop_square, to_tensor
+from artbank_pl.datamodules.artwork import crop_square_at, original_size, to_tensor
 from artbank_pl.datamodules.shards import (
     MANIFEST,
     AtomicShardWriter,
     read_manifest,
     resize_shorter_side,
 )
-from artbank_pl.datamodules.stream import decode_image, iter_tar_samples
+from artbank_pl.datamodules.stream import decode_image, iter_tar_samples, sample_meta
 from artbank_pl.sd import load_parts
 from artbank_pl.tool_args import ToolParser
 from artbank_pl.vision import clip_preprocess, load_vision_encoder
@@ -67,23 +70,44 @@ class FeatureEncoder:
         return out
 
 
+def to_int_npy(values: list[int]) -> bytes:
+    """Serialise integers as int32 ``.npy`` bytes (sizes beyond float16's exact range)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(values, dtype=np.int32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def size_and_crops(sample: dict, resolution: int) -> tuple[torch.Tensor, dict[str, bytes]]:
+    """Return a sample's centre-cropped pixels and its micro-conditioning ``.npy`` entries."""
+    decoded = decode_image(sample)
+    try:
+        meta = sample_meta(sample) if "json" in sample else None
+    except ValueError:
+        meta = None  # the training stream skips and counts such a sample
+    resized = resize_shorter_side(decoded, resolution)
+    image, (top, left) = crop_square_at(resized, resolution, None)
+    entries = {
+        "size.npy": to_int_npy(list(original_size(meta, decoded))),
+        "crop.npy": to_int_npy([top, left]),
+        "crop_flip.npy": to_int_npy([top, resized.width - resolution - left]),
+    }
+    return to_tensor(image), entries
+
+
 def _cache_split(urls, writer, encoder, resolution, batch_size) -> int:
     pending, count = [], 0
 
     def flush() -> None:
-        pixels = torch.stack([p for _, p in pending])
+        pixels = torch.stack([p for _, p, _ in pending])
         features = encoder(pixels)
-        for i, (sample, _) in enumerate(pending):
-            extra = {f"{k}.npy": to_npy(v[i]) for k, v in features.items()}
+        for i, (sample, _, sizes) in enumerate(pending):
+            extra = {f"{k}.npy": to_npy(v[i]) for k, v in features.items()} | sizes
             writer.write({k: v for k, v in sample.items() if not k.startswith("__url")} | extra)
         pending.clear()
 
     for url in urls:
         for sample in iter_tar_samples(url):
-            image = crop_square(
-                resize_shorter_side(decode_image(sample), resolution), resolution, None
-            )
-            pending.append((sample, to_tensor(image)))
+            pending.append((sample, *size_and_crops(sample, resolution)))
             count += 1
             if len(pending) == batch_size:
                 flush()

@@ -31,6 +31,17 @@ def test_cache_holds_the_posterior_of_the_crop_and_of_its_mirror(cached):
     assert from_npy(sample["clip.npy"]).shape == (65, 32)  # CLS + 8 x 8 patches, tiny CLIP
 
 
+def test_the_cache_carries_each_samples_size_and_crop_for_sdxl(cached):
+    dm = ArtworkDataModule(manifest=str(cached), resolution=32, batch_size=8, num_workers=0,
+                           samples_per_epoch=8)  # fmt: skip
+    batch = next(iter(dm.train_dataloader()))
+    # conftest's images are 80 x 64 (recorded in the shards' json); 40 x 32 at resolution 32,
+    # centre crop at left 4 (and 40 - 32 - 4 = 4 mirrored)
+    assert batch["original_size"].tolist() == [[64, 80]] * 8
+    assert batch["crop_top_left"].tolist() == [[0, 4]] * 8
+    assert batch["original_size"].dtype == torch.long
+
+
 def test_training_reads_the_cache(cached):
     dm = ArtworkDataModule(manifest=str(cached), resolution=32, batch_size=2, num_workers=0,
                            samples_per_epoch=4)  # fmt: skip

@@ -373,7 +373,8 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
                 self._warned_no_sizes = True
                 log.warning(
                     "SDXL training on batches without each image's original size and crop "
-                    "(cached latents): conditioning on the trained size, uncropped"
+                    "(a latent cache written before they were recorded): conditioning on the "
+                    "trained size, uncropped"
                 )
             return self.image_time_ids(latents)
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
