@@ -96,3 +96,40 @@ def test_the_one_file_export_renders_in_diffusers_sdxl_img2img(world, bank, tmp_
     # draws, our noise inversion gives the same pixels as this pipeline (max difference 0)
     assert theirs >= 0.625 and theirs >= np.mean([s for s, _ in before]) + 0.3, (hits, before)
     assert np.mean([c for _, c in hits]) >= 0.75, hits
+
+
+def test_our_noise_inversion_gives_diffusers_sdxl_pixels_with_a_trained_bank(world, bank, tmp_path):
+    task, _ = bank
+    task.eval()
+    write_embeddings(task.embeddings(), tmp_path, formats=("a1111",), widths=task.text_widths)
+    parts = load_parts("world-xl")
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        parts.vae, parts.text_encoder, parts.text_encoder_2, parts.tokenizer, parts.tokenizer_2,
+        parts.unet, DDIMScheduler.from_config(parts.noise_scheduler.config), add_watermarker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    k = world.styles.index("dotted")
+    token = placeholder_token(style_slug("dotted"))
+    state = load_file(tmp_path / "a1111" / f"artbank-{style_slug('dotted')}.safetensors")
+    pipe.load_textual_inversion(state["clip_l"], token=token, text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)  # fmt: skip
+    pipe.load_textual_inversion(state["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)  # fmt: skip
+    gens = [torch.Generator().manual_seed(i) for i in range(len(world.photos))]
+    options = dict(strength=STYLIZE["strength"], num_inference_steps=STYLIZE["steps"],
+                   guidance_scale=STYLIZE["guidance_scale"])  # fmt: skip
+    with torch.no_grad():
+        # diffusers draws each image's posterior sample from its generator, then the noise
+        z0 = torch.cat([task.vae.encode(world.photos[i : i + 1]).latent_dist.sample(g)
+                        for i, g in enumerate(gens)]) * task.vae.config.scaling_factor  # fmt: skip
+        cond = task.encode_prompts([task.prompt_for(k, BANK_TEMPLATE, c) for c in world.captions])
+        ours = task.decode_latents(task.img2img(
+            z0, cond, task.empty_conditioning(), gens, options["strength"],
+            options["num_inference_steps"], options["guidance_scale"], 0.0, "noise", "ddim",
+        ))  # fmt: skip
+    theirs = pipe(
+        [fill_template(BANK_TEMPLATE, token, c) for c in world.captions],
+        image=(world.photos + 1) / 2, output_type="pt",
+        generator=[torch.Generator().manual_seed(i) for i in range(len(world.photos))], **options,
+    ).images  # fmt: skip
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
