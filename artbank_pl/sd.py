@@ -221,7 +221,7 @@ def _load_pretrained_parts(
 
 
 def load_world_xl(folder: Path) -> StableDiffusionParts:
-    """world-xl: its UNet, second text encoder and scheduler with the world model's other parts.
+    """Load world-xl: its UNet, second encoder and scheduler, and the world model's other parts.
 
     The autoencoder, first text encoder and tokenizer are the world model's (version 2),
     which world-xl was trained on and does not ship twice.
@@ -268,10 +268,10 @@ def load_parts(
     """Build the frozen Stable Diffusion parts named by ``pretrained``.
 
     Args:
-        pretrained: ``tiny``, ``tiny-xl`` or ``random-sd15`` (random weights), ``world``
-            (the shipped miniature SD pretrained on the planted style world), ``world-xl``
-            (the same world in SDXL's architecture), a local diffusers folder (SD 1.x, 2.x
-            or SDXL), or a hub id.
+        pretrained: ``tiny``, ``tiny-xl``, ``random-sd15`` or ``random-sdxl`` (random
+            weights), ``world`` (the shipped miniature SD pretrained on the planted style
+            world), ``world-xl`` (the same world in SDXL's architecture), a local diffusers
+            folder (SD 1.x, 2.x or SDXL), or a hub id.
         revision: hub revision (branch, tag or commit).
         variant: weight variant, e.g. ``fp16``.
 
