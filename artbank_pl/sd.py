@@ -92,6 +92,30 @@ class StableDiffusionParts:
         """Whether this is SDXL: two text encoders, pooled text and micro-conditioning."""
         return self.text_encoder_2 is not None
 
+    def diffusers_pipeline(self, image_to_image: bool = True, scheduler=None):
+        """Build diffusers' own pipeline around these parts (they are shared, not copied).
+
+        ``StableDiffusion(XL)Img2ImgPipeline``, or the text-to-image one, with the given
+        sampler (default: a DDIM from the model's scheduler config); no safety checker or
+        watermark, so that outputs are the model's.
+        """
+        import diffusers
+
+        scheduler = scheduler or diffusers.DDIMScheduler.from_config(self.noise_scheduler.config)
+        name = "StableDiffusionXL" if self.is_xl else "StableDiffusion"
+        cls = getattr(diffusers, f"{name}{'Img2Img' if image_to_image else ''}Pipeline")
+        common = {"vae": self.vae, "text_encoder": self.text_encoder, "unet": self.unet,
+                  "tokenizer": self.tokenizer, "scheduler": scheduler}  # fmt: skip
+        if self.is_xl:
+            extra = {"text_encoder_2": self.text_encoder_2, "tokenizer_2": self.tokenizer_2,
+                     "add_watermarker": False}  # fmt: skip
+        else:
+            extra = {"safety_checker": None, "feature_extractor": None,
+                     "requires_safety_checker": False}  # fmt: skip
+        pipe = cls(**common, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     @property
     def prediction_type(self) -> str:
         """``epsilon`` (SD 1.x), ``v_prediction`` (SD 2.x 768) or ``sample``."""

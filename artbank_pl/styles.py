@@ -134,19 +134,25 @@ def _checked_table(path: Path, tensor: torch.Tensor, name: str = "") -> torch.Te
     return table if table.ndim == 2 else table.reshape(-1, table.shape[-1])
 
 
-def _text_encoder_of(path: Path) -> str | None:
-    """Return the ``text_encoder`` an exported file's metadata names (diffusers' SDXL pair)."""
+def _file_metadata(path: Path) -> dict[str, str]:
+    """Return an embedding file's safetensors metadata (empty if it has none).
+
+    An unreadable file gives none here; :func:`_read_embedding_file` reports it.
+    """
     try:
         with safe_open(path, "pt") as handle:
-            return (handle.metadata() or {}).get("text_encoder")
+            return handle.metadata() or {}
     except (SafetensorError, OSError):
-        return None
+        return {}
 
 
 def _with_second_encoder_file(path: Path) -> list[Path]:
     """One exported file, and the ``_2`` file beside it when they are diffusers' SDXL pair."""
     second = path.with_name(f"{path.stem}_2{path.suffix}")
-    if _text_encoder_of(path) == "text_encoder" and _text_encoder_of(second) == "text_encoder_2":
+    first_encoder = _file_metadata(path).get("text_encoder")
+    if first_encoder == "text_encoder" and _file_metadata(second).get("text_encoder") == (
+        "text_encoder_2"
+    ):
         return [path, second]
     return [path]
 
@@ -159,8 +165,9 @@ def _read_embedding_files(files: list[Path]) -> dict[str, tuple[torch.Tensor, tu
     """
     firsts, seconds = {}, {}
     for path in files:
-        target = seconds if _text_encoder_of(path) == "text_encoder_2" else firsts
-        name = _collection_of(path)
+        meta = _file_metadata(path)  # the collection, else the file stem names the style
+        target = seconds if meta.get("text_encoder") == "text_encoder_2" else firsts
+        name = meta.get("collection") or path.stem
         if name in target:
             raise CheckpointError(f"{path}: a second embedding file for the style {name!r}")
         target[name] = (path, *_read_embedding_file(path))
@@ -182,16 +189,6 @@ def _read_embedding_files(files: list[Path]) -> dict[str, tuple[torch.Tensor, tu
             f"({file_stem(name)}.safetensors)"
         )
     return read
-
-
-def _collection_of(path: Path) -> str:
-    """Return the collection an embedding file holds: its metadata, else its file stem."""
-    try:
-        with safe_open(path, "pt") as handle:
-            name = (handle.metadata() or {}).get("collection")
-    except (SafetensorError, OSError):
-        name = None  # _read_embedding_file reports the unreadable file
-    return name or path.stem
 
 
 def load_bank_styles(
@@ -216,8 +213,22 @@ def load_bank_styles(
     """
     read = read_bank_styles(source, names)
     if widths:
-        for name, (_, found) in read.items():
-            check_widths(name, found, widths, source)
+        return fitting_styles(read, widths, source)
+    return {name: table for name, (table, _) in read.items()}
+
+
+def fitting_styles(
+    read: dict[str, tuple[torch.Tensor, tuple[int, ...]]],
+    widths: tuple[int, ...],
+    source: str | Path,
+) -> dict[str, torch.Tensor]:
+    """Return :func:`read_bank_styles`' vectors once each style's widths are ``widths``.
+
+    Raises:
+        ConfigError: a style is for other text encoders (see :func:`check_widths`).
+    """
+    for name, (_, found) in read.items():
+        check_widths(name, found, widths, source)
     return {name: table for name, (table, _) in read.items()}
 
 

@@ -354,7 +354,9 @@ def time_stylize(args, clock, root: Path) -> dict[str, dict]:
             bank=str(args.export), collections=["alpha"], pretrained=args.pretrained,
             steps=steps, strength=0.7, guidance_scale=7.5, scheduler=sampler,
         )  # fmt: skip
-        pipe = img2img_pipeline(task.parts, make_sampler(task.noise_scheduler.config, sampler))
+        pipe = task.parts.diffusers_pipeline(
+            True, make_sampler(task.noise_scheduler.config, sampler)
+        )
         runs[f"ours {label}"] = lambda t=task: _stylize_ours(t, data, args, clock, root)
         runs[f"peer {label}"] = lambda p=pipe, n=steps: _stylize_peer(p, images, n, args, clock)
     flops = {}
@@ -372,25 +374,6 @@ def time_stylize(args, clock, root: Path) -> dict[str, dict]:
     for row in results.values():
         row["rate"] = statistics.median(row.pop("rates"))
     return results
-
-
-def img2img_pipeline(parts, scheduler):
-    """Return diffusers' img2img pipeline (SDXL's for an SDXL model) around the parts."""
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
-
-    if parts.is_xl:
-        pipe = StableDiffusionXLImg2ImgPipeline(
-            parts.vae, parts.text_encoder, parts.text_encoder_2, parts.tokenizer,
-            parts.tokenizer_2, parts.unet, scheduler, add_watermarker=False,
-        )  # fmt: skip
-    else:
-        pipe = StableDiffusionImg2ImgPipeline(
-            vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
-            unet=parts.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
-        )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _stylize_ours(task, data, args, clock, root: Path) -> float:

@@ -21,16 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLPipeline,
-)
 
+from artbank_pl.sd import load_parts
 from artbank_pl.styles import load_image
-from artbank_pl.world import model_dir
 from artbank_pl.world.cli import write_images
 from artbank_pl.world.judges import load_judges
 from artbank_pl.world.scenes import PHOTO, STYLES
@@ -48,24 +41,8 @@ def photographs(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
 
 def pipelines(pretrained: str | None):
     """Return diffusers' img2img and text-to-image pipelines (DDIM) of a world model."""
-    if pretrained == "world-xl":
-        from artbank_pl.sd import load_parts
-
-        parts = load_parts("world-xl")
-        img2img = StableDiffusionXLImg2ImgPipeline(
-            parts.vae, parts.text_encoder, parts.text_encoder_2, parts.tokenizer,
-            parts.tokenizer_2, parts.unet, DDIMScheduler.from_config(parts.noise_scheduler.config),
-            add_watermarker=False,
-        )  # fmt: skip
-        txt2img = StableDiffusionXLPipeline(**img2img.components, add_watermarker=False)
-    else:
-        folder = pretrained or model_dir()
-        img2img = StableDiffusionImg2ImgPipeline.from_pretrained(folder, safety_checker=None)
-        img2img.scheduler = DDIMScheduler.from_config(img2img.scheduler.config)
-        txt2img = StableDiffusionPipeline(**img2img.components)
-    img2img.set_progress_bar_config(disable=True)
-    txt2img.set_progress_bar_config(disable=True)
-    return img2img, txt2img
+    parts = load_parts(pretrained or "world")
+    return parts.diffusers_pipeline(True), parts.diffusers_pipeline(False)
 
 
 def main() -> None:

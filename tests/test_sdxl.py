@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from lightning.pytorch import Trainer
 from safetensors.torch import load_file, save_file
 
@@ -47,7 +46,7 @@ def test_conditioning_equals_diffusers_sdxl_encode_prompt():
     task = xl_bank()
     prompt = "a harbour at dusk"
     ours = task.encode_prompts([prompt])
-    pipe = xl_pipeline(task, StableDiffusionXLPipeline)
+    pipe = task.parts.diffusers_pipeline(image_to_image=False)
     embeds, _, pooled, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
     torch.testing.assert_close(ours.hidden_states, embeds, rtol=0, atol=0)
     torch.testing.assert_close(ours.pooled, pooled, rtol=0, atol=0)
@@ -128,17 +127,6 @@ def test_a_json_original_size_is_read_as_img2dataset_writes_it():
     assert original_size(None, image) == (30, 40)
 
 
-def xl_pipeline(task, cls, scheduler="ddim"):
-    """diffusers' SDXL pipeline ``cls`` around a task's (or parts') frozen modules."""
-    pipe = cls(
-        vae=task.vae, text_encoder=task.text_encoder, text_encoder_2=task.text_encoder_2,
-        tokenizer=task.tokenizer, tokenizer_2=task.tokenizer_2, unet=task.unet,
-        scheduler=make_sampler(task.noise_scheduler.config, scheduler), add_watermarker=False,
-    )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "euler", "unipc"])
 def test_noise_inversion_equals_diffusers_sdxl_img2img(sampler):
     task = xl_bank()
@@ -147,7 +135,8 @@ def test_noise_inversion_equals_diffusers_sdxl_img2img(sampler):
     z0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(5))
     gens = [torch.Generator().manual_seed(7)]
     ours = task.img2img(z0, cond, uncond, gens, 0.7, 10, 4.0, 0.0, "noise", sampler)
-    pipe = xl_pipeline(task, StableDiffusionXLImg2ImgPipeline, sampler)
+    sampling = make_sampler(task.noise_scheduler.config, sampler)
+    pipe = task.parts.diffusers_pipeline(image_to_image=True, scheduler=sampling)
     reference = pipe(
         prompt_embeds=cond.hidden_states, pooled_prompt_embeds=cond.pooled, image=z0,
         strength=0.7, num_inference_steps=10, guidance_scale=4.0,
@@ -181,7 +170,7 @@ def test_exports_are_a1111_one_file_and_diffusers_pair(tmp_path):
 
 def test_diffusers_loads_the_exports_into_an_sdxl_pipeline(tmp_path):
     styles = exported(tmp_path)
-    pipe = xl_pipeline(load_parts(TINY_XL), StableDiffusionXLPipeline)
+    pipe = load_parts(TINY_XL).diffusers_pipeline(image_to_image=False)
     token = placeholder_token("monet")
     one = load_file(tmp_path / "a1111" / "artbank-monet.safetensors")
     pipe.load_textual_inversion(one["clip_l"], token=token, text_encoder=pipe.text_encoder,

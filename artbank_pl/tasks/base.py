@@ -170,14 +170,18 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         return self.text_encoder_2 is not None
 
     @property
+    def text_encoders(self) -> list:
+        """The text encoders: ``[text_encoder]``, on SDXL ``[text_encoder, text_encoder_2]``."""
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+
+    @property
     def text_widths(self) -> tuple[int, ...]:
         """The token-embedding width of each text encoder: ``(d,)``, on SDXL ``(d_l, d_g)``.
 
         A style's vectors are ``[n, sum(text_widths)]``: on SDXL each row is its CLIP-L
         vector followed by its OpenCLIP-G vector.
         """
-        encoders = [self.text_encoder, self.text_encoder_2]
-        return tuple(e.get_input_embeddings().embedding_dim for e in encoders if e is not None)
+        return tuple(e.get_input_embeddings().embedding_dim for e in self.text_encoders)
 
     @property
     def prediction_type(self) -> str:
@@ -377,8 +381,7 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
                     "trained size, uncropped"
                 )
             return self.image_time_ids(latents)
-        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        target = (latents.shape[-2] * scale, latents.shape[-1] * scale)
+        target = (latents.shape[-2] * self.vae_scale, latents.shape[-1] * self.vae_scale)
         sizes, crops = batch["original_size"], batch["crop_top_left"]
         return micro_conditioning(sizes.to(self.device), crops.to(self.device), target)
 
@@ -501,7 +504,9 @@ class FrozenDiffusionTask(SamplingMixin, LightningModule):
         noise, timesteps = self._noise_and_timesteps(latents, keys, generator)
         abar = self.alphas_cumprod(timesteps)
         noisy = diffusion.add_noise(latents, noise, abar)
-        cond = as_conditioning(encoder_hidden_states).with_time_ids(self.image_time_ids(latents))
+        cond = as_conditioning(encoder_hidden_states)
+        if cond.pooled is not None and cond.time_ids is None:  # no per-sample sizes given
+            cond = cond.with_time_ids(self.image_time_ids(latents))
         pred = self.unet_forward(noisy, timesteps, cond)
         target = diffusion.training_target(self.prediction_type, latents, noise, abar)
         losses = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))

@@ -135,8 +135,7 @@ class InverterTask(StyleTask):
         )  # fmt: skip
         if initializer_token:
             init_id = single_token_id(self.tokenizer, initializer_token)
-            encoders = [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
-            words = [e.get_input_embeddings().weight[init_id] for e in encoders]
+            words = [e.get_input_embeddings().weight[init_id] for e in self.text_encoders]
             self.inverter.init_base(torch.cat(words))
 
     def cast_frozen(self, dtype: torch.dtype) -> None:

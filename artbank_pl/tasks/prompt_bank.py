@@ -144,11 +144,6 @@ class PromptBankTask(StyleTask):
         """One bank per text encoder: ``[bank]``, on SDXL ``[bank, bank_2]``."""
         return [self.bank] if self.bank_2 is None else [self.bank, self.bank_2]
 
-    @property
-    def text_encoders(self) -> list:
-        """The text encoders, in the order of :attr:`banks`."""
-        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
-
     def _init_from_tables(self, tables: torch.Tensor) -> None:
         """Start each bank at its encoder's slice of ``[K, n, sum(text_widths)]`` tables."""
         for bank, part in zip(self.banks, tables.split(self.text_widths, dim=-1), strict=True):
@@ -156,12 +151,11 @@ class PromptBankTask(StyleTask):
 
     def _start_tables(self, source: str) -> torch.Tensor:
         """Read ``init_embeddings``: one ``[n, d]`` table per collection, checked."""
-        from artbank_pl.styles import check_widths, read_bank_styles, select_styles
+        from artbank_pl.styles import fitting_styles, read_bank_styles, select_styles
 
-        read = read_bank_styles(source)
-        for name, (_, widths) in read.items():  # an SD 1.5 file on SDXL, or the reverse
-            check_widths(name, widths, self.text_widths, f"model.init_embeddings {source}")
-        found = {name: table for name, (table, _) in read.items()}
+        # an SD 1.5 file on SDXL, or the reverse, is refused naming the option
+        label = f"model.init_embeddings {source}"
+        found = fitting_styles(read_bank_styles(source), self.text_widths, label)
         if len(found) == 1:
             tables = [next(iter(found.values()))] * len(self.collections)
         else:

@@ -112,7 +112,15 @@ def pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class SamplingMixin:
-    """Sampling for a task with ``unet``, ``vae``, ``noise_scheduler``, ``prediction_type``."""
+    """Sampling for a task with ``unet``, ``vae``, ``noise_scheduler``, ``prediction_type``.
+
+    The task also says whether it is SDXL (``is_xl``), for the micro-conditioning.
+    """
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent side (diffusers' ``vae_scale_factor``)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def image_time_ids(self, latents: torch.Tensor) -> torch.Tensor | None:
         """SDXL micro-conditioning of an uncropped image at its own size, from its latents.
@@ -120,10 +128,9 @@ class SamplingMixin:
         ``(h, w, 0, 0, h, w)`` in pixels, as diffusers' SDXL pipelines default to; ``None``
         on a model without micro-conditioning.
         """
-        if self.unet.config.get("addition_embed_type") != "text_time":
+        if not self.is_xl:
             return None
-        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        height, width = (side * scale for side in latents.shape[-2:])
+        height, width = (side * self.vae_scale for side in latents.shape[-2:])
         return upload([[height, width, 0, 0, height, width]], latents.device, torch.float32)
 
     def model_output(

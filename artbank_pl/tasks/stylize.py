@@ -13,7 +13,7 @@ from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.options import check_at_least
 from artbank_pl.styles import (
     check_width,
-    check_widths,
+    fitting_styles,
     image_files,
     invert_style_images,
     load_image,
@@ -123,9 +123,7 @@ class StylizeTask(FrozenDiffusionTask):
             channels_last=channels_last, clip_skip=clip_skip, vae=vae,
         )  # fmt: skip
         if bank:
-            for name, (_, found) in bank_styles.items():
-                check_widths(name, found, self.text_widths, bank)
-            styles = {name: table for name, (table, _) in bank_styles.items()}
+            styles = fitting_styles(bank_styles, self.text_widths, bank)
         else:
             styles, self.inverter_vision_model = invert_style_images(
                 inverter, style_images, vision_model
@@ -212,8 +210,10 @@ class StylizeTask(FrozenDiffusionTask):
         key = (self.device, self.text_encoder.dtype)
         if getattr(self, "_negative", (None, None))[0] != key:
             negative = self.hparams.negative_prompt
-            cond = self.encode([negative]) if negative or not self.is_xl else None
-            self._negative = (key, cond if cond is not None else self.empty_conditioning())
+            self._negative = (
+                key,
+                self.encode([negative]) if negative else self.empty_conditioning(),
+            )
         return self._negative[1]
 
     def _render(

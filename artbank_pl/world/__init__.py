@@ -18,22 +18,21 @@ MODEL_XL_DIR = Path(__file__).resolve().parent / "model_xl"
 
 def model_dir() -> Path:
     """Return the shipped world model folder (a diffusers folder plus ``judges/``)."""
-    if not (MODEL_DIR / "unet").is_dir():
-        raise ConfigError(
-            f"the world model is missing from {MODEL_DIR}; rebuild it with "
-            "`artbank world pretrain --output <folder>` and point pretrained at the folder"
-        )
-    return MODEL_DIR
+    return _shipped(MODEL_DIR, WORLD, "pretrain --output <folder>` and point pretrained at it")
 
 
 def model_xl_dir() -> Path:
     """Return the shipped world-xl folder (its UNet, second text encoder and scheduler)."""
-    if not (MODEL_XL_DIR / "unet").is_dir():
+    return _shipped(MODEL_XL_DIR, WORLD_XL, f"pretrain-xl --output {MODEL_XL_DIR}`")
+
+
+def _shipped(folder: Path, name: str, rebuild: str) -> Path:
+    """Return a shipped model folder, or say how to rebuild it when the install lacks it."""
+    if not (folder / "unet").is_dir():
         raise ConfigError(
-            f"the world-xl model is missing from {MODEL_XL_DIR}; rebuild it with "
-            "`artbank world pretrain-xl --output <folder>`"
+            f"the {name} model is missing from {folder}; rebuild it with `artbank world {rebuild}"
         )
-    return MODEL_XL_DIR
+    return folder
 
 
 def judges_dir(name: str) -> Path:

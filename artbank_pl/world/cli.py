@@ -116,24 +116,11 @@ def _images(argv: Sequence[str]) -> int:
     return 0
 
 
-def _pretrain(argv: Sequence[str]) -> int:
-    from artbank_pl.world.pretrain import pretrain
-
-    parser = _parser(
-        "pretrain",
-        "Pretrain the world's miniature SD (VAE, UNet) and judges from scratch.",
-        "diffusers folder to write",
-    )
-    defaults = _defaults(pretrain)
-    for name in ("vae_steps", "unet_steps", "dataset_size"):
+def _unet_recipe_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    """Add the UNet recipe's options that ``pretrain`` and ``pretrain-xl`` share."""
+    for name in ("unet_steps", "dataset_size"):
         parser.add_argument("--" + name.replace("_", "-"), type=int_at_least(1),
                             default=defaults[name], help=name.replace("_", " "))  # fmt: skip
-    parser.add_argument(
-        "--judge-steps",
-        type=int_at_least(0),
-        default=defaults["judge_steps"],
-        help="steps of each judge; 0 leaves them out (artbank world judges)",
-    )
     parser.add_argument(
         "--min-snr-gamma",
         type=float_at_least(0.0),
@@ -145,6 +132,26 @@ def _pretrain(argv: Sequence[str]) -> int:
         type=float_at_least(0.0),
         default=defaults["noise_offset"],
         help="offset noise of the UNet's training (per-channel constants); 0 turns it off",
+    )
+
+
+def _pretrain(argv: Sequence[str]) -> int:
+    from artbank_pl.world.pretrain import pretrain
+
+    parser = _parser(
+        "pretrain",
+        "Pretrain the world's miniature SD (VAE, UNet) and judges from scratch.",
+        "diffusers folder to write",
+    )
+    defaults = _defaults(pretrain)
+    parser.add_argument("--vae-steps", type=int_at_least(1), default=defaults["vae_steps"],
+                        help="vae steps")  # fmt: skip
+    _unet_recipe_options(parser, defaults)
+    parser.add_argument(
+        "--judge-steps",
+        type=int_at_least(0),
+        default=defaults["judge_steps"],
+        help="steps of each judge; 0 leaves them out (artbank world judges)",
     )
     opts = parser.parse_args(argv)
     print(json.dumps(pretrain(**vars(opts)), indent=2))
@@ -160,14 +167,7 @@ def _pretrain_xl(argv: Sequence[str]) -> int:
         "encoders, pooled text, micro-conditioning), on the world model's autoencoder.",
         "folder to write (unet/, text_encoder_2/, scheduler/, recipe.json)",
     )
-    defaults = _defaults(pretrain_xl)
-    for name in ("unet_steps", "dataset_size"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int_at_least(1),
-                            default=defaults[name], help=name.replace("_", " "))  # fmt: skip
-    for name in ("min_snr_gamma", "noise_offset"):
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=float_at_least(0.0), default=defaults[name],
-                            help=f"{name.replace('_', ' ')}; 0 turns it off")  # fmt: skip
+    _unet_recipe_options(parser, _defaults(pretrain_xl))
     opts = parser.parse_args(argv)
     print(json.dumps(pretrain_xl(**vars(opts)), indent=2))
     return 0

@@ -262,25 +262,38 @@ def pretrain(
     )  # fmt: skip
     unet_done = time.monotonic()
     judges = train_judges(output / "judges", seed, judge_steps) if judge_steps else None
-    window = max(1, min(200, unet_steps // 10))
     save_model(output, unet, vae, parts)
+    options = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps,
+               "dataset_size": dataset_size, "judge_steps": judge_steps,
+               "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset}  # fmt: skip
+    seconds = {"vae": round(vae_done - started, 1), "unet": round(unet_done - vae_done, 1),
+               "total": round(time.monotonic() - started, 1)}  # fmt: skip
+    return write_recipe(output, "pretrain", options, losses, seconds, judges=judges)
+
+
+def write_recipe(
+    output: Path, command: str, options: dict, losses: list[float], seconds, **more
+) -> dict:
+    """Write ``recipe.json``: the command that rebuilds the folder, versions, time and losses.
+
+    Args:
+        output: the model folder.
+        command: the ``artbank world`` subcommand (``pretrain``, ``pretrain-xl``).
+        options: its options by keyword (each becomes ``--name value``).
+        losses: the UNet's per-step losses.
+        seconds: the time taken (a number or a dict of stages).
+        **more: further entries.
+    """
+    flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in options.items())
+    window = max(1, min(200, len(losses) // 10))
     summary = {
-        "command": (
-            f"artbank world pretrain --output {output} --seed {seed} --vae-steps {vae_steps} "
-            f"--unet-steps {unet_steps} --dataset-size {dataset_size} --judge-steps {judge_steps} "
-            f"--min-snr-gamma {min_snr_gamma} --noise-offset {noise_offset}"
-        ),
+        "command": f"artbank world {command} --output {output} {flags}",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
-        "seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps,
-        "dataset_size": dataset_size, "judge_steps": judge_steps, "min_snr_gamma": min_snr_gamma,
-        "noise_offset": noise_offset,
-        "seconds": {"vae": round(vae_done - started, 1), "unet": round(unet_done - vae_done, 1),
-                    "total": round(time.monotonic() - started, 1)},
+        **options, "seconds": seconds,
         # mean loss over the first and the last 200 steps (a tenth of short runs)
         "unet_loss_start": float(np.mean(losses[:window])),
         "unet_loss_end": float(np.mean(losses[-window:])),
-        "judges": judges,
-        "styles": list(STYLES), "shapes": list(SHAPES),
+        **more, "styles": list(STYLES), "shapes": list(SHAPES),
     }  # fmt: skip
     (output / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

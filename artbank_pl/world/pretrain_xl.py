@@ -11,8 +11,8 @@ model's size:
   come from a low-resolution original (rendered, shrunk to 8-24 px and enlarged back:
   ``original_size`` says so), an eighth are crops of an enlarged scene (``crop_top_left``
   and the enlarged size), the rest are whole 32 px scenes ``(32, 32, 0, 0, 32, 32)``, the
-  conditioning sampling uses (version 1 used a quarter each: its img2img drew stripes
-  less often, README "SDXL");
+  conditioning sampling uses (version 1 used a quarter each: its bank drew stripes less
+  often, README "world-xl");
 - a dropped caption is all zeros, hidden states and pooled embedding, which is what SDXL
   pipelines guide against (``force_zeros_for_empty_prompt``).
 
@@ -25,12 +25,10 @@ noise 0.1, 5,500 steps at batch 32 with an EMA).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-import diffusers
 import numpy as np
 import torch
 from PIL import Image
@@ -38,7 +36,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from artbank_pl.sd import TINY_XL, load_parts, openclip_tokenizer, preset_config
 from artbank_pl.tasks.conditioning import repad
-from artbank_pl.world.pretrain import UNET_CONFIG, to_pixels, train_unet
+from artbank_pl.world.pretrain import UNET_CONFIG, to_pixels, train_unet, write_recipe
 from artbank_pl.world.scenes import SHAPES, SIZE, STYLES, caption, sample_batch
 
 log = logging.getLogger(__name__)
@@ -158,20 +156,7 @@ def pretrain_xl(
         unet_config=UNET_XL_CONFIG, pooled=pooled, time_ids=time_ids,
     )  # fmt: skip
     save_model_xl(output, unet, text_encoder_2, world.noise_scheduler)
-    window = max(1, min(200, unet_steps // 10))
-    summary = {
-        "command": (
-            f"artbank world pretrain-xl --output {output} --seed {seed} --unet-steps "
-            f"{unet_steps} --dataset-size {dataset_size} --min-snr-gamma {min_snr_gamma} "
-            f"--noise-offset {noise_offset}"
-        ),
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
-        "seed": seed, "unet_steps": unet_steps, "dataset_size": dataset_size,
-        "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset,
-        "seconds": round(time.monotonic() - started, 1),
-        "unet_loss_start": float(np.mean(losses[:window])),
-        "unet_loss_end": float(np.mean(losses[-window:])),
-        "styles": list(STYLES), "shapes": list(SHAPES),
-    }  # fmt: skip
-    (output / "recipe.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    options = {"seed": seed, "unet_steps": unet_steps, "dataset_size": dataset_size,
+               "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset}  # fmt: skip
+    seconds = round(time.monotonic() - started, 1)
+    return write_recipe(output, "pretrain-xl", options, losses, seconds)
