@@ -12,7 +12,10 @@ the output is judged as the *painting's* shape where the photograph's differs (a
 that copies the painting's content, not its style, scores high there).
 
 Options are the inverter's (``--features``, ``--no-image-queries``, ``--learned-base``) and
-the stylization's (``--strength``, ``--guidance``). Prints a json line per style and a mean.
+the stylization's (``--strengths``, ``--guidance``, ``--adain``: start from the held-out
+painting's latent statistics). ``--seed-offset`` draws other training paintings, held-out
+paintings and photographs, to choose options on one draw and report on another. Prints a
+json line per style and strength and a mean per strength.
 ``--steps 0`` is the control: the same prompt with an untrained inverter (its token the
 zero vector), what the prompt and the model give without any style learned.
 """
@@ -50,7 +53,8 @@ def quiet_trainer(**kwargs) -> Trainer:
 
 def train_inverter(style: str, root: Path, args) -> Path:
     """Fit one inverter on 24 paintings of ``style``; return its checkpoint."""
-    write_images(root / "train", [style], per_style=24, photos=0, seed=TRAIN_SEED)
+    write_images(root / "train", [style], per_style=24, photos=0,
+                 seed=TRAIN_SEED + args.seed_offset)  # fmt: skip
     build_shards(root / "train/collections", root / "shards", size=32, image_format="png")
     task = InverterTask(
         collections=[style_slug(style)], pretrained="world", vision_model=args.vision_model,
@@ -61,27 +65,31 @@ def train_inverter(style: str, root: Path, args) -> Path:
         lr_schedule="cosine",
     )  # fmt: skip
     data = ArtworkDataModule(str(root / "shards/manifest.json"), resolution=32, batch_size=8,
-                             num_workers=0, samples_per_epoch=8 * max(1, args.steps))  # fmt: skip
+                             num_workers=0, samples_per_epoch=8 * max(1, args.steps),
+                             random_flip=args.flip)  # fmt: skip
     trainer = quiet_trainer(max_steps=args.steps, limit_val_batches=0, enable_checkpointing=False)
     trainer.fit(task, data)
     trainer.save_checkpoint(root / "inst.ckpt")
     return root / "inst.ckpt"
 
 
-def judge_stylization(style: str, ckpt: Path, root: Path, args, judges) -> dict:
+def judge_stylization(style: str, ckpt: Path, root: Path, args, judges, strength: float) -> dict:
     """Stylize held-out photographs with a held-out painting; judge the outputs."""
     # a seed per style, so the held-out paintings are not all the same shape
-    painting = write_images(root / "painting", [style], per_style=1, photos=0,
-                            seed=PAINTING_SEED + STYLES.index(style))  # fmt: skip
+    seed = PAINTING_SEED + args.seed_offset + STYLES.index(style)
+    painting = write_images(root / f"painting{strength:g}", [style], per_style=1, photos=0,
+                            seed=seed)  # fmt: skip
     painting_path = next(iter(painting.values()))[0]
     painting_shape = painting_path.with_suffix(".txt").read_text().strip().removeprefix("a ")
-    photos = write_images(root / "photos", [], per_style=0, photos=args.photos, seed=PHOTO_SEED)
+    photos = write_images(root / f"photos{strength:g}", [], per_style=0, photos=args.photos,
+                          seed=PHOTO_SEED + args.seed_offset)  # fmt: skip
     task = StylizeTask(
         inverter=str(ckpt), style_images=[str(painting_path)], prompt="{caption} in * style",
-        pretrained="world", strength=args.strength, guidance_scale=args.guidance,
-        steps=args.sample_steps,
+        pretrained="world", strength=strength, guidance_scale=args.guidance,
+        steps=args.sample_steps, adain=args.adain,
     )  # fmt: skip
-    data = ContentDataModule(str(root / "photos/photographs"), resolution=32, batch_size=8,
+    data = ContentDataModule(str(root / f"photos{strength:g}/photographs"), resolution=32,
+                             batch_size=8,
                              num_workers=0)  # fmt: skip
     predictions = quiet_trainer().predict(task, data)
     by_key = {k: img for p in predictions for k, img in zip(p["keys"], p["images"], strict=True)}
@@ -96,7 +104,7 @@ def judge_stylization(style: str, ckpt: Path, root: Path, args, judges) -> dict:
     copied = sum(judged[i] == painting_shape for i in differs) / max(1, len(differs))
     iou = float(judges.content_iou(outputs, contents).mean())
     return {
-        "style": style, "style_accuracy": round(style_acc, 3),
+        "style": style, "strength": strength, "style_accuracy": round(style_acc, 3),
         "shape_accuracy": round(shape_acc, 3), "content_iou": round(iou, 3),
         "painting_shape_copied": round(copied, 3), "painting_shape": painting_shape,
     }  # fmt: skip
@@ -112,7 +120,10 @@ def main() -> None:
     parser.add_argument("--features", choices=("patch", "pooled"), default="pooled")
     parser.add_argument("--no-image-queries", dest="image_queries", action="store_false")
     parser.add_argument("--learned-base", action="store_true")
-    parser.add_argument("--strength", type=float, default=0.8)
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.8])
+    parser.add_argument("--adain", action="store_true")
+    parser.add_argument("--flip", action="store_true", help="random flips in training")
+    parser.add_argument("--seed-offset", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=10.0)
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--photos", type=int, default=16)
@@ -126,11 +137,14 @@ def main() -> None:
     for style in args.styles:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = train_inverter(style, Path(tmp), args)
-            rows.append(judge_stylization(style, ckpt, Path(tmp), args, judges))
-        print(json.dumps(rows[-1]), flush=True)
+            for strength in args.strengths:
+                rows.append(judge_stylization(style, ckpt, Path(tmp), args, judges, strength))
+                print(json.dumps(rows[-1]), flush=True)
     keys = ("style_accuracy", "shape_accuracy", "content_iou", "painting_shape_copied")
-    print(json.dumps({"mean": {k: round(float(np.mean([r[k] for r in rows])), 3) for k in keys},
-                      "options": vars(args)}))  # fmt: skip
+    for strength in args.strengths:
+        at = [r for r in rows if r["strength"] == strength]
+        means = {k: round(float(np.mean([r[k] for r in at])), 3) for k in keys}
+        print(json.dumps({"strength": strength, "mean": means, "options": vars(args)}))
 
 
 if __name__ == "__main__":

@@ -208,7 +208,9 @@ class ArtworkDataModule(LightningDataModule):
             take their ``.txt``.
         resolution: training image side in pixels.
         center_crop: crop from the centre in training instead of at random.
-        random_flip: random horizontal flips in training.
+        random_flip: random horizontal flips in training. Turn them off for a style that
+            is not mirror-symmetric at the pixel level (a mosaic or pixel-art grid at fixed
+            pixels, lettering): a mirrored sample teaches the grid a pixel off.
         batch_size: samples per batch and per device.
         val_batch_size: validation batch size (default: ``batch_size``).
         num_workers: dataloader workers per device.
