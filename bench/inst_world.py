@@ -73,27 +73,31 @@ def train_inverter(style: str, root: Path, args) -> Path:
     return root / "inst.ckpt"
 
 
-def judge_stylization(style: str, ckpt: Path, root: Path, args, judges, strength: float) -> dict:
-    """Stylize held-out photographs with a held-out painting; judge the outputs."""
+def write_held_out(style: str, root: Path, args) -> tuple[Path, list[Path]]:
+    """Write a painting of ``style`` and the photographs the inverter never saw."""
     # a seed per style, so the held-out paintings are not all the same shape
     seed = PAINTING_SEED + args.seed_offset + STYLES.index(style)
-    painting = write_images(root / f"painting{strength:g}", [style], per_style=1, photos=0,
-                            seed=seed)  # fmt: skip
-    painting_path = next(iter(painting.values()))[0]
-    painting_shape = painting_path.with_suffix(".txt").read_text().strip().removeprefix("a ")
-    photos = write_images(root / f"photos{strength:g}", [], per_style=0, photos=args.photos,
+    painting = write_images(root / "painting", [style], per_style=1, photos=0, seed=seed)
+    photos = write_images(root / "photos", [], per_style=0, photos=args.photos,
                           seed=PHOTO_SEED + args.seed_offset)  # fmt: skip
+    return next(iter(painting.values()))[0], sorted(photos["photographs"])
+
+
+def judge_stylization(
+    style: str, ckpt: Path, held_out: tuple[Path, list[Path]], args, judges, strength: float
+) -> dict:
+    """Stylize held-out photographs with a held-out painting at ``strength``; judge them."""
+    painting_path, files = held_out
+    painting_shape = painting_path.with_suffix(".txt").read_text().strip().removeprefix("a ")
     task = StylizeTask(
         inverter=str(ckpt), style_images=[str(painting_path)], prompt="{caption} in * style",
         pretrained="world", strength=strength, guidance_scale=args.guidance,
         steps=args.sample_steps, adain=args.adain,
     )  # fmt: skip
-    data = ContentDataModule(str(root / f"photos{strength:g}/photographs"), resolution=32,
-                             batch_size=8,
+    data = ContentDataModule(str(files[0].parent), resolution=32, batch_size=8,
                              num_workers=0)  # fmt: skip
     predictions = quiet_trainer().predict(task, data)
     by_key = {k: img for p in predictions for k, img in zip(p["keys"], p["images"], strict=True)}
-    files = sorted(photos["photographs"])
     outputs = torch.stack([by_key[f.stem] for f in files]).permute(0, 3, 1, 2).float() / 255
     contents = torch.stack([torch.from_numpy(np.asarray(Image.open(f))) for f in files])
     contents = contents.permute(0, 3, 1, 2).float() / 255
@@ -137,8 +141,9 @@ def main() -> None:
     for style in args.styles:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = train_inverter(style, Path(tmp), args)
+            held_out = write_held_out(style, Path(tmp), args)
             for strength in args.strengths:
-                rows.append(judge_stylization(style, ckpt, Path(tmp), args, judges, strength))
+                rows.append(judge_stylization(style, ckpt, held_out, args, judges, strength))
                 print(json.dumps(rows[-1]), flush=True)
     keys = ("style_accuracy", "shape_accuracy", "content_iou", "painting_shape_copied")
     for strength in args.strengths:
