@@ -86,16 +86,8 @@ def main() -> None:
         styles = [name.strip() for name in names.split(",")]
         slugs = "-".join(style_slug(style) for style in styles)
         folder = Path(args.output) / f"set{number}-{slugs}-seed{args.seed}"
-        rows.append(
-            run_set(
-                styles,
-                args.seed,
-                folder,
-                args.pretrained,
-                args.fit_args.split(),
-                tuple(args.strengths),
-            )
-        )
+        fit_args, strengths = args.fit_args.split(), tuple(args.strengths)
+        rows.append(run_set(styles, args.seed, folder, args.pretrained, fit_args, strengths))
         print(json.dumps(rows[-1]), flush=True)
     (Path(args.output) / "bank_styles.json").write_text(json.dumps(rows, indent=2) + "\n")
 
