@@ -47,20 +47,42 @@ def test_the_data_path_bench_gives_every_row_with_all_images_counted():
 
 
 @pytest.mark.slow
-def test_study_runs_every_arm_and_writes_its_files(tmp_path):
+def test_study_tunes_every_arm_on_held_out_worlds_and_reports_intervals(tmp_path):
     cmd = [
-        sys.executable, str(ROOT / "bench/study.py"), "--seeds", "0", "--steps", "2",
-        "--inst-steps", "2", "--every", "1", "--output", str(tmp_path),
+        sys.executable, str(ROOT / "bench/study.py"), "--seeds", "0", "1", "--tuning-seeds", "7",
+        "--steps", "2", "--every", "1", "--lrs", "0.01", "0.03", "--inverter-lrs", "1e-3",
+        "--painting-styles", "dotted", "--photos", "8", "--sampling-strengths", "0.7",
+        "--output", str(tmp_path),
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     study = json.loads((tmp_path / "study.json").read_text())
-    arms = {"ssam", "ssam-lr-same", "self", "none", "ssam-default-templates", "patch", "pooled",
-            "embedding"}  # fmt: skip
-    assert set(study["summary"]) == arms
-    assert [row["step"] for row in study["curves"]["ssam"][0]] == [0, 1, 2]
-    assert {"stochastic 0.7", "noise 0.7", "ddim 0.7", "adain on", "dpmsolver++ 20"} <= set(
-        study["sampling"]
+    arms = {"ssam", "self", "none", "inverter", "embedding"}
+    assert set(study["chosen"]) == arms == set(study["summary"]["arms"])
+    for arm in ("ssam", "self", "none", "embedding"):  # chosen from its grid, every rate tried
+        assert study["chosen"][arm]["lr"] in (0.01, 0.03)
+        assert set(study["chosen"][arm]["tuning"]) == {"0.01", "0.03"}
+    assert study["chosen"]["inverter"]["lr"] == 1e-3
+    assert set(study["seeds"]) == {"0", "1"}
+    for result in study["seeds"].values():
+        assert [row["step"] for row in result["curves"]["ssam"]] == [0, 1, 2]
+        assert set(result["curves"]) == {"ssam", "self", "none", "inverter dotted",
+                                         "embedding dotted"}  # fmt: skip
+        assert "copied" in result["curves"]["inverter dotted"][-1]
+    style = study["summary"]["arms"]["ssam"]["style"]
+    assert style["n"] == 2 and style["half_width"] is not None
+    assert {"ssam - none", "inverter - embedding"} <= set(study["summary"]["pairs"])
+    assert {"stochastic - noise at 0.7", "adain on - off", "dpmsolver++ 20 - ddim 50"} <= set(
+        study["summary"]["sampling_pairs"]
     )
+    assert "| ssam |" in (tmp_path / "study.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert (tmp_path / "tradeoff.png").stat().st_size > 0
+
+
+def test_the_study_refuses_tuning_on_a_reported_seed(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench/study.py"), "--seeds", "0", "1", "--tuning-seeds",
+           "1", "--output", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2
+    assert "--tuning-seeds must differ from --seeds" in result.stderr

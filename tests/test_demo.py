@@ -34,6 +34,7 @@ def test_every_step_reads_what_an_earlier_step_wrote(tmp_path):
     commands = [args[0] for _, args in steps]
     assert commands[:3] == ["world", "shards", "fit"] and commands[-1] == "test"
     assert commands.count("fit") == 2 and commands.count("predict") == 2
+    assert commands.count("test") == 2  # the bank's evaluation and the inverter's
     written = {args[args.index("--output") + 1] for _, args in steps if "--output" in args}
     for _, args in steps:
         if args[0] == "export":

@@ -108,15 +108,17 @@ def test_the_installed_wheel_runs_the_quickstart_from_an_empty_folder(installed,
 
 @pytest.mark.slow
 def test_the_installed_wheel_runs_the_whole_demo_from_an_empty_folder(installed, tmp_path):
-    from artbank_pl.demo import results_table
+    from artbank_pl.demo import INST_REPORT, results_table
 
     bin_dir, env = installed
     printed = run([str(bin_dir / "artbank"), "demo", "--output", "my demo"], tmp_path, env)
     out = tmp_path / "my demo"
-    assert printed.count("[demo ") == 12 and "[demo 12/12] evaluation" in printed
-    for made in ("grid.png", "report/report.html", "export", "inst/export", "configs"):
+    assert printed.count("[demo ") == 13 and "[demo 13/13] the inverter's evaluation" in printed
+    for made in ("grid.png", "report/report.html", f"{INST_REPORT}/report.html", "export",
+                 "inst/export", "configs"):  # fmt: skip
         assert (out / made).exists(), made
     assert len(list((out / "stylized").glob("*/*.png"))) == 3 * 8
-    # the table it ends with is the evaluation's own figures
-    assert printed.rstrip().endswith(results_table(out / "report" / "metrics.json"))
+    # the tables it ends with are the evaluations' own figures, the bank's then the inverter's
+    bank, inverter = (results_table(out / f / "metrics.json") for f in ("report", INST_REPORT))
+    assert printed.rstrip().endswith(inverter) and bank in printed
     assert not (tmp_path / "outputs").exists(), "nothing may land in the shipped folder"

@@ -21,6 +21,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from artbank_pl.config_files import shipped_config_path
 from artbank_pl.datamodules import ArtworkDataModule, build_shards
 from artbank_pl.datamodules.shards import manifest_collections, read_manifest
+from artbank_pl.demo import INST_STYLIZE
 from artbank_pl.export import write_embeddings
 from artbank_pl.styles import load_image
 from artbank_pl.tasks import InverterTask, PromptBankTask
@@ -240,7 +241,7 @@ def test_the_demo_inverter_transfers_a_held_out_paintings_style_not_its_shape(wo
     painting_shape = world.judges.predict("content", (held_out[None] + 1) / 2)[0]
     config = shipped("quickstart-inst")
     task = InverterTask(**{**config["model"]["init_args"], "collections": [style]})
-    options = {"adain": False}  # the demo's inverter predict: the bank's prompt, no AdaIN
+    options = INST_STYLIZE  # the demo's inverter predict: the bank's prompt, its AdaIN, strength
     style_before, _ = world.judge(task, 0, style, held_out, **options)
     fit(task.train(), tmp_path / "shards/manifest.json", config, tmp_path)
     out = world.stylized(task, 0, held_out, **options)

@@ -36,6 +36,7 @@ from artbank_pl.world.scenes import (
     sample_batch,
     shape_mask,
 )
+from artbank_pl.world.structure import STRIPE_SHARE_MIN, stripe_share
 
 log = logging.getLogger(__name__)
 KINDS = {"style": (*STYLES, OTHER), "content": SHAPES}
@@ -95,12 +96,18 @@ class MaskJudge(nn.Module):
         return self.net(images * 2 - 1)[:, 0]
 
 
-def _mask_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` scenes of random shapes and styles with their true shape masks."""
+def mask_batch(
+    rng: np.random.Generator, n: int, styles: tuple[str, ...] = STYLES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` scenes of random shapes and ``styles`` with their true shape masks.
+
+    Returns:
+        images ``[n, 3, SIZE, SIZE]`` in ``[0, 1]`` and masks ``[n, SIZE, SIZE]`` (0 or 1).
+    """
     images, masks = [], []
     for _ in range(n):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        style = STYLES[int(rng.integers(len(STYLES)))]
+        style = styles[int(rng.integers(len(styles)))]
         layout = random_layout(rng)
         images.append(render(shape, style, rng, layout))
         masks.append(shape_mask(shape, *layout))
@@ -122,7 +129,7 @@ def train_mask_judge(seed: int, steps: int, batch_size: int = 64) -> tuple[MaskJ
     judge = MaskJudge()
     optimizer = torch.optim.AdamW(judge.parameters(), lr=2e-3)
     for step in range(steps):
-        x, y = _mask_batch(rng, batch_size)
+        x, y = mask_batch(rng, batch_size)
         loss = F.binary_cross_entropy_with_logits(judge(degrade(x, gen)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -130,7 +137,7 @@ def train_mask_judge(seed: int, steps: int, batch_size: int = 64) -> tuple[MaskJ
         if (step + 1) % 100 == 0:
             log.info("mask judge step %d/%d: loss %.4f", step + 1, steps, loss.item())
     judge.eval().requires_grad_(False)
-    x, y = _mask_batch(np.random.default_rng([seed, 99]), 512)
+    x, y = mask_batch(np.random.default_rng([seed, 99]), 512)
     return judge, float(mask_iou(judge(x) > 0, y > 0.5).mean())
 
 
@@ -211,23 +218,29 @@ def train_judges(folder: str | Path, seed: int = 0, steps: int = 500) -> dict[st
         save_file(models[kind].state_dict(), folder / f"{kind}.safetensors")
     mask, accuracies["mask_iou"] = train_mask_judge(seed, steps)
     save_file(mask.state_dict(), folder / "mask.safetensors")
-    meta = {
-        "classes": {k: list(v) for k, v in KINDS.items()},
-        "held_out_accuracy": accuracies,
-        "probe": probe_table(models["style"], seed),
-    }
+    meta = {"classes": {k: list(v) for k, v in KINDS.items()}, "held_out_accuracy": accuracies}
     (folder / "judges.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_probe_table(folder, seed)
     return accuracies
 
 
+def write_probe_table(folder: str | Path, seed: int = 0) -> dict[str, dict]:
+    """Put the judges' answers on the probe set (:func:`probe_table`) into ``judges.json``."""
+    meta_path = Path(folder) / "judges.json"
+    meta = json.loads(meta_path.read_text())
+    meta["probe"] = probe_table(Judges(folder), seed)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta["probe"]
+
+
 @torch.no_grad()
-def probe_table(style_judge: Judge, seed: int = 0, per_kind: int = 64) -> dict[str, dict]:
-    """Return the style judge's answers on the probe set, as shares per answer and row.
+def probe_table(judges: Judges, seed: int = 0, per_kind: int = 64) -> dict[str, dict]:
+    """Return the style verdicts on the probe set, as shares per answer and row.
 
     Rows: each negative kind (must be ``other``) and each style, clean and degraded
     (must be that style). The probe scenes come from seeds the judge never trained on.
+    The verdicts are :meth:`Judges.predict`'s, the stripe check included.
     """
-    names = KINDS["style"]
     rows = {f"no style: {kind}": to_unit(images) for kind, images in probe_set(per_kind).items()}
     rng = np.random.default_rng([seed, 1234])
     gen = torch.Generator().manual_seed(seed + 1234)
@@ -237,9 +250,9 @@ def probe_table(style_judge: Judge, seed: int = 0, per_kind: int = 64) -> dict[s
         rows[f"{style}, degraded as in training"] = degrade(to_unit(images), gen)
     table = {}
     for row, images in rows.items():
-        votes = style_judge(images).argmax(1).tolist()
-        shares = {names[i]: round(votes.count(i) / len(votes), 3) for i in sorted(set(votes))}
-        table[row] = dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+        votes = judges.predict("style", images)
+        shares = {name: round(votes.count(name) / len(votes), 3) for name in set(votes)}
+        table[row] = dict(sorted(shares.items(), key=lambda kv: (-kv[1], kv[0])))
     return table
 
 
@@ -269,13 +282,29 @@ class Judges:
 
     @torch.no_grad()
     def predict(self, kind: str, images: torch.Tensor) -> list[str]:
-        """Class names of ``[B, 3, H, W]`` images in ``[0, 1]`` (uint8 is rescaled)."""
+        """Class names of ``[B, 3, H, W]`` images in ``[0, 1]`` (uint8 is rescaled).
+
+        A ``striped`` style verdict stands only if the image has stripes' structure
+        (:func:`~artbank_pl.world.structure.stripe_share` inside the mask judge's shape);
+        otherwise it is ``other``: colour blobs fool the CNN, not the spectrum.
+        """
         if images.dtype == torch.uint8:
             images = images.float() / 255
         model = self.models[kind]
         device = next(model.parameters()).device
-        logits = model(images.float().to(device))
-        return [self.classes[kind][i] for i in logits.argmax(1).tolist()]
+        images = images.float().to(device)
+        names = [self.classes[kind][i] for i in model(images).argmax(1).tolist()]
+        if kind == "style" and self.mask is not None and "striped" in names:
+            names = self._check_stripes(images, names)
+        return names
+
+    def _check_stripes(self, images: torch.Tensor, names: list[str]) -> list[str]:
+        """Turn the ``striped`` verdicts without stripes' structure into ``other``."""
+        if images.shape[-2:] != (SIZE, SIZE):
+            images = F.interpolate(images, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+        shares = stripe_share(images, self.mask(images) > 0).tolist()
+        return [OTHER if name == "striped" and share < STRIPE_SHARE_MIN else name
+                for name, share in zip(names, shares, strict=True)]  # fmt: skip
 
     def accuracy(
         self, images: torch.Tensor, style: str, contents: list[str]

@@ -19,6 +19,7 @@ from artbank_pl.world.scenes import (
     SHAPES,
     SIZE,
     _blur,
+    _colour,
     _light_background,
     _saturated,
     random_layout,
@@ -70,6 +71,24 @@ def _rainbow_blobs(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     return canvas * (1 - soft) + blobs * soft
 
 
+def _stripe_palette_blobs(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """Paint the stripes' two colours (a vivid one and a dark one) as smooth blobs.
+
+    What the world model draws for "a circle in striped style": the palette without the
+    stripes. The CNN judge alone reads a quarter of these as striped; the stripe check
+    (:mod:`artbank_pl.world.structure`) rejects them.
+    """
+    vivid, dark = _saturated(rng), _colour(rng, 0.0, 0.3)
+    cells = int(rng.integers(3, 7))
+    step = -(-SIZE // cells)
+    coarse = (rng.random((cells, cells)) < 0.5).astype(np.float32)
+    field = np.repeat(np.repeat(coarse, step, 0), step, 1)[:SIZE, :SIZE, None]
+    field = _blur(np.repeat(field, 3, -1), int(rng.integers(1, 3)))
+    canvas = _light_background(rng)
+    canvas[mask] = (field * vivid + (1 - field) * dark)[mask]
+    return canvas
+
+
 def _two_colour_halves(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     """Two flat colours split by a line through the shape's centre (each holds a good part)."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
@@ -100,6 +119,7 @@ NEGATIVES: dict[str, Callable[[np.random.Generator, np.ndarray], np.ndarray]] = 
     "pixel colours": _pixel_colours,
     "colour patches": _colour_patches,
     "rainbow blobs": _rainbow_blobs,
+    "stripe-palette blobs": _stripe_palette_blobs,
     "two-colour halves": _two_colour_halves,
     "over-blurred style": _over_blurred,
     "noise": _noise,
