@@ -252,8 +252,7 @@ def tune(worlds: list[WorldDraw], args) -> dict:
         scores = {}
         for lr in grid:
             runs = []
-            for world in worlds:
-                seed = args.tuning_seeds[worlds.index(world)]
+            for world, seed in zip(worlds, args.tuning_seeds, strict=True):
                 log.info("tune %s lr %g seed %d", arm, lr, seed)
                 if arm in BANK_ARMS:
                     runs.append(final_score(bank_run(world, arm, lr, seed, args, 0)[1]))

@@ -10,7 +10,9 @@ that names the shape cannot supply.
 
 The style judge has a reject class, ``other``, trained on scenes that are no style
 (:mod:`artbank_pl.world.negatives`), so colour noise or blobs are not read as "striped";
-its answers on a fixed probe set are kept in ``judges.json``.
+and a ``striped`` verdict also needs stripes' structure in the spectrum
+(:mod:`artbank_pl.world.structure`; judges with a mask judge), which the model's own
+colour blobs lack. The answers on a fixed probe set are kept in ``judges.json``.
 """
 
 from __future__ import annotations
