@@ -103,9 +103,7 @@ def judge_stylization(
     contents = contents.permute(0, 3, 1, 2).float() / 255
     shapes = [f.with_suffix(".txt").read_text().strip().removeprefix("a ") for f in files]
     style_acc, shape_acc = judges.accuracy(outputs, style, shapes)
-    judged = judges.predict("content", outputs)
-    differs = [i for i, s in enumerate(shapes) if s != painting_shape]
-    copied = sum(judged[i] == painting_shape for i in differs) / max(1, len(differs))
+    copied = judges.shape_copied(outputs, shapes, painting_shape)
     iou = float(judges.content_iou(outputs, contents).mean())
     return {
         "style": style, "strength": strength, "style_accuracy": round(style_acc, 3),

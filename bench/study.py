@@ -107,12 +107,10 @@ class WorldDraw:
         iou = float(self.judges.content_iou(images, (self.photos + 1) / 2).mean())
         row = {"style": style_acc, "shape": shape_acc, "iou": iou}
         if painting_shape is not None:
-            judged = self.judges.predict("content", images)
-            differs = [i for i, s in enumerate(self.shapes) if s != painting_shape]
-            row["copied"] = sum(judged[i] == painting_shape for i in differs) / len(differs)
+            row["copied"] = self.judges.shape_copied(images, self.shapes, painting_shape)
         return row
 
-    def stylize(self, task, collection: int, reference, style: str, seed: int, **options):
+    def stylize(self, task, collection: int, reference, seed: int, **options):
         """Stylize the photographs with ``task``'s ``collection`` in the study's prompt form."""
         options = {**PROBE, **options}
         return task.stylize(self.photos.to(task.device), collection, reference, seed=seed,
@@ -141,7 +139,7 @@ class Probe(Callback):
         task.eval()
         row: dict = {"step": step}
         for k, style, reference, painting_shape in self.styles:
-            out = self.world.stylize(task, k, reference, style, self.seed, strength=self.strength)
+            out = self.world.stylize(task, k, reference, self.seed, strength=self.strength)
             row[style] = self.world.judge(out, style, painting_shape)
         for measure in row[self.styles[0][1]]:
             row[measure] = float(np.mean([row[s[1]][measure] for s in self.styles]))
@@ -223,7 +221,7 @@ def sampling_run(world: WorldDraw, task: PromptBankTask, seed: int, args) -> dic
     task.eval()
     results = {}
     for name, options in settings.items():
-        rows = [world.judge(world.stylize(task, k, world.exemplars[k], style, seed, **options),
+        rows = [world.judge(world.stylize(task, k, world.exemplars[k], seed, **options),
                             style)
                 for k, style in enumerate(world.bank_styles)]  # fmt: skip
         results[name] = {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}

@@ -7,11 +7,13 @@ bench carries no scipy).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 
+@functools.cache  # a summary asks for the same few quantiles ~100 times
 def t_quantile(probability: float, df: int) -> float:
     """Return the ``probability`` quantile (> 0.5) of Student's t with ``df`` degrees of freedom.
 

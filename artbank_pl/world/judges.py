@@ -325,6 +325,21 @@ class Judges:
         content_hits = [a == b for a, b in zip(shapes, contents, strict=True)]
         return float(np.mean(style_hits)), float(np.mean(content_hits))
 
+    def shape_copied(self, images: torch.Tensor, shapes: list[str], source_shape: str) -> float:
+        """Share of outputs judged to show ``source_shape`` where the content's shape differs.
+
+        An inverter that learns a painting's content instead of its style draws the
+        painting's shape (``source_shape``) over every photograph: this counts it.
+
+        Args:
+            images: stylized images ``[B, 3, H, W]`` in ``[0, 1]``.
+            shapes: the shape each content image shows.
+            source_shape: the style image's shape.
+        """
+        judged = self.predict("content", images)
+        differs = [i for i, shape in enumerate(shapes) if shape != source_shape]
+        return sum(judged[i] == source_shape for i in differs) / max(1, len(differs))
+
     @torch.no_grad()
     def content_iou(self, outputs: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
         """Per-image IoU ``[B]`` of the shape masks the mask judge reads in outputs and contents.
