@@ -32,13 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch import Trainer
-from PIL import Image
 
 from artbank_pl.cli import quiet_console
 from artbank_pl.datamodules import ArtworkDataModule, ContentDataModule
 from artbank_pl.datamodules.shards import build_shards
 from artbank_pl.tasks import InverterTask, StylizeTask
-from artbank_pl.world.cli import style_slug, write_images
+from artbank_pl.world.cli import read_photographs, shape_of, style_slug, write_images
 from artbank_pl.world.judges import load_judges
 from artbank_pl.world.scenes import STYLES
 
@@ -88,7 +87,7 @@ def judge_stylization(
 ) -> dict:
     """Stylize held-out photographs with a held-out painting at ``strength``; judge them."""
     painting_path, files = held_out
-    painting_shape = painting_path.with_suffix(".txt").read_text().strip().removeprefix("a ")
+    painting_shape = shape_of(painting_path)
     task = StylizeTask(
         inverter=str(ckpt), style_images=[str(painting_path)], prompt="{caption} in * style",
         pretrained="world", strength=strength, guidance_scale=args.guidance,
@@ -99,9 +98,8 @@ def judge_stylization(
     predictions = quiet_trainer().predict(task, data)
     by_key = {k: img for p in predictions for k, img in zip(p["keys"], p["images"], strict=True)}
     outputs = torch.stack([by_key[f.stem] for f in files]).permute(0, 3, 1, 2).float() / 255
-    contents = torch.stack([torch.from_numpy(np.asarray(Image.open(f))) for f in files])
-    contents = contents.permute(0, 3, 1, 2).float() / 255
-    shapes = [f.with_suffix(".txt").read_text().strip().removeprefix("a ") for f in files]
+    contents = read_photographs(files)[0] / 2 + 0.5
+    shapes = [shape_of(f) for f in files]
     style_acc, shape_acc = judges.accuracy(outputs, style, shapes)
     copied = judges.shape_copied(outputs, shapes, painting_shape)
     iou = float(judges.content_iou(outputs, contents).mean())

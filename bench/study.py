@@ -54,7 +54,7 @@ from artbank_pl.datamodules import ArtworkDataModule, build_shards
 from artbank_pl.datamodules.shards import manifest_collections, read_manifest
 from artbank_pl.styles import load_image
 from artbank_pl.tasks import InverterTask, PromptBankTask
-from artbank_pl.world.cli import style_slug, write_images
+from artbank_pl.world.cli import read_photographs, shape_of, style_slug, write_images
 from artbank_pl.world.judges import load_judges
 
 #: the world model's caption grammar, in training and in every probe
@@ -96,10 +96,8 @@ class WorldDraw:
             build_shards(folder / "collections", folder / "shards", size=32, maxcount=1,
                          image_format="png")  # fmt: skip
             self.paintings[style] = next(iter(path.values()))[0]
-        files = written["photographs"]
-        self.photos = torch.cat([load_image(p) for p in files])  # [-1, 1]
-        self.captions = [p.with_suffix(".txt").read_text().strip() for p in files]
-        self.shapes = [c.removeprefix("a ") for c in self.captions]
+        self.photos, self.captions = read_photographs(written["photographs"])  # [-1, 1]
+        self.shapes = [shape_of(p) for p in written["photographs"]]
 
     def judge(self, images: torch.Tensor, style: str, painting_shape: str | None = None) -> dict:
         """Style, shape, content IoU (and painting's shape copied) of stylized photographs."""
@@ -197,7 +195,7 @@ def painting_run(world: WorldDraw, arm: str, style: str, lr: float, seed: int, a
         task = PromptBankTask(collections=[style_slug(style)], num_tokens=1,
                               bank_attention="none", **schedule(lr, seed))  # fmt: skip
     path = world.paintings[style]
-    painting_shape = path.with_suffix(".txt").read_text().strip().removeprefix("a ")
+    painting_shape = shape_of(path)
     probe = Probe(world, [(0, style, load_image(path)[0], painting_shape)], every,
                   args.strength, seed)  # fmt: skip
     folder = world.root / f"one-{style_slug(style)}"

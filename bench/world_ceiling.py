@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from artbank_pl.sd import load_parts
-from artbank_pl.styles import load_image
-from artbank_pl.world.cli import write_images
+from artbank_pl.world.cli import read_photographs, shape_of, write_images
 from artbank_pl.world.judges import load_judges
 from artbank_pl.world.scenes import PHOTO, STYLES
 
@@ -34,9 +33,8 @@ def photographs(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         write_images(Path(tmp), (), per_style=0, photos=count, seed=seed)
         files = sorted((Path(tmp) / "photographs").glob("*.png"))
-        images = torch.cat([load_image(f) for f in files]) / 2 + 0.5
-        shapes = [f.with_suffix(".txt").read_text().strip().removeprefix("a ") for f in files]
-    return images, shapes
+        images = read_photographs(files)[0] / 2 + 0.5
+        return images, [shape_of(f) for f in files]
 
 
 def pipelines(pretrained: str | None):

@@ -3,12 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from artbank_pl.cli import main
 from artbank_pl.errors import ConfigError
 from artbank_pl.sd import load_parts
 from artbank_pl.world import model_dir
-from artbank_pl.world.cli import write_images
+from artbank_pl.world.cli import read_photographs, shape_of, write_images
 from artbank_pl.world.judges import degrade, load_judges, mask_batch
 from artbank_pl.world.negatives import NEGATIVES, OTHER, probe_set
 from artbank_pl.world.scenes import (
@@ -53,6 +54,14 @@ def test_world_images_lays_out_collections_and_photographs(tmp_path):
     assert names[0] == "circle-000.png" and len(names) == 5
     # each image has its caption: the shape, the content a user would name
     assert (tmp_path / "photographs/circle-000.txt").read_text() == "a circle\n"
+    # read back as written: pixels in [-1, 1], the caption, the shape word
+    images, captions = read_photographs(written["photographs"])
+    first = np.asarray(Image.open(written["photographs"][0]), dtype=np.float32) / 127.5 - 1
+    assert images.shape == (5, 3, SIZE, SIZE) and torch.equal(
+        images[0].permute(1, 2, 0), torch.from_numpy(first)
+    )
+    assert captions[:2] == ["a circle", "a square"]
+    assert [shape_of(p) for p in written["photographs"]] == [*SHAPES, SHAPES[0]]
     with pytest.raises(ConfigError, match="--styles: unknown style 'cubist'"):
         write_images(tmp_path, styles=("cubist",))
 

@@ -28,7 +28,7 @@ from artbank_pl.tasks import InverterTask, PromptBankTask
 from artbank_pl.tasks.style import fill_template
 from artbank_pl.tokenizer import placeholder_token
 from artbank_pl.world import model_dir
-from artbank_pl.world.cli import DEFAULT_STYLES, style_slug, write_images
+from artbank_pl.world.cli import DEFAULT_STYLES, read_photographs, style_slug, write_images
 from artbank_pl.world.judges import load_judges
 
 pytestmark = pytest.mark.slow
@@ -65,10 +65,9 @@ class World:
         # bank order is the manifest's (sorted names), as the CLI links it
         self.collections = manifest_collections(read_manifest(self.manifest))
         self.styles = [name.replace("-", " ") for name in self.collections]
+        # "a circle": the content's caption, as `prompt: "{caption} in * style"` gives it
         photos = sorted((root / "images/photographs").glob("*.png"))
-        self.photos = torch.cat([load_image(p) for p in photos])  # [-1, 1]
-        # "a circle": the content's caption, as `prompt: "*, {caption}"` gives it in predict
-        self.captions = [p.with_suffix(".txt").read_text().strip() for p in photos]
+        self.photos, self.captions = read_photographs(photos)  # [-1, 1]
         self.judges = load_judges("world")
         self.shapes = self.judges.predict("content", (self.photos + 1) / 2)
         self.exemplars = [

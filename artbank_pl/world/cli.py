@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from artbank_pl.errors import ConfigError
@@ -70,6 +71,27 @@ def write_images(
             _save(folder / f"{shape}-{i:03d}.png", image, shape, captions)
         )
     return written
+
+
+def caption_of(path: Path) -> str:
+    """Return the caption written beside a world image (``circle-000.txt``: "a circle")."""
+    return path.with_suffix(".txt").read_text().strip()
+
+
+def shape_of(path: Path) -> str:
+    """Return the shape word of a world image, from its caption ("a circle": ``circle``)."""
+    return caption_of(path).removeprefix("a ")
+
+
+def read_photographs(files: Sequence[Path]) -> tuple[torch.Tensor, list[str]]:
+    """Read world images written by :func:`write_images` and their captions.
+
+    Returns:
+        ``[N, 3, H, W]`` in ``[-1, 1]`` and one caption per image.
+    """
+    arrays = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) for f in files]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1
+    return images, [caption_of(f) for f in files]
 
 
 def _save(path: Path, image: np.ndarray, shape: str, with_caption: bool) -> Path:
