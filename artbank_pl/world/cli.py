@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from artbank_pl.errors import ConfigError
+from artbank_pl.styles import load_image
 from artbank_pl.tool_args import ToolParser, float_at_least, int_at_least
 from artbank_pl.world.scenes import PHOTO, SHAPES, STYLES, caption, render
 
@@ -89,9 +90,7 @@ def read_photographs(files: Sequence[Path]) -> tuple[torch.Tensor, list[str]]:
     Returns:
         ``[N, 3, H, W]`` in ``[-1, 1]`` and one caption per image.
     """
-    arrays = [np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) for f in files]
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1
-    return images, [caption_of(f) for f in files]
+    return torch.cat([load_image(f) for f in files]), [caption_of(f) for f in files]
 
 
 def _save(path: Path, image: np.ndarray, shape: str, with_caption: bool) -> Path:
