@@ -1,6 +1,7 @@
 """The world model's own ceiling per style: img2img and text-to-image from the true words.
 
     python bench/world_ceiling.py --photos 16 --seed 11 [--pretrained FOLDER | world-xl]
+    python bench/world_ceiling.py --denoise 50 150 250 400 [--pretrained FOLDER]
 
 A bank stands where the style word stood ("a circle in <x> style"), so what the model does
 with the true word ("a circle in striped style") is the most a bank can be expected to reach
@@ -9,6 +10,11 @@ pipeline (DDIM, the demo's strength and guidance, no AdaIN) and draws text-to-im
 samples from the same captions, and prints the judges' style accuracy, shape accuracy and
 content IoU per style (text-to-image's IoU is the floor a prompt alone reaches). With
 ``--pretrained world-xl`` the pipelines are diffusers' SDXL ones around world-xl's parts.
+
+``--denoise T ...`` asks something narrower: whether the UNet keeps a style where it
+already is. Generator scenes of each style are noised to each timestep T and the UNet's
+one-step estimate of the clean image is decoded and judged. A model that loses a style
+there cannot draw it from noise either (world version 2 lost its stripes at T = 50).
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from artbank_pl.diffusion import add_noise, eps_from_output
+from artbank_pl.errors import DataError
 from artbank_pl.sd import load_parts
 from artbank_pl.world.cli import read_photographs, shape_of, write_images
-from artbank_pl.world.judges import load_judges
-from artbank_pl.world.scenes import PHOTO, STYLES
+from artbank_pl.world.judges import Judges, load_judges, mask_batch
+from artbank_pl.world.scenes import PHOTO, STYLES, caption
 
 
 def photographs(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -43,6 +51,71 @@ def pipelines(pretrained: str | None):
     return parts.diffusers_pipeline(True), parts.diffusers_pipeline(False)
 
 
+def ceiling_row(
+    img2img,
+    txt2img,
+    judges: Judges,
+    style: str,
+    photos: torch.Tensor,
+    shapes: list[str],
+    strength: float,
+    guidance: float,
+    steps: int,
+) -> dict:
+    """Judge img2img over ``photos`` and text-to-image from their captions in ``style``.
+
+    Returns ``{"img2img": {...}, "text-to-image": {...}}``, each with the style accuracy,
+    the shape accuracy and the content IoU against the photographs.
+    """
+    prompts = [f"a {shape} in {style} style" for shape in shapes]
+    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    common = {"num_inference_steps": steps, "guidance_scale": guidance, "output_type": "pt"}
+    size = photos.shape[-1]
+    edited = img2img(prompts, image=photos, strength=strength, generator=gens, **common)
+    drawn = txt2img(prompts, height=size, width=size, generator=gens, **common)
+    row = {}
+    for name, out in (("img2img", edited.images), ("text-to-image", drawn.images)):
+        style_acc, shape_acc = judges.accuracy(out, style, shapes)
+        iou = float(judges.content_iou(out, photos).mean())
+        row[name] = {"style": round(style_acc, 3), "shape": round(shape_acc, 3),
+                     "iou": round(iou, 3)}  # fmt: skip
+    return row
+
+
+@torch.no_grad()
+def one_step_denoise(parts, judges: Judges, timesteps: list[int], count: int, seed: int):
+    """Print, per style, the judged share of one-step clean estimates from each timestep.
+
+    Each style's ``count`` generator scenes are encoded, noised to ``t`` (one noise draw per
+    seed), denoised in one step with their style's caption ("a picture in striped style")
+    and decoded: ``x0 = (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)`` (DDPM Eq. 4 solved for
+    ``x0``).
+    """
+    if parts.is_xl:
+        raise DataError("--denoise: SD 1.x/2.x world models only (world-xl needs its added "
+                        "conditioning)")  # fmt: skip
+    abar = parts.noise_scheduler.alphas_cumprod.float()
+    scale = parts.vae.config.scaling_factor
+    for style in (s for s in STYLES if s != PHOTO):
+        images, _ = mask_batch(np.random.default_rng([seed, 5]), count, styles=(style,))
+        ids = parts.tokenizer([caption(None, style)] * count, padding="max_length",
+                              max_length=parts.tokenizer.model_max_length,
+                              return_tensors="pt").input_ids  # fmt: skip
+        features = parts.text_encoder(ids).last_hidden_state
+        latents = parts.vae.encode(images * 2 - 1).latent_dist.mode() * scale
+        row = {"style": style}
+        for t in timesteps:
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+            noisy = add_noise(latents, noise, abar[t].expand(count))
+            output = parts.unet(noisy, torch.full((count,), t), features).sample
+            eps = eps_from_output(output, noisy, float(abar[t]), parts.prediction_type)
+            x0 = (noisy - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
+            decoded = (parts.vae.decode(x0 / scale).sample / 2 + 0.5).clamp(0, 1)
+            hits = [name == style for name in judges.predict("style", decoded)]
+            row[f"t={t}"] = round(float(np.mean(hits)), 3)
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     """Judge img2img and text-to-image from the true caption of every style."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -52,25 +125,32 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--pretrained", default=None, help="another world model folder")
+    parser.add_argument("--denoise", type=int, nargs="+", default=None, metavar="T",
+                        help="only the one-step denoising probe, at these timesteps")  # fmt: skip
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     judges = load_judges("world")
+    if args.denoise:
+        parts = load_parts(args.pretrained or "world")
+        return one_step_denoise(parts, judges, args.denoise, args.photos * 2, args.seed)
     photos, shapes = photographs(args.photos, args.seed)
     img2img, txt2img = pipelines(args.pretrained)
-    common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance,
-              "output_type": "pt"}  # fmt: skip
     rows = []
     for style in (s for s in STYLES if s != PHOTO):
-        prompts = [f"a {shape} in {style} style" for shape in shapes]
-        gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-        row = {"style": style}
-        edited = img2img(prompts, image=photos, strength=args.strength, generator=gens, **common)
-        drawn = txt2img(prompts, height=32, width=32, generator=gens, **common)
-        for name, out in (("img2img", edited.images), ("text-to-image", drawn.images)):
-            style_acc, shape_acc = judges.accuracy(out, style, shapes)
-            iou = float(judges.content_iou(out, photos).mean())
-            row[name] = {"style": round(style_acc, 3), "shape": round(shape_acc, 3),
-                         "iou": round(iou, 3)}  # fmt: skip
+        row = {
+            "style": style,
+            **ceiling_row(
+                img2img,
+                txt2img,
+                judges,
+                style,
+                photos,
+                shapes,
+                args.strength,
+                args.guidance,
+                args.steps,
+            ),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     for name in ("img2img", "text-to-image"):

@@ -1,4 +1,8 @@
+import dataclasses
+import importlib.util
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -6,7 +10,7 @@ import torch
 from PIL import Image
 
 from artbank_pl.cli import main
-from artbank_pl.errors import ConfigError
+from artbank_pl.errors import ConfigError, DataError
 from artbank_pl.sd import load_parts
 from artbank_pl.world import model_dir
 from artbank_pl.world.cli import read_photographs, shape_of, write_images
@@ -23,6 +27,8 @@ from artbank_pl.world.scenes import (
     shape_mask,
 )
 from artbank_pl.world.structure import STRIPE_SHARE_MIN, stripe_share
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def test_captions_name_shape_style_both_or_neither():
@@ -186,3 +192,88 @@ def test_a_short_pretraining_run_learns(tmp_path):
     assert posterior.mode().shape == (1, 12, SIZE // 2, SIZE // 2)
     # the posterior variance stays pinned: sample() is mode() (an autoencoder)
     assert posterior.std.max() < 1e-3
+
+
+def test_pretraining_can_keep_another_world_models_autoencoder(tmp_path):
+    from artbank_pl.world.pretrain import pretrain
+
+    summary = pretrain(tmp_path / "w", unet_steps=3, dataset_size=64, judge_steps=0,
+                       vae_from=str(model_dir()))  # fmt: skip
+    assert summary["vae_from"] == str(model_dir())
+    assert f"--vae-from {model_dir()}" in summary["command"]
+    assert "--vae-steps" not in summary["command"]
+    ours, theirs = load_parts(str(tmp_path / "w")).vae, load_parts("world").vae
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert ours.config.scaling_factor == theirs.config.scaling_factor
+    with pytest.raises(DataError, match="--vae-from .*nowhere"):
+        pretrain(tmp_path / "x", unet_steps=1, dataset_size=8, judge_steps=0,
+                 vae_from=str(tmp_path / "nowhere"))  # fmt: skip
+
+
+def _ceiling_bench():
+    spec = importlib.util.spec_from_file_location("world_ceiling", BENCH / "world_ceiling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _SmoothingUNet(torch.nn.Module):
+    """A denoiser that keeps a shape and its colours but no texture: its clean estimate is
+    the noisy latent, box-blurred over 7 x 7 cells (the noise and every pattern go)."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        super().__init__()
+        self.abar = alphas_cumprod.float()
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        abar = self.abar[timestep].view(-1, 1, 1, 1)
+        clean = torch.nn.functional.avg_pool2d(sample, 7, 1, 3, count_include_pad=False)
+        clean = clean / abar.sqrt()
+        return SimpleNamespace(sample=(sample - abar.sqrt() * clean) / (1 - abar).sqrt())
+
+
+def _denoise_rows(parts, capsys) -> dict[str, float]:
+    _ceiling_bench().one_step_denoise(parts, load_judges("world"), [400], 16, 0)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    return {row["style"]: row["t=400"] for row in rows}
+
+
+def test_the_world_model_keeps_each_textured_style_where_it_already_is(capsys):
+    # the one-step denoising probe (bench/world_ceiling.py --denoise) at t = 400 (abar
+    # 0.42), 16 scenes per style: measured dotted 0.97, checkered, sketch, mosaic and
+    # checkered sketch 1.0; striped 0.625 (the model draws no stripes: UNDRAWN in
+    # test_world_learning.py, README "Why the world model draws no stripes")
+    parts = load_parts("world")
+    kept = _denoise_rows(parts, capsys)
+    assert set(kept) == set(STYLES) - {"photo"}
+    textured = ("dotted", "checkered", "sketch", "mosaic", "checkered sketch")
+    assert min(kept[s] for s in textured) >= 0.9, kept
+    # a denoiser that smooths textures away fails the probe, shapes and colours kept
+    # (measured 0.0 on every textured style; a blurred outline still reads as sketch, 0.56)
+    smoothing = _SmoothingUNet(parts.noise_scheduler.alphas_cumprod)
+    lost = _denoise_rows(dataclasses.replace(parts, unet=smoothing), capsys)
+    assert max(lost[s] for s in (*textured, "striped") if s != "sketch") <= 0.1, lost
+
+
+@pytest.mark.slow
+def test_the_world_model_draws_its_styles_from_its_own_captions():
+    # bench/world_ceiling.py's text-to-image on seed 11's 16 captions (20 DDIM steps,
+    # guidance 10), judged with the stripe check: measured dotted and checkered 0.875,
+    # neon 0.94, sketch, mosaic and checkered sketch 1.0 (mean of 8 0.80). Not asserted:
+    # striped 0.0 and neon striped 0.69, the two styles it falls short on (README, "Why
+    # the world model draws no stripes")
+    bench = _ceiling_bench()
+    photos, shapes = bench.photographs(16, 11)
+    img2img, txt2img = bench.pipelines(None)
+    judges = load_judges("world")
+    styles = {
+        style: bench.ceiling_row(img2img, txt2img, judges, style, photos, shapes, 0.7, 10.0, 20)[
+            "text-to-image"
+        ]["style"]
+        for style in STYLES
+        if style != "photo"
+    }
+    drawn = ("dotted", "checkered", "sketch", "neon", "mosaic", "checkered sketch")
+    assert min(styles[s] for s in drawn) >= 0.8, styles
+    assert np.mean(list(styles.values())) >= 0.75, styles

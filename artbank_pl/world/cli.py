@@ -174,6 +174,11 @@ def _pretrain(argv: Sequence[str]) -> int:
         default=defaults["judge_steps"],
         help="steps of each judge; 0 leaves them out (artbank world judges)",
     )
+    parser.add_argument(
+        "--vae-from",
+        default=None,
+        help="a world model folder whose autoencoder to keep instead of training one",
+    )
     opts = parser.parse_args(argv)
     print(json.dumps(pretrain(**vars(opts)), indent=2))
     return 0

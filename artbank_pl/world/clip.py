@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from artbank_pl.optim import warmup_schedule_factor
 from artbank_pl.vision import clip_preprocess
 from artbank_pl.world.pretrain import to_pixels
 from artbank_pl.world.scenes import SHAPES, SIZE, STYLES, caption, sample_batch
@@ -57,12 +58,6 @@ def image_embeddings(model: CLIPVisionModelWithProjection, images: np.ndarray) -
     return F.normalize(model(pixel_values=pixels).image_embeds, dim=-1)
 
 
-def _lr(step: int, steps: int, warmup: int = 100) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 def train_world_clip(
     text_encoder, tokenizer, seed: int = 0, steps: int = 1500, batch_size: int = 128
 ) -> tuple[CLIPVisionModelWithProjection, list[float]]:
@@ -74,7 +69,9 @@ def train_world_clip(
     texts = caption_embeddings(text_encoder, tokenizer)
     params = [*model.parameters(), logit_scale]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr(s, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_schedule_factor(s, 100, steps, "cosine")
+    )
     losses = []
     for step in range(steps):
         images, shapes, styles = sample_batch(rng, batch_size)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -37,6 +36,8 @@ from diffusers import (
 )
 
 from artbank_pl import diffusion
+from artbank_pl.errors import DataError
+from artbank_pl.optim import warmup_schedule_factor
 from artbank_pl.sd import build_tiny_parts
 from artbank_pl.tokenizer import save_clip_vocabulary
 from artbank_pl.world.scenes import SHAPES, STYLES, caption, sample_batch
@@ -74,11 +75,9 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def _cosine_lr(step: int, total: int, warmup: int = 100, floor: float = 0.1) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def _schedule(step: int, steps: int) -> float:
+    """Return the autoencoder's and the UNet's rate factor: 100 warm-up steps, cosine to 0.1."""
+    return warmup_schedule_factor(step, 100, steps, "cosine", min_ratio=0.1)
 
 
 def _deterministic_posterior(vae: AutoencoderKL) -> None:
@@ -102,7 +101,7 @@ def train_vae(rng: np.random.Generator, steps: int, batch_size: int = 32) -> Aut
     vae = AutoencoderKL(**VAE_CONFIG)
     _deterministic_posterior(vae)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps))
     for step in range(steps):
         x = to_pixels(sample_batch(rng, batch_size)[0])
         recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
@@ -118,6 +117,18 @@ def train_vae(rng: np.random.Generator, steps: int, batch_size: int = 32) -> Aut
         sample = vae.encode(to_pixels(sample_batch(rng, 256)[0])).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / sample.std()))
     return vae
+
+
+def _load_vae(folder: str | Path) -> AutoencoderKL:
+    """Load the autoencoder of the world model folder ``folder``.
+
+    Raises:
+        DataError: ``folder`` has no ``vae/`` with a config.
+    """
+    path = Path(folder) / "vae"
+    if not (path / "config.json").is_file():
+        raise DataError(f"--vae-from {folder}: no autoencoder there ({path}/config.json)")
+    return AutoencoderKL.from_pretrained(path).eval()
 
 
 @torch.no_grad()
@@ -166,7 +177,7 @@ def train_unet(
     unet = UNet2DConditionModel(**(unet_config or UNET_CONFIG))
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps))
     abar_table = scheduler.alphas_cumprod.float()
     empty = len(features) - 1
     losses = []
@@ -226,6 +237,7 @@ def pretrain(
     judge_steps: int = 500,
     min_snr_gamma: float = 5.0,
     noise_offset: float = 0.1,
+    vae_from: str | None = None,
 ) -> dict:
     """Run all stages and write the world model folder; return a summary (also saved).
 
@@ -244,6 +256,9 @@ def pretrain(
             to the training noise, so the model learns to move an image's mean (the dark
             ``neon`` scenes, which version 1 could not draw); 0 (version 1) is plain
             Gaussian noise. Version 2 (shipped): 0.1.
+        vae_from: a world model folder whose autoencoder to keep instead of training one
+            (stage 1 skipped, ``vae_steps`` unused): a UNet experiment on scenes the
+            autoencoder already reconstructs costs the UNet's time alone.
     """
     from artbank_pl.world.judges import train_judges
 
@@ -252,7 +267,7 @@ def pretrain(
     started = time.monotonic()
     rng = np.random.default_rng(seed)
     parts = build_tiny_parts()
-    vae = train_vae(rng, vae_steps)
+    vae = _load_vae(vae_from) if vae_from else train_vae(rng, vae_steps)
     vae_done = time.monotonic()
     moments, labels = encode_dataset(vae, rng, dataset_size)
     features = caption_features(parts)
@@ -266,6 +281,9 @@ def pretrain(
     options = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps,
                "dataset_size": dataset_size, "judge_steps": judge_steps,
                "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset}  # fmt: skip
+    if vae_from:  # the kept autoencoder replaces its training steps in the command
+        del options["vae_steps"]
+        options["vae_from"] = vae_from
     seconds = {"vae": round(vae_done - started, 1), "unet": round(unet_done - vae_done, 1),
                "total": round(time.monotonic() - started, 1)}  # fmt: skip
     return write_recipe(output, "pretrain", options, losses, seconds, judges=judges)
