@@ -241,8 +241,8 @@ def _denoise_rows(parts, capsys) -> dict[str, float]:
 
 def test_the_world_model_keeps_each_textured_style_where_it_already_is(capsys):
     # the one-step denoising probe (bench/world_ceiling.py --denoise) at t = 400 (abar
-    # 0.42), 16 scenes per style: measured dotted 0.97, checkered, sketch, mosaic and
-    # checkered sketch 1.0; striped 0.625 (the model draws no stripes: UNDRAWN in
+    # 0.42), here on 16 scenes per style; the bench's 32 gave dotted 0.97, checkered,
+    # sketch, mosaic and checkered sketch 1.0, striped 0.625 (the model draws no stripes: UNDRAWN in
     # test_world_learning.py, README "Why the world model draws no stripes")
     parts = load_parts("world")
     kept = _denoise_rows(parts, capsys)
