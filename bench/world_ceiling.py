@@ -14,7 +14,8 @@ content IoU per style (text-to-image's IoU is the floor a prompt alone reaches).
 ``--denoise T ...`` asks something narrower: whether the UNet keeps a style where it
 already is. Generator scenes of each style are noised to each timestep T and the UNet's
 one-step estimate of the clean image is decoded and judged. A model that loses a style
-there cannot draw it from noise either (world version 2 lost its stripes at T = 50).
+there cannot draw it from noise either (world version 2 keeps striped 0.97 at T = 50 but
+0.28 at T = 600, where every other style stays at 0.84 or above).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def ceiling_row(
     """Judge img2img over ``photos`` and text-to-image from their captions in ``style``.
 
     Returns ``{"img2img": {...}, "text-to-image": {...}}``, each with the style accuracy,
-    the shape accuracy and the content IoU against the photographs.
+    the shape accuracy and the content IoU against the photographs. img2img draws first:
+    text-to-image then reads the same generators where img2img left them.
     """
     prompts = [f"a {shape} in {style} style" for shape in shapes]
     gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]

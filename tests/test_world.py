@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -211,6 +212,7 @@ def test_pretraining_can_keep_another_world_models_autoencoder(tmp_path):
                  vae_from=str(tmp_path / "nowhere"))  # fmt: skip
 
 
+@functools.cache
 def _ceiling_bench():
     spec = importlib.util.spec_from_file_location("world_ceiling", BENCH / "world_ceiling.py")
     module = importlib.util.module_from_spec(spec)
