@@ -154,6 +154,12 @@ def _unet_recipe_options(parser: argparse.ArgumentParser, defaults: dict) -> Non
         default=defaults["noise_offset"],
         help="offset noise of the UNet's training (per-channel constants); 0 turns it off",
     )
+    parser.add_argument(
+        "--stripes-weight",
+        type=float_at_least(0.0),
+        default=defaults["stripes_weight"],
+        help="how much more often the UNet's scenes have stripes than any other style",
+    )
 
 
 def _pretrain(argv: Sequence[str]) -> int:

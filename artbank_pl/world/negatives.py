@@ -72,11 +72,13 @@ def _rainbow_blobs(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
 
 
 def _stripe_palette_blobs(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
-    """Paint the stripes' two colours (a vivid one and a dark one) as smooth blobs.
+    """Paint version 2's stripe colours (a vivid one and a dark one) as smooth blobs.
 
-    What the world model draws for "a circle in striped style": the palette without the
-    stripes. The CNN judge alone reads a quarter of these as striped; the stripe check
-    (:mod:`artbank_pl.world.structure`) rejects them.
+    What world model version 2 drew for "a circle in striped style": the palette without
+    the stripes. The stripe check (:mod:`artbank_pl.world.structure`) rejects them whatever
+    the CNN judge reads. (Version 3's palette, a vivid and a near-white colour, as blobs
+    is a photograph with a lighter patch: the style judge then read 36 % of photographs as
+    no style.)
     """
     vivid, dark = _saturated(rng), _colour(rng, 0.0, 0.3)
     cells = int(rng.integers(3, 7))

@@ -40,7 +40,7 @@ from artbank_pl.errors import DataError
 from artbank_pl.optim import warmup_schedule_factor
 from artbank_pl.sd import build_tiny_parts
 from artbank_pl.tokenizer import save_clip_vocabulary
-from artbank_pl.world.scenes import SHAPES, STYLES, caption, sample_batch
+from artbank_pl.world.scenes import SHAPES, STYLES, caption, sample_batch, style_weights
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,17 @@ def _load_vae(folder: str | Path) -> AutoencoderKL:
 
 
 @torch.no_grad()
-def encode_dataset(vae: AutoencoderKL, rng: np.random.Generator, size: int):
-    """Render ``size`` scenes; return posterior moments ``[N, 24, 16, 16]`` and caption ids."""
+def encode_dataset(
+    vae: AutoencoderKL, rng: np.random.Generator, size: int, stripes_weight: float = 1.0
+):
+    """Render ``size`` scenes; return posterior moments ``[N, 24, 16, 16]`` and caption ids.
+
+    The styles with stripes are drawn ``stripes_weight`` times as often as the others.
+    """
     moments, labels = [], []
+    weights = style_weights(stripes_weight)
     for start in range(0, size, 256):
-        images, shapes, styles = sample_batch(rng, min(256, size - start))
+        images, shapes, styles = sample_batch(rng, min(256, size - start), weights=weights)
         moments.append(vae.encode(to_pixels(images)).latent_dist.parameters)
         labels += [s * len(STYLES) + k for s, k in zip(shapes, styles, strict=True)]
     return torch.cat(moments), torch.tensor(labels)
@@ -238,6 +244,7 @@ def pretrain(
     min_snr_gamma: float = 5.0,
     noise_offset: float = 0.1,
     vae_from: str | None = None,
+    stripes_weight: float = 2.5,
 ) -> dict:
     """Run all stages and write the world model folder; return a summary (also saved).
 
@@ -259,6 +266,9 @@ def pretrain(
         vae_from: a world model folder whose autoencoder to keep instead of training one
             (stage 1 skipped, ``vae_steps`` unused): a UNet experiment on scenes the
             autoencoder already reconstructs costs the UNet's time alone.
+        stripes_weight: how much more often the UNet's scenes are striped or neon striped
+            than any other style (:func:`~artbank_pl.world.scenes.style_weights`); version
+            2 drew every style alike (1) and never learned stripes. Version 3: 2.5.
     """
     from artbank_pl.world.judges import train_judges
 
@@ -269,7 +279,7 @@ def pretrain(
     parts = build_tiny_parts()
     vae = _load_vae(vae_from) if vae_from else train_vae(rng, vae_steps)
     vae_done = time.monotonic()
-    moments, labels = encode_dataset(vae, rng, dataset_size)
+    moments, labels = encode_dataset(vae, rng, dataset_size, stripes_weight)
     features = caption_features(parts)
     unet, losses = train_unet(
         moments, labels, features, parts.noise_scheduler, vae.config.scaling_factor,
@@ -280,7 +290,8 @@ def pretrain(
     save_model(output, unet, vae, parts)
     options = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps,
                "dataset_size": dataset_size, "judge_steps": judge_steps,
-               "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset}  # fmt: skip
+               "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset,
+               "stripes_weight": stripes_weight}  # fmt: skip
     if vae_from:  # the kept autoencoder replaces its training steps in the command
         del options["vae_steps"]
         options["vae_from"] = vae_from

@@ -37,7 +37,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 from artbank_pl.sd import TINY_XL, load_parts, openclip_tokenizer, preset_config
 from artbank_pl.tasks.conditioning import repad
 from artbank_pl.world.pretrain import UNET_CONFIG, to_pixels, train_unet, write_recipe
-from artbank_pl.world.scenes import SHAPES, SIZE, STYLES, caption, sample_batch
+from artbank_pl.world.scenes import SHAPES, SIZE, STYLES, caption, sample_batch, style_weights
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,15 @@ def micro_conditioned(image: np.ndarray, rng: np.random.Generator) -> tuple[np.n
 
 
 @torch.no_grad()
-def encode_dataset_xl(vae, rng: np.random.Generator, size: int):
-    """Render ``size`` scenes as micro-conditioned views; moments, caption ids, time ids."""
+def encode_dataset_xl(vae, rng: np.random.Generator, size: int, stripes_weight: float = 1.0):
+    """Render ``size`` scenes as micro-conditioned views; moments, caption ids, time ids.
+
+    The styles with stripes are drawn ``stripes_weight`` times as often as the others.
+    """
     moments, labels, time_ids = [], [], []
+    weights = style_weights(stripes_weight)
     for start in range(0, size, 256):
-        images, shapes, styles = sample_batch(rng, min(256, size - start))
+        images, shapes, styles = sample_batch(rng, min(256, size - start), weights=weights)
         views = [micro_conditioned(image, rng) for image in images]
         pixels = to_pixels(np.stack([view for view, _ in views]))
         moments.append(vae.encode(pixels).latent_dist.parameters)
@@ -130,6 +134,7 @@ def pretrain_xl(
     dataset_size: int = 16384,
     min_snr_gamma: float = 5.0,
     noise_offset: float = 0.1,
+    stripes_weight: float = 2.5,
 ) -> dict:
     """Pretrain world-xl's UNet on the world model's autoencoder and write its folder.
 
@@ -141,6 +146,7 @@ def pretrain_xl(
         dataset_size: scenes rendered, micro-conditioned and encoded.
         min_snr_gamma: Min-SNR-gamma weighting (world v2: 5).
         noise_offset: offset noise (world v2: 0.1).
+        stripes_weight: how much more often the scenes have stripes (world v3: 2.5).
     """
     torch.manual_seed(seed)
     output = Path(output)
@@ -148,7 +154,7 @@ def pretrain_xl(
     rng = np.random.default_rng(seed)
     world = load_parts("world")
     text_encoder_2 = build_text_encoder_2(seed + 2)
-    moments, labels, time_ids = encode_dataset_xl(world.vae, rng, dataset_size)
+    moments, labels, time_ids = encode_dataset_xl(world.vae, rng, dataset_size, stripes_weight)
     features, pooled = caption_features_xl(world, text_encoder_2)
     unet, losses = train_unet(
         moments, labels, features, world.noise_scheduler, world.vae.config.scaling_factor,
@@ -157,6 +163,7 @@ def pretrain_xl(
     )  # fmt: skip
     save_model_xl(output, unet, text_encoder_2, world.noise_scheduler)
     options = {"seed": seed, "unet_steps": unet_steps, "dataset_size": dataset_size,
-               "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset}  # fmt: skip
+               "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset,
+               "stripes_weight": stripes_weight}  # fmt: skip
     seconds = round(time.monotonic() - started, 1)
     return write_recipe(output, "pretrain-xl", options, losses, seconds)
