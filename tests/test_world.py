@@ -60,7 +60,7 @@ def test_scenes_are_deterministic_and_cover_every_shape_and_style():
 
 
 def test_stripes_are_horizontal_or_vertical_bands_of_period_eight():
-    # bands aligned with the latent grid (README, "Why the world model draws no stripes"):
+    # bands aligned with the latent grid (README, "Why world model version 2 drew no stripes"):
     # along one axis the stripe pattern repeats every 8 px, half on, and across it is constant
     orientations = set()
     for seed in range(16):
@@ -296,8 +296,8 @@ def _denoise_rows(parts, capsys) -> dict[str, float]:
 def test_the_world_model_keeps_each_textured_style_where_it_already_is(capsys):
     # the one-step denoising probe (bench/world_ceiling.py --denoise) at t = 400 (abar
     # 0.42), here on 16 scenes per style; the bench's 32 gave 0.875-1.0 for every style,
-    # striped 0.94 (version 2, whose stripes it could not draw: 0.625; README "Why the
-    # world model draws no stripes")
+    # striped 0.94 (version 2, whose stripes it could not draw: 0.625; README "Why world
+    # model version 2 drew no stripes")
     parts = load_parts("world")
     kept = _denoise_rows(parts, capsys)
     assert set(kept) == set(STYLES) - {"photo"}

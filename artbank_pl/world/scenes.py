@@ -96,8 +96,8 @@ def _stripes(rng: np.random.Generator, period: int = 8) -> np.ndarray:
 
     Version 2's stripes (any of four angles, a period of 5 to 7.5 px, any phase) were the one
     style the world model never learned to draw: its denoiser kept them at small noise and
-    lost them from t = 400 on, where every other style survived to 600 (README, "Why the
-    world model draws no stripes"). Bands aligned with the latent grid are what it draws.
+    lost them from t = 400 on, where every other style survived to 600 (README, "Why world
+    model version 2 drew no stripes"). Bands aligned with the latent grid are what it draws.
     """
     yy, xx = _grid()
     coord = yy if rng.integers(2) else xx
@@ -238,8 +238,8 @@ def caption(shape: str | None, style: str | None) -> str:
 def style_weights(stripes_weight: float = 1.0) -> np.ndarray:
     """Each style's share of a pretraining draw: the styles with stripes weigh ``stripes_weight``.
 
-    The stripes are the style the world model learns last (README, "Why the world model
-    draws no stripes"); version 3 draws them more often than the rest.
+    The stripes are the style the world model learns last (README, "Why world model
+    version 2 drew no stripes"); version 3 draws them more often than the rest.
     """
     weights = np.array([stripes_weight if "striped" in s else 1.0 for s in STYLES])
     return weights / weights.sum()
