@@ -288,33 +288,36 @@ def test_inst_on_the_world_clip_transfers_held_out_paintings_of_two_styles():
     assert np.mean([row["style_accuracy"] for row in control]) <= 0.2, control
 
 
-def test_the_quickstart_bank_transfers_two_other_style_sets():
-    """Issue 23 item 6: the demo's bank on two other sets of three world styles.
+def test_the_quickstart_bank_transfers_three_style_sets():
+    """Issue 23 item 6: the demo's bank on its own styles and on two other sets of three.
 
     ``bench/bank_styles.py`` runs the demo's own commands (world images of seed 11, shards,
     ``fit --config quickstart``, ``test --config evaluate-quickstart``). Strength 0.9 is
-    the evaluation sweep's top, chosen on world images of seed 5 (mean style 0.92, 0.75,
-    0.88 against 0.83, 0.46, 0.83 at 0.7); mosaic and neon need it (their collections sit
-    far from a light photograph). Strength 1.0 is the prompt's share of the content.
+    the evaluation sweep's top, chosen on world images of seed 5 for world version 2 (mean
+    style 0.92, 0.75, 0.88 against 0.83, 0.46, 0.83 at 0.7); mosaic, neon and, on version
+    3, striped need it (at 0.7 the bank's striped is 0.0). Strength 1.0 is the prompt's
+    share of the content.
     """
-    sets = ["checkered,neon,mosaic", "dotted,checkered sketch,neon striped"]
+    sets = ["striped,dotted,sketch", "checkered,neon,mosaic",
+            "dotted,checkered sketch,neon striped"]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "bench/bank_styles.py"), "--sets", *sets,
                "--seed", "11", "--strengths", "0.9", "1.0", "--output", tmp]  # fmt: skip
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=2400, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == len(sets), result.stdout
-    mosaic_set, neon_striped_set = (row["0.9"] for row in rows)
-    # the issue's bar on checkered, neon, mosaic (measured 0.875, 1.0, 0.875; mosaic was
-    # 0.125-0.25 while the bank trained on mirrored mosaics)
-    assert mosaic_set["style_mean"] >= 0.8, rows[0]
-    assert min(mosaic_set["style"].values()) >= 0.625, rows[0]
-    # not met on the other set: neon striped, which the world model itself draws from its
-    # word at 0.69 (text-to-image), ends at 0.5 (measured dotted 1.0, checkered sketch
-    # 0.875); this bound holds what was measured
-    assert neon_striped_set["style_mean"] >= 0.75, rows[1]
-    assert min(neon_striped_set["style"].values()) >= 0.5, rows[1]
+    demo_set, mosaic_set, neon_striped_set = (row["0.9"] for row in rows)
+    # the issue's bar (mean >= 0.8, every style >= 0.625) on world version 3, measured:
+    # striped 0.625 (version 2: 0.0, it drew no stripes), dotted 0.875, sketch 1.0;
+    # checkered 0.875, neon 1.0, mosaic 0.625
+    for row, judged in zip(rows[:2], (demo_set, mosaic_set), strict=True):
+        assert judged["style_mean"] >= 0.8, row
+        assert min(judged["style"].values()) >= 0.625, row
+    # just under the mean on the third set: dotted 1.0, checkered sketch 0.75, neon
+    # striped 0.625 (0.79); every style still at the issue's 0.625
+    assert neon_striped_set["style_mean"] >= 0.75, rows[2]
+    assert min(neon_striped_set["style"].values()) >= 0.625, rows[2]
     for row in rows:  # the photograph's shape where it was, more than the prompt puts there
         assert row["0.9"]["iou"] > row["1"]["iou"], row
 
@@ -324,13 +327,14 @@ def test_inst_with_adain_transfers_held_out_paintings_of_four_styles():
     options = ["--styles", "dotted", "sketch", "checkered", "mosaic", "--strengths", "0.8",
                "--adain"]  # fmt: skip
     trained, control = run_inst_bench(*options), run_inst_bench(*options, "--steps", "0")
-    # measured 0.875 (dotted 0.875, sketch 1.0, checkered 0.81, mosaic 0.81); IoU 0.73
+    # measured on world version 3 0.98 (dotted, sketch, checkered 1.0, mosaic 0.94); IoU
+    # 0.73 (version 2: 0.875, mosaic and checkered 0.81)
     assert np.mean([row["style_accuracy"] for row in trained]) >= 0.75, trained
     assert min(row["style_accuracy"] for row in trained) >= 0.625, trained
     # the photograph's shape where it was (text-to-image from the caption: 0.46-0.50)
     assert np.mean([row["content_iou"] for row in trained]) >= 0.7, trained
     # the painting's shape on fewer than 1 in 8 photographs of another shape (measured
-    # 3 of 48: 1 for dotted, 2 for mosaic)
+    # none of 48 on version 3; 3 of 48 on version 2)
     assert np.mean([row["painting_shape_copied"] for row in trained]) < 1 / 8, trained
     # AdaIN from the painting with an untrained inverter: no style (measured 0.03)
     assert np.mean([row["style_accuracy"] for row in control]) <= 0.2, control
