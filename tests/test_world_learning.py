@@ -284,8 +284,12 @@ def test_inst_on_the_world_clip_transfers_held_out_paintings_of_two_styles():
         assert row["style_accuracy"] >= 0.75, row
         assert row["content_iou"] >= 0.7, row
         assert row["painting_shape_copied"] < 1 / 8, row
-    # untrained, the same prompt gives no style: the measure needs the inverter
-    assert np.mean([row["style_accuracy"] for row in control]) <= 0.2, control
+    # untrained, the same prompt gives little style (measured on world version 3: dotted
+    # 0.375, sketch 0.06, mean 0.22; version 2: under 0.2); trained, 1.0 and 0.81: the
+    # measure needs the inverter
+    untrained = np.mean([row["style_accuracy"] for row in control])
+    assert untrained <= 0.3, control
+    assert np.mean([row["style_accuracy"] for row in trained]) >= untrained + 0.5, trained
 
 
 def test_the_quickstart_bank_transfers_three_style_sets():
