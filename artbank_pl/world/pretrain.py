@@ -258,11 +258,11 @@ def pretrain(
         judge_steps: steps of each judge; 0 leaves the judges out (they do not depend on
             the model: ``artbank world judges`` writes them alone).
         min_snr_gamma: the UNet's Min-SNR-gamma loss weighting (Hang et al. 2023); 0 (as
-            version 1) is the plain epsilon loss. Version 2 (shipped): 5.
+            version 1) is the plain epsilon loss. Versions 2 and 3 (shipped): 5.
         noise_offset: the UNet's offset noise (Guttenberg 2023): per-channel constants added
             to the training noise, so the model learns to move an image's mean (the dark
             ``neon`` scenes, which version 1 could not draw); 0 (version 1) is plain
-            Gaussian noise. Version 2 (shipped): 0.1.
+            Gaussian noise. Versions 2 and 3 (shipped): 0.1.
         vae_from: a world model folder whose autoencoder to keep instead of training one
             (stage 1 skipped, ``vae_steps`` unused): a UNet experiment on scenes the
             autoencoder already reconstructs costs the UNet's time alone.
