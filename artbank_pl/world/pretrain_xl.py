@@ -18,9 +18,10 @@ model's size:
 
 The autoencoder, the first text encoder and its tokenizer are the world model's own
 (version 3, whose autoencoder is version 2's), read from its folder and not trained
-again, so the folder written here holds only ``unet/``, ``text_encoder_2/`` and ``scheduler/``; ``pretrained: world-xl`` loads it
-with the world model's other parts. The UNet's recipe is the world model's (Min-SNR-5,
-offset noise 0.1, 5,500 steps at batch 32 with an EMA, version 3's stripes weight 2.5).
+again, so the folder written here holds only ``unet/``, ``text_encoder_2/`` and
+``scheduler/``; ``pretrained: world-xl`` loads it with the world model's other parts.
+The UNet's recipe is the world model's (Min-SNR-5, offset noise 0.1, 5,500 steps at
+batch 32 with an EMA, version 3's stripes weight 2.5).
 """
 
 from __future__ import annotations
