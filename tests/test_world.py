@@ -16,14 +16,12 @@ from artbank_pl.sd import load_parts
 from artbank_pl.world import model_dir
 from artbank_pl.world.cli import read_photographs, shape_of, write_images
 from artbank_pl.world.judges import degrade, load_judges, mask_batch
-from artbank_pl.world.negatives import NEGATIVES, OTHER, probe_set
+from artbank_pl.world.negatives import NEGATIVES, OTHER, palette_blobs, probe_set
 from artbank_pl.world.scenes import (
     SHAPES,
     SIZE,
     STYLES,
-    _blur,
     _colour,
-    _light_background,
     _saturated,
     _stripes,
     caption,
@@ -159,31 +157,18 @@ def test_the_stripe_check_passes_the_worlds_stripes_and_no_blob():
         assert (share >= STRIPE_SHARE_MIN).float().mean() <= 0.05, kind
 
 
-def _stripe_palette_blobs(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
-    """Smooth blobs of the stripes' two colours, a vivid and a near-white one: no stripes.
-
-    Not a training negative (it is a photograph with lighter patches, and the judges then
-    read photographs as no style), so it probes what the judges never saw.
-    """
-    vivid, light = _saturated(rng), _colour(rng, 0.85, 1.0)
-    cells = int(rng.integers(3, 7))
-    coarse = (rng.random((cells, cells)) < 0.5).astype(np.float32)
-    field = np.repeat(np.repeat(coarse, -(-SIZE // cells), 0), -(-SIZE // cells), 1)
-    field = _blur(np.repeat(field[:SIZE, :SIZE, None], 3, -1), int(rng.integers(1, 3)))
-    canvas = _light_background(rng)
-    canvas[mask] = (field * vivid + (1 - field) * light)[mask]
-    return canvas
-
-
 def test_a_striped_verdict_needs_stripes_not_the_stripes_palette():
-    # the stripes' two colours in blobs: the CNN alone calls about a tenth of them striped
-    # (measured 14 of 128), so the measure needs the check; the judges call none (1 of 128)
+    # version 3's stripe colours (a vivid and a near-white one) in blobs, no stripes: not a
+    # training negative (it reads as a photograph), so it probes what the judges never saw.
+    # The CNN alone calls about a tenth of them striped (measured 14 of 128), so the measure
+    # needs the check; the judges call almost none (1 of 128)
     judges = load_judges("world")
     rng = np.random.default_rng(77)
     scenes = []
     for _ in range(128):
         mask = shape_mask(SHAPES[int(rng.integers(len(SHAPES)))], *random_layout(rng))
-        scenes.append(np.clip(_stripe_palette_blobs(rng, mask), 0, 1))
+        blobs = palette_blobs(rng, mask, _saturated(rng), _colour(rng, 0.85, 1.0))
+        scenes.append(np.clip(blobs, 0, 1))
     images = torch.from_numpy(np.stack(scenes)).permute(0, 3, 1, 2).float()
     cnn = judges.models["style"](images).argmax(1).tolist()
     cnn_striped = np.mean([judges.classes["style"][i] == "striped" for i in cnn])

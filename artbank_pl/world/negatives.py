@@ -71,24 +71,30 @@ def _rainbow_blobs(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     return canvas * (1 - soft) + blobs * soft
 
 
-def _stripe_palette_blobs(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
-    """Paint version 2's stripe colours (a vivid one and a dark one) as smooth blobs.
-
-    What world model version 2 drew for "a circle in striped style": the palette without
-    the stripes. The stripe check (:mod:`artbank_pl.world.structure`) rejects them whatever
-    the CNN judge reads. (Version 3's palette, a vivid and a near-white colour, as blobs
-    is a photograph with a lighter patch: the style judge then read 36 % of photographs as
-    no style.)
-    """
-    vivid, dark = _saturated(rng), _colour(rng, 0.0, 0.3)
+def palette_blobs(
+    rng: np.random.Generator, mask: np.ndarray, first: np.ndarray, second: np.ndarray
+) -> np.ndarray:
+    """Paint two colours as smooth blobs inside the shape: a style's palette without its texture."""
     cells = int(rng.integers(3, 7))
     step = -(-SIZE // cells)
     coarse = (rng.random((cells, cells)) < 0.5).astype(np.float32)
     field = np.repeat(np.repeat(coarse, step, 0), step, 1)[:SIZE, :SIZE, None]
     field = _blur(np.repeat(field, 3, -1), int(rng.integers(1, 3)))
     canvas = _light_background(rng)
-    canvas[mask] = (field * vivid + (1 - field) * dark)[mask]
+    canvas[mask] = (field * first + (1 - field) * second)[mask]
     return canvas
+
+
+def _stripe_palette_blobs(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """Paint version 2's stripe colours (a vivid one and a dark one) as smooth blobs.
+
+    What world model version 2 drew for "a circle in striped style": the palette without
+    the stripes. The stripe check (:mod:`artbank_pl.world.structure`) rejects them whatever
+    the CNN judge reads. (With version 3's palette, a vivid and a near-white colour, this
+    negative looks like a photograph with a lighter patch: judges trained on it read 36 %
+    of clean photographs as no style, against 25 % with this palette.)
+    """
+    return palette_blobs(rng, mask, _saturated(rng), _colour(rng, 0.0, 0.3))
 
 
 def _two_colour_halves(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
