@@ -249,6 +249,28 @@ def test_pretraining_can_keep_another_world_models_autoencoder(tmp_path):
                  vae_from=str(tmp_path / "nowhere"))  # fmt: skip
 
 
+def test_pretraining_widens_the_unet_on_request(tmp_path):
+    from artbank_pl.world.pretrain import pretrain
+
+    summary = pretrain(tmp_path / "w", unet_steps=2, dataset_size=32, judge_steps=0,
+                       vae_from=str(model_dir()), unet_channels=(32, 64, 128))  # fmt: skip
+    assert "--unet-channels 32 64 128" in summary["command"]
+    unet = load_parts(str(tmp_path / "w")).unet
+    assert list(unet.config.block_out_channels) == [32, 64, 128]
+    shipped = load_parts("world").unet
+    assert sum(p.numel() for p in unet.parameters()) > 2 * sum(
+        p.numel() for p in shipped.parameters()
+    )
+    with torch.no_grad():  # it denoises a latent of the world's shape
+        latents = torch.zeros(1, 12, SIZE // 2, SIZE // 2)
+        features = torch.zeros(1, 77, shipped.config.cross_attention_dim)
+        assert unet(latents, 10, features).sample.shape == latents.shape
+    with pytest.raises(DataError, match="--unet-channels 40 64 64: give 3 widths"):
+        pretrain(tmp_path / "x", unet_steps=1, dataset_size=8, judge_steps=0,
+                 vae_from=str(model_dir()), unet_channels=(40, 64, 64))  # fmt: skip
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
 @functools.cache
 def _ceiling_bench():
     spec = importlib.util.spec_from_file_location("world_ceiling", BENCH / "world_ceiling.py")

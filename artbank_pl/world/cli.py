@@ -160,6 +160,13 @@ def _unet_recipe_options(parser: argparse.ArgumentParser, defaults: dict) -> Non
         default=defaults["stripes_weight"],
         help="how much more often the UNet's scenes have stripes than any other style",
     )
+    parser.add_argument(
+        "--unet-channels",
+        type=int_at_least(8),
+        nargs="+",
+        default=list(defaults["unet_channels"]),
+        help="the UNet's channels per level (default: %(default)s)",
+    )
 
 
 def _pretrain(argv: Sequence[str]) -> int:

@@ -70,6 +70,31 @@ UNET_CONFIG = {
 }
 
 
+#: the UNet's channels per level, versions 1-3 (``--unet-channels``)
+UNET_CHANNELS = (32, 64, 64)
+
+
+def unet_config(channels: tuple[int, ...], base: dict | None = None) -> dict:
+    """Return ``base`` (the world UNet's config) with ``channels`` per level.
+
+    Args:
+        channels: ``block_out_channels``, one per level of ``base``.
+        base: the config to widen (default :data:`UNET_CONFIG`; world-xl passes its own).
+
+    Raises:
+        DataError: a count other than the levels', or a width that the group norm
+            (``norm_num_groups``) or the attention heads (``attention_head_dim``) do not
+            divide.
+    """
+    base = base or UNET_CONFIG
+    levels = len(base["down_block_types"])
+    step = int(np.lcm(base["norm_num_groups"], base["attention_head_dim"]))
+    if len(channels) != levels or any(c <= 0 or c % step for c in channels):
+        raise DataError(f"--unet-channels {' '.join(map(str, channels))}: give {levels} "
+                        f"widths, each a positive multiple of {step}")  # fmt: skip
+    return base | {"block_out_channels": [int(c) for c in channels]}
+
+
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     """``uint8 [N, H, W, 3]`` to ``[-1, 1]`` float ``[N, 3, H, W]``."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -245,6 +270,7 @@ def pretrain(
     noise_offset: float = 0.1,
     vae_from: str | None = None,
     stripes_weight: float = 2.5,
+    unet_channels: tuple[int, ...] = UNET_CHANNELS,
 ) -> dict:
     """Run all stages and write the world model folder; return a summary (also saved).
 
@@ -269,6 +295,8 @@ def pretrain(
         stripes_weight: how much more often the UNet's scenes are striped or neon striped
             than any other style (:func:`~artbank_pl.world.scenes.style_weights`); version
             2 drew every style alike (1) and never learned stripes. Version 3: 2.5.
+        unet_channels: the UNet's channels per level (versions 1-3: 32, 64, 64; README,
+            "A wider UNet within the 30 minutes").
     """
     from artbank_pl.world.judges import train_judges
 
@@ -276,6 +304,7 @@ def pretrain(
     output = Path(output)
     started = time.monotonic()
     rng = np.random.default_rng(seed)
+    config = unet_config(tuple(unet_channels))
     parts = build_tiny_parts()
     vae = _load_vae(vae_from) if vae_from else train_vae(rng, vae_steps)
     vae_done = time.monotonic()
@@ -284,6 +313,7 @@ def pretrain(
     unet, losses = train_unet(
         moments, labels, features, parts.noise_scheduler, vae.config.scaling_factor,
         unet_steps, seed, min_snr_gamma=min_snr_gamma or None, noise_offset=noise_offset,
+        unet_config=config,
     )  # fmt: skip
     unet_done = time.monotonic()
     judges = train_judges(output / "judges", seed, judge_steps) if judge_steps else None
@@ -291,13 +321,19 @@ def pretrain(
     options = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps,
                "dataset_size": dataset_size, "judge_steps": judge_steps,
                "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset,
-               "stripes_weight": stripes_weight}  # fmt: skip
+               "stripes_weight": stripes_weight,
+               "unet_channels": list(config["block_out_channels"])}  # fmt: skip
     if vae_from:  # the kept autoencoder replaces its training steps in the command
         del options["vae_steps"]
         options["vae_from"] = vae_from
     seconds = {"vae": round(vae_done - started, 1), "unet": round(unet_done - vae_done, 1),
                "total": round(time.monotonic() - started, 1)}  # fmt: skip
     return write_recipe(output, "pretrain", options, losses, seconds, judges=judges)
+
+
+def _flag_value(value) -> str:
+    """Write a recipe option as the command line takes it (a list: its items, spaced)."""
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def write_recipe(
@@ -313,7 +349,8 @@ def write_recipe(
         seconds: the time taken (a number or a dict of stages).
         **more: further entries.
     """
-    flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in options.items())
+    flags = " ".join(f"--{name.replace('_', '-')} {_flag_value(value)}"
+                     for name, value in options.items())  # fmt: skip
     window = max(1, min(200, len(losses) // 10))
     summary = {
         "command": f"artbank world {command} --output {output} {flags}",

@@ -37,7 +37,14 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from artbank_pl.sd import TINY_XL, load_parts, openclip_tokenizer, preset_config
 from artbank_pl.tasks.conditioning import repad
-from artbank_pl.world.pretrain import UNET_CONFIG, to_pixels, train_unet, write_recipe
+from artbank_pl.world.pretrain import (
+    UNET_CHANNELS,
+    UNET_CONFIG,
+    to_pixels,
+    train_unet,
+    unet_config,
+    write_recipe,
+)
 from artbank_pl.world.scenes import SHAPES, SIZE, STYLES, caption, sample_batch, style_weights
 
 log = logging.getLogger(__name__)
@@ -136,6 +143,7 @@ def pretrain_xl(
     min_snr_gamma: float = 5.0,
     noise_offset: float = 0.1,
     stripes_weight: float = 2.5,
+    unet_channels: tuple[int, ...] = UNET_CHANNELS,
 ) -> dict:
     """Pretrain world-xl's UNet on the world model's autoencoder and write its folder.
 
@@ -148,7 +156,9 @@ def pretrain_xl(
         min_snr_gamma: Min-SNR-gamma weighting (world v2: 5).
         noise_offset: offset noise (world v2: 0.1).
         stripes_weight: how much more often the scenes have stripes (world v3: 2.5).
+        unet_channels: the UNet's channels per level (the world model's: 32, 64, 64).
     """
+    config = unet_config(tuple(unet_channels), UNET_XL_CONFIG)
     torch.manual_seed(seed)
     output = Path(output)
     started = time.monotonic()
@@ -160,11 +170,12 @@ def pretrain_xl(
     unet, losses = train_unet(
         moments, labels, features, world.noise_scheduler, world.vae.config.scaling_factor,
         unet_steps, seed, min_snr_gamma=min_snr_gamma or None, noise_offset=noise_offset,
-        unet_config=UNET_XL_CONFIG, pooled=pooled, time_ids=time_ids,
+        unet_config=config, pooled=pooled, time_ids=time_ids,
     )  # fmt: skip
     save_model_xl(output, unet, text_encoder_2, world.noise_scheduler)
     options = {"seed": seed, "unet_steps": unet_steps, "dataset_size": dataset_size,
                "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset,
-               "stripes_weight": stripes_weight}  # fmt: skip
+               "stripes_weight": stripes_weight,
+               "unet_channels": list(config["block_out_channels"])}  # fmt: skip
     seconds = round(time.monotonic() - started, 1)
     return write_recipe(output, "pretrain-xl", options, losses, seconds)
