@@ -271,6 +271,19 @@ def test_pretraining_widens_the_unet_on_request(tmp_path):
     assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
+def test_world_xl_pretraining_widens_its_unet_too(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from artbank_pl.world.pretrain_xl import pretrain_xl
+
+    summary = pretrain_xl(tmp_path / "xl", unet_steps=2, dataset_size=32,
+                          unet_channels=(32, 64, 128))  # fmt: skip
+    assert "--unet-channels 32 64 128" in summary["command"]
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "xl/unet")
+    assert list(unet.config.block_out_channels) == [32, 64, 128]
+    assert unet.config.addition_embed_type == "text_time"  # still SDXL's conditioning
+
+
 @functools.cache
 def _ceiling_bench():
     spec = importlib.util.spec_from_file_location("world_ceiling", BENCH / "world_ceiling.py")
