@@ -71,7 +71,7 @@ UNET_CONFIG = {
 
 
 #: the UNet's channels per level, versions 1-3 (``--unet-channels``)
-UNET_CHANNELS = (32, 64, 64)
+UNET_CHANNELS = tuple(UNET_CONFIG["block_out_channels"])
 
 
 def unet_config(channels: tuple[int, ...], base: dict | None = None) -> dict:
