@@ -162,7 +162,7 @@ def _unet_recipe_options(parser: argparse.ArgumentParser, defaults: dict) -> Non
     )
     parser.add_argument(
         "--unet-channels",
-        type=int_at_least(8),
+        type=int_at_least(1),
         nargs="+",
         default=list(defaults["unet_channels"]),
         help="the UNet's channels per level (default: %(default)s)",
