@@ -2,6 +2,9 @@
 
     python bench/study.py --seeds 0 1 2 3 4 --tuning-seeds 100 --output outputs/study
 
+``--tune-only`` stops after the tuning (``tuning.json``); with ``--tune-arms`` it tunes only
+the arms named, e.g. one more rate below a grid whose bottom an arm picked.
+
 The footing, the same for every arm:
 
 - the same steps (``--steps``), batch 8 and schedule (the quickstart's: 20 warm-up steps,
@@ -243,6 +246,8 @@ def tune(worlds: list[WorldDraw], args) -> dict:
     grids = {arm: args.lrs for arm in BANK_ARMS if "bank" in args.arms}
     if "painting" in args.arms:
         grids.update({"inverter": args.inverter_lrs, "embedding": args.lrs})
+    if args.tune_arms:
+        grids = {arm: grid for arm, grid in grids.items() if arm in args.tune_arms}
     chosen = {}
     for arm, grid in grids.items():
         scores = {}
@@ -300,12 +305,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.5, help="style of 'steps to'")
     parser.add_argument("--output", default="outputs/study")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument(
+        "--tune-only", action="store_true",
+        help="tune the rates on --tuning-seeds, write tuning.json and stop (no reported seeds)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tune-arms", nargs="+", choices=[*BANK_ARMS, *PAINTING_ARMS],
+        help="with --tune-only: tune these arms alone (default: every arm of --arms)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.tune_arms and not args.tune_only:
+        parser.error("--tune-arms needs --tune-only (every reported arm needs its rate)")
     if set(args.seeds) & set(args.tuning_seeds):
         parser.error("--tuning-seeds must differ from --seeds (their photographs are held out)")
     if "sampling" in args.arms and "bank" not in args.arms:
         parser.error("--arms sampling needs bank (it samples from the trained SSAM banks)")
     return args
+
+
+def write_tuning(output: Path, chosen: dict, args, seconds: float) -> None:
+    """Write and print ``tuning.json``: each tuned arm's rate and its score per rate."""
+    record = {"args": vars(args), "seconds": round(seconds), "chosen": chosen}
+    (output / "tuning.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(chosen))
 
 
 def main() -> None:
@@ -321,6 +343,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tuning = [draw(Path(tmp), seed, args, judges) for seed in args.tuning_seeds]
         chosen = tune(tuning, args)
+        if args.tune_only:
+            write_tuning(output, chosen, args, time.monotonic() - started)
+            return
         seeds = {seed: report_seed(draw(Path(tmp), seed, args, judges), seed, chosen, args)
                  for seed in args.seeds}  # fmt: skip
     study = {"args": vars(args), "seconds": round(time.monotonic() - started),

@@ -80,6 +80,32 @@ def test_study_tunes_every_arm_on_held_out_worlds_and_reports_intervals(tmp_path
     assert (tmp_path / "tradeoff.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_the_study_tunes_chosen_arms_alone_on_request(tmp_path):
+    cmd = [
+        sys.executable, str(ROOT / "bench/study.py"), "--seeds", "0", "--tuning-seeds", "7",
+        "--steps", "2", "--lrs", "0.01", "0.03", "--painting-styles", "dotted", "--photos", "4",
+        "--tune-only", "--tune-arms", "none", "embedding", "--output", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tuning = json.loads((tmp_path / "tuning.json").read_text())
+    assert set(tuning["chosen"]) == {"none", "embedding"}
+    for arm in ("none", "embedding"):  # every rate tried, scored as (style, IoU)
+        assert set(tuning["chosen"][arm]["tuning"]) == {"0.01", "0.03"}
+        assert all(len(score) == 2 for score in tuning["chosen"][arm]["tuning"].values())
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == tuning["chosen"]
+    assert not (tmp_path / "study.json").exists()  # no reported seed was run
+
+
+def test_the_study_tunes_single_arms_only_in_a_tuning_run(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench/study.py"), "--tune-arms", "none", "--output",
+           str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2
+    assert "--tune-arms needs --tune-only" in result.stderr
+
+
 def test_the_study_refuses_tuning_on_a_reported_seed(tmp_path):
     cmd = [sys.executable, str(ROOT / "bench/study.py"), "--seeds", "0", "1", "--tuning-seeds",
            "1", "--output", str(tmp_path)]  # fmt: skip

@@ -271,6 +271,21 @@ def test_pretraining_widens_the_unet_on_request(tmp_path):
     assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
+def test_pretraining_takes_the_unets_learning_rate(tmp_path):
+    from artbank_pl.world.pretrain import pretrain
+
+    def weights(name: str, lr: float) -> torch.Tensor:
+        summary = pretrain(tmp_path / name, unet_steps=2, dataset_size=32, judge_steps=0,
+                           vae_from=str(model_dir()), unet_lr=lr)  # fmt: skip
+        assert f"--unet-lr {lr}" in summary["command"] and summary["unet_lr"] == lr
+        unet = load_parts(str(tmp_path / name)).unet
+        return torch.cat([p.flatten() for p in unet.parameters()])
+
+    slow, again, fast = weights("a", 1e-3), weights("b", 1e-3), weights("c", 1e-2)
+    torch.testing.assert_close(slow, again, rtol=0, atol=0)  # one seed, one result
+    assert not torch.equal(slow, fast)  # the rate reached the optimizer
+
+
 def test_world_xl_pretraining_widens_its_unet_too(tmp_path):
     from diffusers import UNet2DConditionModel
 

@@ -161,6 +161,12 @@ def _unet_recipe_options(parser: argparse.ArgumentParser, defaults: dict) -> Non
         help="how much more often the UNet's scenes have stripes than any other style",
     )
     parser.add_argument(
+        "--unet-lr",
+        type=float_at_least(1e-8),
+        default=defaults["unet_lr"],
+        help="the UNet's peak learning rate (100 warm-up steps, cosine to a tenth)",
+    )
+    parser.add_argument(
         "--unet-channels",
         type=int_at_least(1),
         nargs="+",

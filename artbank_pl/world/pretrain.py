@@ -271,6 +271,7 @@ def pretrain(
     vae_from: str | None = None,
     stripes_weight: float = 2.5,
     unet_channels: tuple[int, ...] = UNET_CHANNELS,
+    unet_lr: float = 1e-3,
 ) -> dict:
     """Run all stages and write the world model folder; return a summary (also saved).
 
@@ -297,6 +298,7 @@ def pretrain(
             2 drew every style alike (1) and never learned stripes. Version 3: 2.5.
         unet_channels: the UNet's channels per level (versions 1-3: 32, 64, 64; README,
             "A wider UNet within the 30 minutes").
+        unet_lr: the UNet's peak learning rate (versions 1-3: 1e-3).
     """
     from artbank_pl.world.judges import train_judges
 
@@ -313,7 +315,7 @@ def pretrain(
     unet, losses = train_unet(
         moments, labels, features, parts.noise_scheduler, vae.config.scaling_factor,
         unet_steps, seed, min_snr_gamma=min_snr_gamma or None, noise_offset=noise_offset,
-        unet_config=config,
+        unet_config=config, lr=unet_lr,
     )  # fmt: skip
     unet_done = time.monotonic()
     judges = train_judges(output / "judges", seed, judge_steps) if judge_steps else None
@@ -322,7 +324,8 @@ def pretrain(
                "dataset_size": dataset_size, "judge_steps": judge_steps,
                "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset,
                "stripes_weight": stripes_weight,
-               "unet_channels": list(config["block_out_channels"])}  # fmt: skip
+               "unet_channels": list(config["block_out_channels"]),
+               "unet_lr": unet_lr}  # fmt: skip
     if vae_from:  # the kept autoencoder replaces its training steps in the command
         del options["vae_steps"]
         options["vae_from"] = vae_from

@@ -144,6 +144,7 @@ def pretrain_xl(
     noise_offset: float = 0.1,
     stripes_weight: float = 2.5,
     unet_channels: tuple[int, ...] = UNET_CHANNELS,
+    unet_lr: float = 1e-3,
 ) -> dict:
     """Pretrain world-xl's UNet on the world model's autoencoder and write its folder.
 
@@ -157,6 +158,7 @@ def pretrain_xl(
         noise_offset: offset noise (world v2: 0.1).
         stripes_weight: how much more often the scenes have stripes (world v3: 2.5).
         unet_channels: the UNet's channels per level (the world model's: 32, 64, 64).
+        unet_lr: the UNet's peak learning rate (the world model's: 1e-3).
     """
     config = unet_config(tuple(unet_channels), UNET_XL_CONFIG)
     torch.manual_seed(seed)
@@ -170,12 +172,13 @@ def pretrain_xl(
     unet, losses = train_unet(
         moments, labels, features, world.noise_scheduler, world.vae.config.scaling_factor,
         unet_steps, seed, min_snr_gamma=min_snr_gamma or None, noise_offset=noise_offset,
-        unet_config=config, pooled=pooled, time_ids=time_ids,
+        unet_config=config, lr=unet_lr, pooled=pooled, time_ids=time_ids,
     )  # fmt: skip
     save_model_xl(output, unet, text_encoder_2, world.noise_scheduler)
     options = {"seed": seed, "unet_steps": unet_steps, "dataset_size": dataset_size,
                "min_snr_gamma": min_snr_gamma, "noise_offset": noise_offset,
                "stripes_weight": stripes_weight,
-               "unet_channels": list(config["block_out_channels"])}  # fmt: skip
+               "unet_channels": list(config["block_out_channels"]),
+               "unet_lr": unet_lr}  # fmt: skip
     seconds = round(time.monotonic() - started, 1)
     return write_recipe(output, "pretrain-xl", options, losses, seconds)
