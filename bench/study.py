@@ -3,7 +3,10 @@
     python bench/study.py --seeds 0 1 2 3 4 --tuning-seeds 100 --output outputs/study
 
 ``--tune-only`` stops after the tuning (``tuning.json``); with ``--tune-arms`` it tunes only
-the arms named, e.g. one more rate below a grid whose bottom an arm picked.
+the arms named, e.g. one more rate below a grid whose bottom an arm picked. ``--extend
+STUDY_JSON --tune-arms ARM ... --lrs ...`` adds those rates to an earlier study's grids: an
+arm whose best rate changes is re-run on every reported seed, the rest is copied, and the
+report is written again.
 
 The footing, the same for every arm:
 
@@ -41,6 +44,7 @@ sample, start and sampling seed) with theirs. Writes ``study.json`` (every numbe
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import tempfile
@@ -267,21 +271,79 @@ def tune(worlds: list[WorldDraw], args) -> dict:
     return chosen
 
 
-def report_seed(world: WorldDraw, seed: int, chosen: dict, args) -> dict:
-    """Every arm at its chosen rate on one reported seed: curves and sampling results."""
-    out: dict = {"curves": {}, "sampling": None}
+def report_seed(world, seed: int, chosen: dict, args, arms=None, earlier=None) -> dict:
+    """Every arm at its chosen rate on one reported seed: curves and sampling results.
+
+    Args:
+        world: the seed's draw (unused when ``arms`` is empty).
+        seed: the reported seed.
+        chosen: each arm's rate.
+        args: the study's options.
+        arms: run only these arms (default: every arm of ``--arms``); the rest come from
+            ``earlier``.
+        earlier: this seed's record in an earlier study of the same footing (``--extend``).
+    """
+    out: dict = copy.deepcopy(earlier) if earlier else {"curves": {}, "sampling": None}
     for arm in BANK_ARMS if "bank" in args.arms else ():
+        if arms is not None and arm not in arms:
+            continue
         log.info("bank %s seed %d", arm, seed)
         task, curve = bank_run(world, arm, chosen[arm]["lr"], seed, args, args.every)
         out["curves"][arm] = curve
         if arm == "ssam" and "sampling" in args.arms:
             out["sampling"] = sampling_run(world, task, seed, args)
     for arm in PAINTING_ARMS if "painting" in args.arms else ():
+        if arms is not None and arm not in arms:
+            continue
         for style in args.painting_styles:
             log.info("painting %s %s seed %d", arm, style, seed)
             curve = painting_run(world, arm, style, chosen[arm]["lr"], seed, args, args.every)
             out["curves"][f"{arm} {style}"] = curve
     return out
+
+
+#: the options an extended study must share with the study it extends
+FOOTING = ("seeds", "tuning_seeds", "steps", "every", "strength", "sampling_strengths",
+           "bank_styles", "painting_styles", "photos", "arms")  # fmt: skip
+
+
+def read_earlier(path: str, args) -> dict:
+    """Read the study that ``--extend`` names and check that it shares this run's footing.
+
+    Raises:
+        SystemExit: the file is missing or not a study, or an option of :data:`FOOTING`
+            differs (one line naming it).
+    """
+    try:
+        earlier = json.loads(Path(path).read_text())
+        options, chosen, seeds = earlier["args"], earlier["chosen"], earlier["seeds"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"--extend {path}: not a readable study.json ({err})") from None
+    for name in FOOTING:
+        if options.get(name) != vars(args)[name]:
+            raise SystemExit(f"--extend {path}: its --{name.replace('_', '-')} is "
+                             f"{options.get(name)}, this run's {vars(args)[name]}")  # fmt: skip
+    missing = [arm for arm in args.tune_arms if arm not in chosen]
+    if missing or any(str(seed) not in seeds for seed in args.seeds):
+        raise SystemExit(f"--extend {path}: it lacks the tuning of {missing} or a seed's runs")
+    return earlier
+
+
+def merge_choices(earlier: dict, tuned: dict) -> tuple[dict, set[str]]:
+    """Join the new rates' scores to the earlier grid's; return the choices and what changed.
+
+    Each tuned arm's rate is the best over both grids (by style, then IoU; on a tie the
+    lower rate, as one grid in ascending order picks); the others keep theirs.
+    """
+    chosen, changed = copy.deepcopy(earlier), set()
+    for arm, result in tuned.items():
+        scores = {**earlier[arm]["tuning"], **result["tuning"]}
+        scores = dict(sorted(scores.items(), key=lambda item: float(item[0])))
+        best = float(max(scores, key=lambda lr: tuple(scores[lr])))
+        chosen[arm] = {"lr": best, "tuning": scores}
+        if best != earlier[arm]["lr"]:
+            changed.add(arm)
+    return chosen, changed
 
 
 def parse_args() -> argparse.Namespace:
@@ -313,9 +375,17 @@ def parse_args() -> argparse.Namespace:
         "--tune-arms", nargs="+", choices=[*BANK_ARMS, *PAINTING_ARMS],
         help="with --tune-only: tune these arms alone (default: every arm of --arms)",
     )  # fmt: skip
+    parser.add_argument(
+        "--extend", metavar="STUDY_JSON",
+        help="an earlier study.json of the same footing: tune --tune-arms on the rates of "
+        "--lrs / --inverter-lrs as well, re-run an arm whose choice changes, copy the rest",
+    )  # fmt: skip
     args = parser.parse_args()
-    if args.tune_arms and not args.tune_only:
-        parser.error("--tune-arms needs --tune-only (every reported arm needs its rate)")
+    if args.tune_arms and not (args.tune_only or args.extend):
+        parser.error("--tune-arms needs --tune-only or --extend (every reported arm needs "
+                     "its rate)")  # fmt: skip
+    if args.extend and not args.tune_arms:
+        parser.error("--extend needs --tune-arms (the arms whose grid it extends)")
     if set(args.seeds) & set(args.tuning_seeds):
         parser.error("--tuning-seeds must differ from --seeds (their photographs are held out)")
     if "sampling" in args.arms and "bank" not in args.arms:
@@ -339,6 +409,7 @@ def main() -> None:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    earlier = read_earlier(args.extend, args) if args.extend else None
     judges = load_judges("world")
     with tempfile.TemporaryDirectory() as tmp:
         tuning = [draw(Path(tmp), seed, args, judges) for seed in args.tuning_seeds]
@@ -346,10 +417,20 @@ def main() -> None:
         if args.tune_only:
             write_tuning(output, chosen, args, time.monotonic() - started)
             return
-        seeds = {seed: report_seed(draw(Path(tmp), seed, args, judges), seed, chosen, args)
-                 for seed in args.seeds}  # fmt: skip
+        rerun = None
+        if earlier:
+            chosen, rerun = merge_choices(earlier["chosen"], chosen)
+            log.info("extending %s: re-running %s", args.extend, sorted(rerun) or "nothing")
+        seeds = {}
+        for seed in args.seeds:
+            world = draw(Path(tmp), seed, args, judges) if rerun is None or rerun else None
+            before = earlier["seeds"][str(seed)] if earlier else None
+            seeds[seed] = report_seed(world, seed, chosen, args, rerun, before)
     study = {"args": vars(args), "seconds": round(time.monotonic() - started),
              "chosen": chosen, "seeds": seeds}  # fmt: skip
+    if earlier:  # the time of the runs this study's figures come from, in all
+        study["seconds"] += earlier["seconds"]
+        study["extends"] = args.extend
     study["summary"] = write_report(study, output)
     (output / "study.json").write_text(json.dumps(study, indent=1) + "\n")
     print((output / "study.md").read_text())

@@ -98,12 +98,62 @@ def test_the_study_tunes_chosen_arms_alone_on_request(tmp_path):
     assert not (tmp_path / "study.json").exists()  # no reported seed was run
 
 
+def _study(output: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "bench/study.py"), "--seeds", "0", "1", "--tuning-seeds",
+           "7", "--steps", "2", "--every", "1", "--photos", "4", "--arms", "bank",
+           "--output", str(output), *extra]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_an_extended_study_reruns_only_the_arm_whose_rate_changes(tmp_path):
+    assert _study(tmp_path / "a", "--lrs", "0.01").returncode == 0
+    earlier_path = tmp_path / "a/study.json"
+    earlier = json.loads(earlier_path.read_text())
+    # the earlier grid's one rate scored below anything a probe can give: the new one wins
+    earlier["chosen"]["none"]["tuning"]["0.01"] = [-1.0, -1.0]
+    earlier_path.write_text(json.dumps(earlier))
+    result = _study(tmp_path / "b", "--extend", str(earlier_path), "--tune-arms", "none",
+                    "--lrs", "0.03")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = json.loads((tmp_path / "b/study.json").read_text())
+    assert study["chosen"]["none"]["lr"] == 0.03
+    assert set(study["chosen"]["none"]["tuning"]) == {"0.01", "0.03"}
+    assert study["chosen"]["ssam"] == earlier["chosen"]["ssam"]
+    for seed in ("0", "1"):  # the other arms are the earlier runs; `none` ran again
+        curves, before = study["seeds"][seed]["curves"], earlier["seeds"][seed]["curves"]
+        assert curves["ssam"] == before["ssam"] and curves["self"] == before["self"]
+        assert [row["step"] for row in curves["none"]] == [0, 1, 2]
+    assert "re-running ['none']" in result.stderr
+    # scored above anything instead: the earlier choice stands and nothing runs again
+    earlier["chosen"]["none"]["tuning"]["0.01"] = [2.0, 2.0]
+    earlier_path.write_text(json.dumps(earlier))
+    result = _study(tmp_path / "c", "--extend", str(earlier_path), "--tune-arms", "none",
+                    "--lrs", "0.03")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = json.loads((tmp_path / "c/study.json").read_text())
+    assert study["chosen"]["none"]["lr"] == 0.01
+    assert study["seeds"] == earlier["seeds"]
+    assert "re-running nothing" in result.stderr
+
+
+def test_an_extended_study_refuses_another_footing(tmp_path):
+    earlier = tmp_path / "study.json"
+    earlier.write_text(json.dumps({"args": {"steps": 500}, "chosen": {}, "seeds": {}}))
+    result = _study(tmp_path / "out", "--extend", str(earlier), "--tune-arms", "none")
+    assert result.returncode == 1
+    assert f"--extend {earlier}: its --seeds is None, this run's [0, 1]" in result.stderr
+    earlier.write_text("{not json")
+    result = _study(tmp_path / "out", "--extend", str(earlier), "--tune-arms", "none")
+    assert result.returncode == 1 and "not a readable study.json" in result.stderr
+
+
 def test_the_study_tunes_single_arms_only_in_a_tuning_run(tmp_path):
     cmd = [sys.executable, str(ROOT / "bench/study.py"), "--tune-arms", "none", "--output",
            str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 2
-    assert "--tune-arms needs --tune-only" in result.stderr
+    assert "--tune-arms needs --tune-only or --extend" in result.stderr
 
 
 def test_the_study_refuses_tuning_on_a_reported_seed(tmp_path):
