@@ -373,7 +373,7 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--tune-arms", nargs="+", choices=[*BANK_ARMS, *PAINTING_ARMS],
-        help="with --tune-only: tune these arms alone (default: every arm of --arms)",
+        help="with --tune-only or --extend: tune these arms alone (default: every arm)",
     )  # fmt: skip
     parser.add_argument(
         "--extend", metavar="STUDY_JSON",
