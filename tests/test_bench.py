@@ -105,18 +105,26 @@ def _study(output: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 
+def _extend(earlier: dict, earlier_path: Path, output: Path) -> tuple[dict, str]:
+    """Write ``earlier`` and extend it with rate 0.03 for ``none``; return the study, log."""
+    earlier_path.write_text(json.dumps(earlier))
+    result = _study(output, "--extend", str(earlier_path), "--tune-arms", "none",
+                    "--lrs", "0.03")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((output / "study.json").read_text()), result.stderr
+
+
 @pytest.mark.slow
 def test_an_extended_study_reruns_only_the_arm_whose_rate_changes(tmp_path):
     assert _study(tmp_path / "a", "--lrs", "0.01").returncode == 0
     earlier_path = tmp_path / "a/study.json"
     earlier = json.loads(earlier_path.read_text())
+    for seed in ("0", "1"):  # a key no run writes: a copy keeps it, a re-run drops it
+        for row in earlier["seeds"][seed]["curves"]["none"]:
+            row["marked"] = True
     # the earlier grid's one rate scored below anything a probe can give: the new one wins
     earlier["chosen"]["none"]["tuning"]["0.01"] = [-1.0, -1.0]
-    earlier_path.write_text(json.dumps(earlier))
-    result = _study(tmp_path / "b", "--extend", str(earlier_path), "--tune-arms", "none",
-                    "--lrs", "0.03")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = json.loads((tmp_path / "b/study.json").read_text())
+    study, log = _extend(earlier, earlier_path, tmp_path / "b")
     assert study["chosen"]["none"]["lr"] == 0.03
     assert set(study["chosen"]["none"]["tuning"]) == {"0.01", "0.03"}
     assert study["chosen"]["ssam"] == earlier["chosen"]["ssam"]
@@ -124,17 +132,14 @@ def test_an_extended_study_reruns_only_the_arm_whose_rate_changes(tmp_path):
         curves, before = study["seeds"][seed]["curves"], earlier["seeds"][seed]["curves"]
         assert curves["ssam"] == before["ssam"] and curves["self"] == before["self"]
         assert [row["step"] for row in curves["none"]] == [0, 1, 2]
-    assert "re-running ['none']" in result.stderr
+        assert not any("marked" in row for row in curves["none"])
+    assert "re-running ['none']" in log
     # scored above anything instead: the earlier choice stands and nothing runs again
     earlier["chosen"]["none"]["tuning"]["0.01"] = [2.0, 2.0]
-    earlier_path.write_text(json.dumps(earlier))
-    result = _study(tmp_path / "c", "--extend", str(earlier_path), "--tune-arms", "none",
-                    "--lrs", "0.03")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = json.loads((tmp_path / "c/study.json").read_text())
+    study, log = _extend(earlier, earlier_path, tmp_path / "c")
     assert study["chosen"]["none"]["lr"] == 0.01
-    assert study["seeds"] == earlier["seeds"]
-    assert "re-running nothing" in result.stderr
+    assert study["seeds"] == earlier["seeds"]  # the marked `none` curves included
+    assert "re-running nothing" in log
 
 
 def test_an_extended_study_refuses_another_footing(tmp_path):
